@@ -1,0 +1,221 @@
+"""The agent's lifecycle: one per process, started by the configurator or by ``instrument()``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from fastapi_doctor import _imports, attribution, config, containment
+from fastapi_doctor.context import current_request
+from fastapi_doctor.findings import Finding, FindingsRegistry, log_first_occurrence
+from fastapi_doctor.version import __version__
+
+_log = logging.getLogger("fastapi_doctor")
+
+_lock = threading.RLock()
+_agent: Agent | None = None
+_pipelines: Any = None  # OpenTelemetry providers are global: built once per process
+
+
+class Agent:
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.findings = FindingsRegistry(settings.max_findings)
+        self.started_at = time.time()
+        self.running = False
+        self.meter: Any = None
+        self.tracer: Any = None
+        self.pipelines: Any = None
+        self.server: Any = None
+        self.fastapi: Any = None  # FastAPIHooks once fastapi is imported
+        self.request_metrics: Any = None
+        self.signals: list[Any] = []
+        self._fastapi_callbacks: list[Callable[[Any], None]] = []
+        self._findings_counter: Any = None
+
+    # -- start / stop --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        global _pipelines
+        from opentelemetry import metrics, trace
+
+        from fastapi_doctor import telemetry
+        from fastapi_doctor.middleware import RequestMetrics
+
+        attribution.configure(self.settings.library_modules)
+        if _pipelines is None:
+            _pipelines = telemetry.build(self.settings)
+        self.pipelines = _pipelines
+        self.meter = metrics.get_meter("fastapi_doctor", __version__)
+        self.tracer = trace.get_tracer("fastapi_doctor", __version__)
+        self._findings_counter = self.meter.create_counter(
+            "fastapi_doctor.findings",
+            unit="{finding}",
+            description="Occurrences of findings, by root cause and route.",
+        )
+        containment.set_counter(
+            self.meter.create_counter(
+                "fastapi_doctor.internal_errors",
+                unit="{error}",
+                description="Exceptions caught inside the agent (the app was not affected).",
+            )
+        )
+        self.findings.add_listener(self._count_finding)
+        self.findings.add_listener(log_first_occurrence)
+        self.request_metrics = RequestMetrics(self.meter)
+        self.running = True
+        _imports.when_imported("fastapi", self._on_fastapi)
+        from fastapi_doctor import signals
+
+        for detector, target in signals.REGISTRY:
+            if not self.settings.detector_enabled(detector):
+                continue
+            try:
+                signal = signals.load(detector, target)
+                signal.instrument(self)
+                self.signals.append(signal)
+            except Exception as exc:
+                containment.report(f"signal {detector}", exc)
+        self._start_server()
+
+    def stop(self) -> None:
+        self.running = False
+        for signal in reversed(self.signals):
+            try:
+                signal.uninstrument()
+            except Exception as exc:
+                containment.report(f"signal {getattr(signal, 'name', signal)}", exc)
+        self.signals.clear()
+        if self.fastapi is not None:
+            self.fastapi.uninstrument()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def _start_server(self) -> None:
+        from fastapi_doctor import server
+        from fastapi_doctor.report.html import render_page
+
+        side = server.SideApp(
+            doctor=self.doctor_document,
+            page=render_page,
+            token=self.settings.auth_token,
+            protect_metrics=self.settings.protect_metrics,
+        )
+        self.server = server.start(side, self.settings.prometheus_host, self.settings.prometheus_port)
+
+    # -- what signals use ----------------------------------------------------------------------
+
+    def when_imported(self, module: str, hook: Callable[[ModuleType], None]) -> None:
+        """Run ``hook`` once the app imports ``module``, if the agent is still running then."""
+
+        def run(mod: ModuleType) -> None:
+            if self.running:
+                hook(mod)
+
+        _imports.when_imported(module, run)
+
+    def on_fastapi(self, callback: Callable[[Any], None]) -> None:
+        """``callback(FastAPIHooks)`` once fastapi is imported and hooked (at once if it already is)."""
+        if self.fastapi is not None and self.fastapi.active:
+            callback(self.fastapi)
+        else:
+            self._fastapi_callbacks.append(callback)
+
+    def _on_fastapi(self, _module: ModuleType) -> None:
+        if not self.running:
+            return
+        from fastapi_doctor.instrumentation import FastAPIHooks
+
+        self.fastapi = FastAPIHooks(self.request_metrics)
+        self.fastapi.instrument()
+        for callback in self._fastapi_callbacks:
+            try:
+                callback(self.fastapi)
+            except Exception as exc:
+                containment.report("fastapi hook", exc)
+        self._fastapi_callbacks.clear()
+
+    def instrument_app(self, app: Any) -> None:
+        from fastapi_doctor.instrumentation import instrument_app
+
+        if self.fastapi is None:
+            self._on_fastapi(__import__("fastapi"))
+        instrument_app(app, self.fastapi)
+
+    def _count_finding(self, finding: Finding, is_new: bool) -> None:
+        attrs = {"root_cause": finding.root_cause}
+        if finding.route is not None:
+            attrs["http.route"] = finding.route
+        self._findings_counter.add(1, attrs)
+        state = current_request.get()
+        if state is not None:
+            state.add_root_cause(finding.root_cause)
+
+    def doctor_document(self) -> dict[str, Any]:
+        findings = sorted(self.findings.all(), key=lambda f: f.last_seen, reverse=True)
+        return {
+            "service": self.settings.service_name,
+            "agent_version": __version__,
+            "pid": os.getpid(),
+            "started_at": _iso(self.started_at),
+            "generated_at": _iso(time.time()),
+            "detectors": [s.name for s in self.signals],
+            "findings": [f.as_dict() for f in findings],
+            "evicted": self.findings.evicted,
+        }
+
+
+def _iso(epoch: float) -> str:
+    from fastapi_doctor.findings import _iso as iso
+
+    return iso(epoch)
+
+
+def get() -> Agent | None:
+    return _agent
+
+
+def start(overrides: dict[str, Any] | None = None) -> Agent | None:
+    """Start the agent once per process; a second call only warns. Never raises into the app."""
+    global _agent
+    with _lock:
+        if _agent is not None and _agent.running:
+            if overrides:
+                _log.warning("fastapi-doctor: already instrumented; settings of the second call are ignored")
+            return _agent
+        settings, errors = config.load(overrides=overrides)
+        for error in errors:
+            _log.error("fastapi-doctor: %s", error)
+        if not settings.enabled:
+            _log.info("fastapi-doctor: disabled by FASTAPI_DOCTOR_ENABLED")
+            return None
+        agent = Agent(settings)
+        try:
+            agent.start()
+        except Exception as exc:
+            containment.report("agent start-up", exc)
+            try:
+                agent.stop()
+            except Exception:
+                pass
+            return None
+        _agent = agent
+        return agent
+
+
+def start_from_environment() -> None:
+    start()
+
+
+def stop() -> None:
+    global _agent
+    with _lock:
+        if _agent is not None:
+            _agent.stop()
+            _agent = None

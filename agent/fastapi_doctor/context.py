@@ -1,0 +1,65 @@
+"""Per-request state shared by the signals: set once per request by the agent's middleware."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+current_request: ContextVar[RequestState | None] = ContextVar("fastapi_doctor_request", default=None)
+
+# Requests in flight, by id(state). Read by watchdog threads to find the request the loop is running;
+# dict set/pop are atomic under the GIL, so the hot path takes no lock.
+active_requests: dict[int, RequestState] = {}
+
+
+class RequestState:
+    """What the agent knows of one HTTP request. Never holds bodies, headers or query strings."""
+
+    __slots__ = (
+        "method",
+        "start",
+        "route",
+        "mount_prefix",
+        "status",
+        "sampled",
+        "outer_task",
+        "inner_task",
+        "root_causes",
+        "body_bytes",
+        "content_encoding",
+        "accepts_gzip",
+        "scope",
+        "data",
+        "finished",
+        "duration",
+    )
+
+    def __init__(self, method: str, start: float, scope: Any) -> None:
+        self.method = method
+        self.start = start
+        self.route: str | None = None
+        self.mount_prefix = ""
+        self.status: int | None = None
+        self.sampled = False
+        self.outer_task: Any = None
+        self.inner_task: Any = None
+        self.root_causes: list[str] | None = None
+        self.body_bytes = 0
+        self.content_encoding = "identity"
+        self.accepts_gzip = False
+        self.scope = scope
+        # Free-form per-signal data (created on first use, so requests that need none pay nothing).
+        self.data: dict[str, Any] | None = None
+        self.finished = False
+        self.duration = 0.0
+
+    def add_root_cause(self, root_cause: str) -> None:
+        if self.root_causes is None:
+            self.root_causes = [root_cause]
+        elif root_cause not in self.root_causes:
+            self.root_causes.append(root_cause)
+
+    def signal_data(self) -> dict[str, Any]:
+        if self.data is None:
+            self.data = {}
+        return self.data

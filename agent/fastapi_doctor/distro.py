@@ -1,0 +1,89 @@
+"""Entry points through which ``opentelemetry-instrument`` loads the agent with no code change.
+
+* ``opentelemetry_distro = fastapi_doctor`` sets the defaults (sampler, semantic-convention opt-in)
+  and decides how each installed instrumentor is loaded.
+* ``opentelemetry_configurator = fastapi_doctor`` starts the agent: providers, exporters, side
+  server and the import hooks that instrument the app's libraries when the app imports them.
+
+With ``opentelemetry-distro`` installed too, pick this one with
+``OTEL_PYTHON_DISTRO=fastapi_doctor OTEL_PYTHON_CONFIGURATOR=fastapi_doctor``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from typing import Any
+
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _BaseConfigurator
+
+from fastapi_doctor import _imports
+
+_log = logging.getLogger("fastapi_doctor")
+
+# Defaults the distro sets; each is overridden by its own variable when the user sets it.
+DEFAULT_ENVIRONMENT = {
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+    "OTEL_METRICS_EXPORTER": "prometheus",
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_LOGS_EXPORTER": "none",
+}
+
+
+class FastAPIDoctorDistro(BaseDistro):
+    def _configure(self, **kwargs: Any) -> None:
+        for name, value in DEFAULT_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+
+    def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
+        """Load an instrumentor only once the app imports the library it instruments.
+
+        Contrib instrumentors import their library at module level; loading them at interpreter
+        start-up would change the app's import order (it is why the stock wrapper aborts FastAPI's
+        own test suite). Contrib's FastAPI instrumentor is used only on FastAPI versions without
+        native OpenTelemetry: never both.
+        """
+        name = entry_point.name
+        module = name.replace("-", "_")
+        if name == "fastapi":
+            _imports.when_imported("fastapi", lambda _m: _load_fastapi_instrumentor(entry_point, kwargs))
+            return
+        if module not in sys.modules and _findable(module):
+            _imports.when_imported(module, lambda _m: _load_now(entry_point, kwargs))
+            return
+        _load_now(entry_point, kwargs)
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _load_now(entry_point: Any, kwargs: dict[str, Any]) -> None:
+    try:
+        entry_point.load()().instrument(**kwargs)
+    except Exception:  # an instrumentor that fails must not stop the app
+        _log.exception("fastapi-doctor: instrumentation %s failed to load; the app runs without it", entry_point.name)
+
+
+def _load_fastapi_instrumentor(entry_point: Any, kwargs: dict[str, Any]) -> None:
+    from fastapi_doctor.instrumentation import fastapi_has_native_telemetry
+
+    if fastapi_has_native_telemetry():
+        _log.debug("fastapi-doctor: FastAPI has native OpenTelemetry; contrib's FastAPI instrumentor not loaded")
+        return
+    _load_now(entry_point, kwargs)
+
+
+class FastAPIDoctorConfigurator(_BaseConfigurator):
+    def _configure(self, **kwargs: Any) -> None:
+        from fastapi_doctor import _agent
+
+        _agent.start_from_environment()

@@ -1,0 +1,144 @@
+"""Findings: what the agent concluded, with the evidence and the line of code.
+
+Signals call :meth:`FindingsRegistry.report`; the server and the report only read. Occurrences with
+the same (root_cause, route, location) merge into one finding; memory is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi_doctor.config import ROOT_CAUSES
+
+_log = logging.getLogger("fastapi_doctor")
+
+RUNBOOK_PATH = "docs/runbooks/{root_cause}.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A place in the user's code. Never carries local variables."""
+
+    file: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function}
+
+
+@dataclass(slots=True)
+class Finding:
+    root_cause: str
+    route: str | None
+    summary: str
+    evidence: dict[str, Any]
+    location: Location | None
+    first_seen: float
+    last_seen: float
+    count: int = 1
+    key: tuple[str, str | None, Location | None] = field(default=("", None, None), repr=False)
+
+    @property
+    def id(self) -> str:
+        return hashlib.blake2s(repr(self.key).encode(), digest_size=6).hexdigest()
+
+    @property
+    def runbook(self) -> str:
+        return RUNBOOK_PATH.format(root_cause=self.root_cause)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "root_cause": self.root_cause,
+            "route": self.route,
+            "summary": self.summary,
+            "evidence": dict(self.evidence),
+            "location": self.location.as_dict() if self.location else None,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+            "count": self.count,
+            "runbook": self.runbook,
+        }
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Listener = Callable[[Finding, bool], None]
+
+
+class FindingsRegistry:
+    """Bounded store of findings. Thread-safe: detectors report from watchdog threads too."""
+
+    def __init__(self, max_findings: int = 500, clock: Callable[[], float] = time.time) -> None:
+        self._max = max_findings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._findings: OrderedDict[tuple[str, str | None, Location | None], Finding] = OrderedDict()
+        self._listeners: list[Listener] = []
+        self.evicted = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        """``listener(finding, is_new)`` runs after each occurrence (counters, logs, span events)."""
+        self._listeners.append(listener)
+
+    def report(
+        self,
+        root_cause: str,
+        *,
+        route: str | None,
+        summary: str,
+        evidence: Mapping[str, Any],
+        location: Location | None = None,
+    ) -> Finding:
+        if root_cause not in ROOT_CAUSES:
+            raise ValueError(f"unknown root cause {root_cause!r}")
+        now = self._clock()
+        key = (root_cause, route, location)
+        with self._lock:
+            finding = self._findings.get(key)
+            is_new = finding is None
+            if finding is None:
+                finding = Finding(root_cause, route, summary, dict(evidence), location, now, now, 1, key)
+                self._findings[key] = finding
+                while len(self._findings) > self._max:
+                    self._findings.popitem(last=False)
+                    self.evicted += 1
+            else:
+                finding.count += 1
+                finding.last_seen = now
+                finding.summary = summary
+                finding.evidence = dict(evidence)
+                self._findings.move_to_end(key)
+        for listener in self._listeners:
+            listener(finding, is_new)
+        return finding
+
+    def all(self) -> list[Finding]:
+        with self._lock:
+            return list(self._findings.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._findings.clear()
+            self.evicted = 0
+
+
+def log_first_occurrence(finding: Finding, is_new: bool) -> None:
+    if is_new:
+        where = f" at {finding.location}" if finding.location else ""
+        route = f" on {finding.route}" if finding.route else ""
+        _log.warning("fastapi-doctor finding [%s]%s%s: %s", finding.root_cause, route, where, finding.summary)

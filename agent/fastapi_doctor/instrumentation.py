@@ -1,0 +1,136 @@
+"""Hooks into FastAPI, installed when the app imports fastapi and undone by :func:`uninstrument`.
+
+Three narrow patch points:
+
+* ``FastAPI.build_middleware_stack``: the built stack is wrapped in the agent's middleware, and
+  app-level hooks of the signals (dependency and middleware timing) run on the app.
+* ``FastAPI.__init__`` (native telemetry only): FastAPI's telemetry gets the agent's ``exclude``
+  (head sampling at admission) and leaves request metrics to the agent, which measures every
+  request; a user's own ``exclude`` or ``metrics`` setting wins.
+* ``fastapi.routing._route_selected``: the route template of every request, sampled or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+
+from fastapi_doctor import containment, sampling
+from fastapi_doctor.context import current_request
+from fastapi_doctor.middleware import DoctorMiddleware, RequestMetrics
+
+_log = logging.getLogger("fastapi_doctor")
+
+AppHook = Callable[[Any], None]
+
+
+def fastapi_has_native_telemetry() -> bool:
+    import fastapi.routing
+
+    return hasattr(fastapi.routing, "_route_selected")
+
+
+class FastAPIHooks:
+    """Owns every patch made to fastapi; ``uninstrument`` restores the originals."""
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
+        # Signals add app hooks: each runs once per built middleware stack, with the app.
+        self.app_hooks: list[AppHook] = []
+        # Signals add stack wrappers: each takes (app, built stack) and returns the stack to use.
+        self.stack_wrappers: list[Callable[[Any, Any], Any]] = []
+        self._patched: list[tuple[Any, str, Any]] = []
+        self.active = False
+
+    # -- install / undo ------------------------------------------------------------------------
+
+    def instrument(self, fastapi_module: Any = None) -> None:
+        if self.active:
+            return
+        import fastapi.applications
+        import fastapi.routing
+
+        self._wrap(fastapi.applications.FastAPI, "build_middleware_stack", self._build_middleware_stack)
+        if fastapi_has_native_telemetry():
+            self._wrap(fastapi.applications.FastAPI, "__init__", self._init)
+            self._wrap(fastapi.routing, "_route_selected", self._route_selected)
+        self.active = True
+
+    def uninstrument(self) -> None:
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
+        self.active = False
+
+    def _wrap(self, owner: Any, name: str, wrapper: Any) -> None:
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        self._patched.append((owner, name, original))
+        setattr(owner, name, wrapt.FunctionWrapper(original, wrapper))
+
+    # -- wrappers ------------------------------------------------------------------------------
+
+    def _init(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+        wrapped(*args, **kwargs)
+        try:
+            self.configure_telemetry(instance, kwargs.get("telemetry") or {})
+        except Exception as exc:
+            containment.report("fastapi telemetry configuration", exc)
+
+    def configure_telemetry(self, app: Any, user: dict[str, Any]) -> None:
+        config = getattr(app, "_telemetry", None)
+        if not isinstance(config, dict):
+            return
+        if config.get("exclude") is None:
+            config["exclude"] = sampling.exclude_unsampled
+        if "metrics" not in user:
+            # The agent records http.server.request.duration for every request itself.
+            config["metrics"] = False
+
+    def _build_middleware_stack(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        stack = wrapped(*args, **kwargs)
+        try:
+            for hook in self.app_hooks:
+                try:
+                    hook(instance)
+                except Exception as exc:
+                    containment.report(getattr(hook, "__qualname__", "app hook"), exc)
+            for wrap in self.stack_wrappers:
+                try:
+                    stack = wrap(instance, stack)
+                except Exception as exc:
+                    containment.report(getattr(wrap, "__qualname__", "stack wrapper"), exc)
+            return DoctorMiddleware(stack, self.metrics)
+        except Exception as exc:
+            containment.report("build_middleware_stack", exc)
+            return stack
+
+    def _route_selected(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            state = current_request.get()
+            if state is not None:
+                path = kwargs.get("path")
+                if path is not None:
+                    if kwargs.get("mount", False):
+                        path = path.removesuffix("/{path}")
+                        state.mount_prefix += path
+                        state.route = state.mount_prefix + "/{path}"
+                    else:
+                        state.route = state.mount_prefix + path
+                    # The task that runs the endpoint (may differ from the middleware's task).
+                    state.inner_task = asyncio.current_task()
+        except Exception as exc:
+            containment.report("route hook", exc)
+        return wrapped(*args, **kwargs)
+
+
+def instrument_app(app: Any, hooks: FastAPIHooks) -> None:
+    """Make sure an app built before the agent started is measured too."""
+    if fastapi_has_native_telemetry():
+        hooks.configure_telemetry(app, {})
+    stack = getattr(app, "middleware_stack", None)
+    if stack is not None and not isinstance(stack, DoctorMiddleware):
+        app.middleware_stack = app.build_middleware_stack()

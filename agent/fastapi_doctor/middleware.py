@@ -1,0 +1,130 @@
+"""The agent's own lean ASGI middleware: one per app, outermost in the built stack.
+
+It measures every request (the FastAPI span path runs only for sampled requests), keeps the
+:class:`RequestState` that the signals share, and records ``http.server.request.duration`` with the
+stable semantic-convention attributes. The hot path builds no attribute dict: sets are cached per
+(method, route, status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from fastapi_doctor import containment, sampling
+from fastapi_doctor.context import RequestState, active_requests, current_request
+
+_KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"})
+
+RequestHook = Callable[[RequestState], None]
+
+
+class RequestMetrics:
+    """Instruments of the request path, created once; attribute sets cached per route."""
+
+    def __init__(self, meter: Any) -> None:
+        self.duration = meter.create_histogram(
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=(
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ),
+        )
+        self._attributes: dict[tuple[str, str | None, int | None, str], dict[str, Any]] = {}
+        # Hooks of the signals, run after each request (contained one by one).
+        self.finished_hooks: list[RequestHook] = []
+
+    def attributes(self, method: str, route: str | None, status: int | None, scheme: str) -> dict[str, Any]:
+        key = (method, route, status, scheme)
+        attrs = self._attributes.get(key)
+        if attrs is None:
+            attrs = {"http.request.method": method, "url.scheme": scheme}
+            if route is not None:
+                attrs["http.route"] = route
+            if status is not None:
+                attrs["http.response.status_code"] = status
+            if status is None or status >= 500:
+                attrs["error.type"] = str(status) if status is not None else "incomplete_response"
+            if len(self._attributes) < 10000:  # routes are templates; this only guards odd status codes
+                self._attributes[key] = attrs
+        return attrs
+
+
+class DoctorMiddleware:
+    """Wraps an app's built middleware stack. Keeps ``.app`` so stack walkers still see inside."""
+
+    def __init__(self, app: Any, metrics: RequestMetrics) -> None:
+        self.app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            state = self._start(scope)
+        except Exception as exc:
+            containment.report("request middleware", exc)
+            await self.app(scope, receive, send)
+            return
+        token = current_request.set(state)
+        active_requests[id(state)] = state
+
+        async def send_measured(message: dict[str, Any]) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                state.body_bytes += len(message.get("body", b""))
+            elif kind == "http.response.start":
+                state.status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"content-encoding":
+                        state.content_encoding = value.decode("latin-1")
+                        break
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_measured)
+        finally:
+            state.duration = perf_counter() - state.start
+            state.finished = True
+            active_requests.pop(id(state), None)
+            current_request.reset(token)
+            self._finish(state)
+
+    def _start(self, scope: dict[str, Any]) -> RequestState:
+        method = scope.get("method", "")
+        state = RequestState(method if method in _KNOWN_METHODS else "_OTHER", perf_counter(), scope)
+        state.outer_task = asyncio.current_task()
+        state.mount_prefix = scope.get("app_root_path", scope.get("root_path", "")).rstrip("/")
+        admitted = sampling.admitted.get()
+        state.sampled = sampling.admit(scope) if admitted is None else admitted
+        return state
+
+    def _finish(self, state: RequestState) -> None:
+        try:
+            if state.route is None:
+                state.route = route_of(state.scope)
+            attrs = self._metrics.attributes(
+                state.method, state.route, state.status, state.scope.get("scheme", "http")
+            )
+            self._metrics.duration.record(state.duration, attrs)
+        except Exception as exc:
+            containment.report("request metrics", exc)
+        for hook in self._metrics.finished_hooks:
+            try:
+                hook(state)
+            except Exception as exc:
+                containment.report(getattr(hook, "__qualname__", "request hook"), exc)
+        state.scope = None  # do not keep the request alive through the state
+
+
+def route_of(scope: dict[str, Any]) -> str | None:
+    """Route template from the routed scope, for FastAPI versions without the route hook."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path is None:
+        return None
+    return scope.get("root_path", "").rstrip("/") + path

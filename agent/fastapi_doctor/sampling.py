@@ -1,0 +1,106 @@
+"""Head sampling decided once per request, before any span machinery runs.
+
+FastAPI's native telemetry costs about half the app's throughput even when the SDK sampler drops
+the span: its per-request work runs regardless. So the decision is taken at admission, in FastAPI's
+``telemetry={"exclude": ...}`` hook: unsampled requests skip FastAPI's telemetry entirely (the
+agent's own middleware still measures them), sampled ones get FastAPI's spans. The SDK sampler
+follows the same decision, so spans of a request (database spans included) are all kept or all
+dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+# The decision for the request this task serves: True, False, or None outside requests.
+admitted: ContextVar[bool | None] = ContextVar("fastapi_doctor_admitted", default=None)
+
+_ratio = 0.1
+_random = random.random
+
+
+def configure(ratio: float) -> None:
+    global _ratio
+    _ratio = ratio
+
+
+def admit(scope: Any) -> bool:
+    """Decide for a request: follow an incoming ``traceparent``'s sampled flag, else the ratio."""
+    decision = None
+    for name, value in scope.get("headers", ()):
+        if name == b"traceparent":
+            decision = _traceparent_sampled(value)
+            break
+    if decision is None:
+        decision = _ratio > 0 and (_ratio >= 1 or _random() < _ratio)
+    admitted.set(decision)
+    return decision
+
+
+def exclude_unsampled(scope: Any) -> bool:
+    """FastAPI's ``exclude`` hook: True skips FastAPI's telemetry for this request."""
+    if scope.get("type") != "http":
+        return False
+    try:
+        return not admit(scope)
+    except Exception:
+        return True
+
+
+def _traceparent_sampled(value: bytes) -> bool | None:
+    # version-traceid-spanid-flags; the low bit of flags is "sampled"
+    parts = value.split(b"-")
+    if len(parts) < 4 or len(parts[3]) < 2:
+        return None
+    try:
+        return bool(int(parts[3][:2], 16) & 1)
+    except ValueError:
+        return None
+
+
+class AdmissionSampler(Sampler):
+    """Root sampler: inside a request, keep its admission decision; elsewhere, the trace-id ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        decision = admitted.get()
+        if decision is None:
+            return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        state = get_current_span(parent_context).get_span_context().trace_state
+        return SamplingResult(
+            Decision.RECORD_AND_SAMPLE if decision else Decision.DROP, attributes if decision else None, state
+        )
+
+    def get_description(self) -> str:
+        return f"FastAPIDoctorAdmission{{{self._ratio.get_description()}}}"
+
+
+def sampler(ratio: float) -> Sampler:
+    configure(ratio)
+    return ParentBased(root=AdmissionSampler(ratio))

@@ -1,0 +1,30 @@
+"""One module per signal. Each signal observes and reports findings; it never formats output.
+
+A signal is a class with a ``name`` (its detector name, see ``config.DETECTORS``), and
+``instrument(agent)`` / ``uninstrument()`` that undo each other. Importing a signal module must not
+import the app's libraries (fastapi, starlette, sqlalchemy): hook them with ``agent.when_imported``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+
+class Signal(Protocol):
+    name: str
+
+    def instrument(self, agent: Any) -> None: ...
+
+    def uninstrument(self) -> None: ...
+
+
+# (detector name, "module:Class"), in start-up order. Later issues add theirs here.
+REGISTRY: list[tuple[str, str]] = []
+
+
+def load(detector: str, target: str) -> Signal:
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    signal: Signal = getattr(module, class_name)()
+    return signal

@@ -1,0 +1,218 @@
+"""OpenTelemetry providers and exporters: Prometheus pull always, OTLP/gRPC when an endpoint is set.
+
+An unreachable collector never disturbs the app: export queues are bounded (the SDK's batch
+processor drops when full), and the outage is logged once when it starts and once when it ends,
+instead of the exporter's line per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from fastapi_doctor import sampling
+from fastapi_doctor.config import Settings
+from fastapi_doctor.version import __version__
+
+_log = logging.getLogger("fastapi_doctor")
+
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+
+
+class _Outage:
+    """Logs an export outage once when it starts and once when it ends."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self.down = False
+        self.failed_batches = 0
+
+    def result(self, ok: bool, signal: str) -> None:
+        with self._lock:
+            if ok and self.down:
+                self.down = False
+                _log.warning("fastapi-doctor: OTLP export to %s works again (%s)", self.endpoint, signal)
+            elif not ok:
+                self.failed_batches += 1
+                if not self.down:
+                    self.down = True
+                    _log.warning(
+                        "fastapi-doctor: cannot export telemetry to the collector at %s; the app is unaffected, "
+                        "telemetry is dropped until it answers (this is logged once per outage)",
+                        self.endpoint,
+                    )
+
+
+class _QuietExporterLogs(logging.Filter):
+    """Drops the exporters' per-batch retry and failure lines; :class:`_Outage` says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING or "export" not in record.getMessage().lower()
+
+
+class OutageAwareSpanExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, outage: _Outage) -> None:
+        self._inner = inner
+        self._outage = outage
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        self._outage.result(result == SpanExportResult.SUCCESS, "traces")
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class OutageAwareMetricExporter(MetricExporter):
+    def __init__(self, inner: MetricExporter, outage: _Outage) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self._outage = outage
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        self._outage.result(result == MetricExportResult.SUCCESS, "metrics")
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+@dataclass
+class Pipelines:
+    tracer_provider: Any
+    meter_provider: Any
+    prometheus_reader: Any
+    owned: bool  # False when the app had configured its own providers first
+    outage: _Outage | None = None
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        from prometheus_client import REGISTRY
+
+        try:
+            REGISTRY.unregister(self.prometheus_reader._collector)
+        except Exception:
+            pass
+        if not self.owned:
+            return
+        for provider in (self.tracer_provider, self.meter_provider):
+            try:
+                provider.force_flush(int(timeout_s * 1000)) if provider is self.tracer_provider else None
+                provider.shutdown()
+            except Exception:
+                _log.debug("provider shutdown failed", exc_info=True)
+
+
+def _sampling_ratio(settings: Settings) -> float:
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").strip().lower()
+    if name in ("always_on", "parentbased_always_on"):
+        return 1.0
+    if name in ("always_off", "parentbased_always_off"):
+        return 0.0
+    return settings.traces_sampler_arg
+
+
+def resource(settings: Settings) -> Resource:
+    return Resource.create(
+        {
+            "service.name": settings.service_name,
+            "telemetry.distro.name": "fastapi-doctor",
+            "telemetry.distro.version": __version__,
+            "process.pid": os.getpid(),
+        }
+    )
+
+
+def build(settings: Settings) -> Pipelines:
+    """Create and register the global providers (or join the app's own, when it set them first)."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    res = resource(settings)
+    prometheus_reader = PrometheusMetricReader()
+    outage: _Outage | None = None
+    readers: list[Any] = [prometheus_reader]
+    span_exporter: SpanExporter | None = None
+    endpoint = settings.otlp_endpoint
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        outage = _Outage(endpoint)
+        for name in _EXPORTER_LOGGERS:
+            logging.getLogger(name).addFilter(_QuietExporterLogs())
+        insecure = not endpoint.startswith("https://")
+        timeout = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "5"))
+        readers.append(
+            PeriodicExportingMetricReader(
+                OutageAwareMetricExporter(OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout), outage),
+                export_interval_millis=settings.metric_export_interval_ms,
+            )
+        )
+        span_exporter = OutageAwareSpanExporter(
+            OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout), outage
+        )
+
+    current_tracer = trace.get_tracer_provider()
+    current_meter = metrics.get_meter_provider()
+    owned = _is_proxy(current_tracer) and _is_proxy(current_meter)
+    if owned:
+        tracer_provider = TracerProvider(resource=res, sampler=sampling.sampler(_sampling_ratio(settings)))
+        if span_exporter is not None:
+            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048))
+        meter_provider = MeterProvider(resource=res, metric_readers=readers)
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(meter_provider)
+    else:
+        # The app configured OpenTelemetry itself: keep its providers, add what we can.
+        _log.info("fastapi-doctor: OpenTelemetry providers already set by the app; joining them")
+        tracer_provider = current_tracer
+        meter_provider = current_meter
+        if hasattr(meter_provider, "add_metric_reader"):
+            for reader in readers:
+                meter_provider.add_metric_reader(reader)
+        if span_exporter is not None and hasattr(tracer_provider, "add_span_processor"):
+            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048))
+        sampling.configure(_sampling_ratio(settings))
+    return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, outage)
+
+
+def _is_proxy(provider: Any) -> bool:
+    cls = type(provider)
+    return cls.__name__ in ("ProxyTracerProvider", "_ProxyMeterProvider", "NoOpTracerProvider", "NoOpMeterProvider")
