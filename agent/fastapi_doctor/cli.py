@@ -1,0 +1,101 @@
+"""``fastapi-doctor``: check-config, report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from fastapi_doctor import config
+
+
+def check_config(args: argparse.Namespace) -> int:
+    if args.list:
+        for env, default, meaning in config.environment_table():
+            print(f"{env:40} {default:20} {meaning}")
+        return 0
+    _, errors = config.load()
+    for error in errors:
+        print(f"fastapi-doctor: {error}", file=sys.stderr)
+    if errors:
+        return 1
+    print("fastapi-doctor: configuration OK")
+    return 0
+
+
+def fetch_doctor(url: str, token: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    """The /doctor document of a running agent. Raises ``ReportError`` with a clear message."""
+    request = urllib.request.Request(url.rstrip("/") + "/doctor")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        raise ReportError(f"{url} answered HTTP {exc.code}" + (" (set --token)" if exc.code == 401 else "")) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ReportError(f"cannot reach the agent at {url}: {reason}") from exc
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise ReportError(f"{url}/doctor did not return JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
+        raise ReportError(f"{url}/doctor returned JSON without a findings list")
+    return doc
+
+
+class ReportError(Exception):
+    pass
+
+
+def report(args: argparse.Namespace) -> int:
+    from fastapi_doctor.report.terminal import render_table
+
+    try:
+        doc = fetch_doctor(args.url, args.token)
+    except ReportError as exc:
+        print(f"fastapi-doctor: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render_table(doc))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from fastapi_doctor.demo.run import main as run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastapi-doctor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="check the FASTAPI_DOCTOR_* and OTEL_* settings of this environment")
+    p.add_argument("--list", action="store_true", help="list every setting with its default")
+    p.set_defaults(func=check_config)
+
+    p = sub.add_parser("report", help="print the findings of a running agent")
+    p.add_argument("--url", default="http://127.0.0.1:9464", help="the side server (default %(default)s)")
+    p.add_argument("--token", default=None, help="bearer token when FASTAPI_DOCTOR_AUTH_TOKEN is set")
+    p.add_argument("--json", action="store_true", help="print the /doctor JSON")
+    p.set_defaults(func=report)
+
+    p = sub.add_parser("demo", help="run the patient app under the agent and print the diagnosis")
+    p.add_argument("--database-url", default=None, help="SQLAlchemy async URL (default: a SQLite file)")
+    p.add_argument("--report", default="fastapi-doctor-report.html", help="where to save the HTML report")
+    p.add_argument("--quick", action="store_true", help="shorter load phases")
+    p.set_defaults(func=demo)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
