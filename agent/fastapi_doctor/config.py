@@ -173,6 +173,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a number of milliseconds > 0", "Requests slower than this are logged."),
     Setting("slow_query_ms", "FASTAPI_DOCTOR_SLOW_QUERY_MS", 200.0, _positive_float, "a number of milliseconds > 0",
             "Statements slower than this are logged."),
+    Setting("log_repeat_seconds", "FASTAPI_DOCTOR_LOG_REPEAT_SECONDS", 60.0, _positive_float,
+            "a number of seconds > 0",
+            "Identical request or slow-query records within this window are written once, then summarised."),
     # Standard OpenTelemetry variables the agent reads itself.
     Setting("service_name", "OTEL_SERVICE_NAME", "fastapi-app", _host, "a non-empty name without spaces",
             "service.name of everything the agent emits."),
@@ -186,6 +189,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Where spans and metrics go over OTLP/gRPC; unset means Prometheus pull only."),
     Setting("metric_export_interval_ms", "OTEL_METRIC_EXPORT_INTERVAL", 60000.0, _positive_float,
             "a number of milliseconds > 0", "Interval of the OTLP metric export."),
+    Setting("export_app_logs", "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", False, _bool, "true or false",
+            "Also export the app's own logging records over OTLP (needs OTEL_EXPORTER_OTLP_ENDPOINT)."),
 )
 
 SETTINGS_BY_FIELD = {s.field: s for s in SETTINGS}
@@ -211,12 +216,14 @@ class Settings:
     log_format: str = "text"
     slow_request_ms: float = 1000.0
     slow_query_ms: float = 200.0
+    log_repeat_seconds: float = 60.0
     service_name: str = "fastapi-app"
     prometheus_host: str = "localhost"
     prometheus_port: int = 9464
     traces_sampler_arg: float = 0.1
     otlp_endpoint: str | None = None
     metric_export_interval_ms: float = 60000.0
+    export_app_logs: bool = False
 
     def detector_enabled(self, name: str) -> bool:
         return name not in self.disabled_detectors
