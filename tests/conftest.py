@@ -11,6 +11,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import AppProcess, OTLPReceiver, start_otlp_receiver  # noqa: E402
 
+# The throwaway PostgreSQL cluster (fixtures `postgres`, `pg_database`).
+pytest_plugins = ["pg"]
+
 
 @pytest.fixture
 def otlp() -> Iterator[OTLPReceiver]:
