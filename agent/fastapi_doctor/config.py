@@ -176,6 +176,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_repeat_seconds", "FASTAPI_DOCTOR_LOG_REPEAT_SECONDS", 60.0, _positive_float,
             "a number of seconds > 0",
             "Identical request or slow-query records within this window are written once, then summarised."),
+    Setting("redact_query", "FASTAPI_DOCTOR_REDACT_QUERY", True, _bool, "true or false",
+            "Replace query-string values in exported spans (url.query, url.full) with REDACTED; keys stay."),
     # Standard OpenTelemetry variables the agent reads itself.
     Setting("service_name", "OTEL_SERVICE_NAME", "fastapi-app", _host, "a non-empty name without spaces",
             "service.name of everything the agent emits."),
@@ -217,6 +219,7 @@ class Settings:
     slow_request_ms: float = 1000.0
     slow_query_ms: float = 200.0
     log_repeat_seconds: float = 60.0
+    redact_query: bool = True
     service_name: str = "fastapi-app"
     prometheus_host: str = "localhost"
     prometheus_port: int = 9464
