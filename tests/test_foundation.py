@@ -218,3 +218,13 @@ def test_agent_package_imports_no_app_library():
            "print(sorted(m for m in ('fastapi','starlette','sqlalchemy','pydantic') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_metrics_page_passes_promtool(serve):
+    app = serve("hello:app")
+    for path in ("/", "/items/1", "/nowhere", "/boom"):
+        httpx.get(app.url + path)
+    text = app.metrics_text()
+    assert "http_server_request_duration_seconds_bucket" in text
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

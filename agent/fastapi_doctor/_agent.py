@@ -29,6 +29,7 @@ class Agent:
         self.started_at = time.time()
         self.running = False
         self.meter: Any = None
+        self.lean: Any = None
         self.tracer: Any = None
         self.pipelines: Any = None
         self.server: Any = None
@@ -67,7 +68,9 @@ class Agent:
         )
         self.findings.add_listener(self._count_finding)
         self.findings.add_listener(log_first_occurrence)
-        self.request_metrics = RequestMetrics(self.meter)
+        # Histograms recorded on the request path: lean ones, read by the SDK's readers (lean_metrics.py).
+        self.lean = self.pipelines.lean
+        self.request_metrics = RequestMetrics(self.lean)
         self.running = True
         _imports.when_imported("fastapi", self._on_fastapi)
         from fastapi_doctor import signals

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi_doctor import containment, sampling
 from fastapi_doctor.context import RequestState, active_requests, current_request
+from fastapi_doctor.lean_metrics import LeanMetrics
 
 _KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"})
 
@@ -24,14 +25,12 @@ RequestHook = Callable[[RequestState], None]
 class RequestMetrics:
     """Instruments of the request path, created once; attribute sets cached per route."""
 
-    def __init__(self, meter: Any) -> None:
-        self.duration = meter.create_histogram(
+    def __init__(self, lean: LeanMetrics) -> None:
+        self.duration = lean.histogram(
             "http.server.request.duration",
             unit="s",
             description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=(
-                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-            ),
+            boundaries=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
         )
         self._attributes: dict[tuple[str, str | None, int | None, str], dict[str, Any]] = {}
         # Hooks of the signals, run after each request (contained one by one).

@@ -20,13 +20,13 @@ from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricExportResult,
     MetricsData,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from fastapi_doctor import sampling
+from fastapi_doctor import lean_metrics, sampling
+from fastapi_doctor.lean_metrics import LeanMetrics
 from fastapi_doctor.config import Settings
 from fastapi_doctor.version import __version__
 
@@ -121,6 +121,7 @@ class Pipelines:
     meter_provider: Any
     prometheus_reader: Any
     owned: bool  # False when the app had configured its own providers first
+    lean: LeanMetrics
     outage: _Outage | None = None
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
@@ -162,10 +163,9 @@ def resource(settings: Settings) -> Resource:
 
 def build(settings: Settings) -> Pipelines:
     """Create and register the global providers (or join the app's own, when it set them first)."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
     res = resource(settings)
-    prometheus_reader = PrometheusMetricReader()
+    lean = LeanMetrics("fastapi_doctor", __version__)
+    prometheus_reader = lean_metrics.prometheus_reader(lean, res)
     outage: _Outage | None = None
     readers: list[Any] = [prometheus_reader]
     span_exporter: SpanExporter | None = None
@@ -180,9 +180,11 @@ def build(settings: Settings) -> Pipelines:
         insecure = not endpoint.startswith("https://")
         timeout = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "5"))
         readers.append(
-            PeriodicExportingMetricReader(
+            lean_metrics.periodic_reader(
+                lean,
+                res,
                 OutageAwareMetricExporter(OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout), outage),
-                export_interval_millis=settings.metric_export_interval_ms,
+                settings.metric_export_interval_ms,
             )
         )
         span_exporter = OutageAwareSpanExporter(
@@ -210,7 +212,7 @@ def build(settings: Settings) -> Pipelines:
         if span_exporter is not None and hasattr(tracer_provider, "add_span_processor"):
             tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048))
         sampling.configure(_sampling_ratio(settings))
-    return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, outage)
+    return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, lean, outage)
 
 
 def _is_proxy(provider: Any) -> bool:

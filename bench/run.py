@@ -1,0 +1,391 @@
+"""Overhead benchmark: the same app bare, under the stock ``opentelemetry-instrument`` (with
+opentelemetry-distro) and under fastapi-doctor, started in alternation (A B C A B C …).
+
+    make bench                      # full run (about 10 minutes)
+    make bench BENCH_ARGS=--quick   # a few seconds per part: checks that it works, measures nothing
+
+Server pinned to core 0, load generator to core 1 (taskset, when the machine has two cores).
+Both instrumented runs export OTLP/gRPC to the same local receiver. Prints a table and writes JSON
+under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import free_port, start_otlp_receiver  # noqa: E402
+
+BIN = Path(sys.executable).parent
+STOCK_OTEL = ROOT / ".cache" / "stock-otel"
+ROUTES = {"hello": "/hello", "deps_db_mw": "/items/7"}
+DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "logs")
+
+
+@dataclass
+class Run:
+    config: str
+    route: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_req: float
+    rss_mb: float
+    requests: int
+
+
+@dataclass
+class Server:
+    config: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    side_port: int = 0
+    log: Path = field(default_factory=lambda: Path(tempfile.mktemp(prefix="bench-", suffix=".log")))
+
+    def start(self, cpu: str | None) -> None:
+        self.port, self.side_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+        env.update(self.env)
+        env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(self.side_port)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--port", str(self.port), "--no-access-log",
+               "--log-level", "warning"]
+        if self.config != "bare":
+            cmd = [str(BIN / "opentelemetry-instrument"), *cmd]
+        if cpu is not None:
+            cmd = ["taskset", "-c", cpu, *cmd]
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT / "bench", stdout=self._logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/hello", timeout=1).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.config} did not start:\n{self.log.read_text()}")
+                time.sleep(0.1)
+
+    def process(self) -> psutil.Process:
+        assert self.proc is not None
+        parent = psutil.Process(self.proc.pid)
+        # Under taskset/opentelemetry-instrument the server replaces the process (exec): same pid.
+        return parent
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._logf.close()
+
+
+def configs(receiver_endpoint: str) -> dict[str, dict[str, str]]:
+    stock = {
+        "PYTHONPATH": str(STOCK_OTEL),
+        "OTEL_PYTHON_DISTRO": "distro",
+        "OTEL_PYTHON_CONFIGURATOR": "configurator",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver_endpoint,
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+    }
+    doctor = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver_endpoint, "OTEL_SERVICE_NAME": "bench"}
+    return {"bare": {}, "stock": stock, "doctor": doctor}
+
+
+_WRK_LAT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, seconds: float, cpu: str | None, script: str | None = None) -> tuple[float, float, float, int]:
+    """(req/s, p50 ms, p99 ms, requests) from wrk -t1 -c32; a Python client when wrk is missing."""
+    if shutil.which("wrk") is None:
+        return asyncio.run(_python_load(url, seconds))
+    cmd = ["wrk", "-t1", "-c32", f"-d{max(1, round(seconds))}s", "--latency", url]
+    if script:
+        cmd[1:1] = ["-s", script]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    lat = {m.group(1): float(m.group(2)) * _UNIT[m.group(3)] for m in _WRK_LAT.finditer(out)}
+    return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), total
+
+
+async def _python_load(url: str, seconds: float, connections: int = 32) -> tuple[float, float, float, int]:
+    host, port, path = _split(url)
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            writer.write(request)
+            await _read_response(reader)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return len(latencies) / elapsed, _pct(latencies, 50), _pct(latencies, 99), len(latencies)
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
+    assert m, url
+    return m.group(1), int(m.group(2)), m.group(3)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"content-length:\s*(\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
+
+
+async def open_loop_p99(url: str, rate: float, seconds: float, connections: int = 32) -> float:
+    """p99 latency (ms) at a fixed request rate, measured from each request's scheduled time."""
+    host, port, path = _split(url)
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    queue: asyncio.Queue[float | None] = asyncio.Queue()
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        while (scheduled := await queue.get()) is not None:
+            writer.write(request)
+            await _read_response(reader)
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+        writer.close()
+
+    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(scheduled)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    latencies.sort()
+    return _pct(latencies, 99)
+
+
+def measure(server: Server, route: str, seconds: float, cpu: str | None) -> Run:
+    url = f"http://127.0.0.1:{server.port}{ROUTES[route]}"
+    wrk(url, max(1.0, seconds / 4), cpu)  # warm-up
+    proc = server.process()
+    before = proc.cpu_times()
+    rps, p50, p99, total = wrk(url, seconds, cpu)
+    after = proc.cpu_times()
+    cpu_s = (after.user - before.user) + (after.system - before.system)
+    rss = proc.memory_info().rss / 2**20
+    return Run(server.config, route, rps, p50, p99, cpu_s / max(total, 1) * 1e6, rss, total)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few seconds per part (checks that it works)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--skip-detectors", action="store_true", help="skip the per-detector cost runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 1.0
+    server_cpu, load_cpu = ("0", "1") if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else (None, None)
+    if not (STOCK_OTEL / "opentelemetry" / "distro").is_dir():
+        print(f"bench: opentelemetry-distro is missing in {STOCK_OTEL}; run `make bench`", file=sys.stderr)
+        return 2
+
+    receiver = start_otlp_receiver()
+    env_by_config = configs(receiver.endpoint)
+    runs: list[Run] = []
+    try:
+        for round_no in range(args.rounds):
+            for config, env in env_by_config.items():
+                server = Server(config, env)
+                server.start(server_cpu)
+                try:
+                    for route in ROUTES:
+                        run = measure(server, route, args.seconds, load_cpu)
+                        runs.append(run)
+                        print(f"round {round_no + 1}/{args.rounds} {config:7} {route:11} {run.rps:8.0f} req/s "
+                              f"p99 {run.p99_ms:6.2f} ms  {run.cpu_us_per_req:6.1f} us/req", flush=True)
+                finally:
+                    server.stop()
+
+        summary = summarise(runs)
+        bare_hello = summary[("bare", "hello")]["rps"]
+        latency = {}
+        for config in ("bare", "doctor"):
+            server = Server(config, env_by_config[config])
+            server.start(server_cpu)
+            try:
+                url = f"http://127.0.0.1:{server.port}/hello"
+                wrk(url, 1, load_cpu)
+                latency[config] = asyncio.run(open_loop_p99(url, bare_hello / 2, 2 if args.quick else 10))
+            finally:
+                server.stop()
+
+        rss = rss_growth(env_by_config["doctor"], server_cpu, load_cpu, 20_000 if args.quick else 200_000)
+
+        detectors: dict[str, float] = {}
+        if not args.skip_detectors:
+            detectors = detector_costs(receiver.endpoint, server_cpu, load_cpu, 1 if args.quick else 3,
+                                       args.seconds)
+    finally:
+        receiver.stop()
+
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pinned": server_cpu is not None},
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "quick": args.quick},
+        "summary": {f"{c}/{r}": v for (c, r), v in summary.items()},
+        "ratios": ratios(summary),
+        "p99_at_half_bare_capacity_ms": latency,
+        "rss_growth": rss,
+        "detector_cost_us_per_request": detectors,
+        "runs": [asdict(r) for r in runs],
+    }
+    print()
+    print(render(report))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quick.json" if args.quick else time.strftime("bench-%Y%m%d-%H%M%S.json")
+    (out / name).write_text(json.dumps(report, indent=2))
+    print(f"\nwritten {out / name}")
+    return 0
+
+
+def summarise(runs: list[Run]) -> dict[tuple[str, str], dict[str, float]]:
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for key in sorted({(r.config, r.route) for r in runs}):
+        mine = [r for r in runs if (r.config, r.route) == key]
+        out[key] = {
+            "rps": statistics.median(r.rps for r in mine),
+            "p50_ms": statistics.median(r.p50_ms for r in mine),
+            "p99_ms": statistics.median(r.p99_ms for r in mine),
+            "cpu_us_per_req": statistics.median(r.cpu_us_per_req for r in mine),
+            "rss_mb": statistics.median(r.rss_mb for r in mine),
+        }
+    return out
+
+
+def ratios(summary: dict[tuple[str, str], dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for route in ROUTES:
+        bare, stock, doctor = (summary[(c, route)]["rps"] for c in ("bare", "stock", "doctor"))
+        out[route] = {"doctor_to_bare": doctor / bare, "stock_to_bare": stock / bare, "doctor_to_stock": doctor / stock}
+    return out
+
+
+def rss_growth(env: dict[str, str], server_cpu: str | None, load_cpu: str | None, requests: int) -> dict[str, float]:
+    """RSS before and after ``requests`` spread over 1,000 distinct raw paths (one route template)."""
+    script = Path(tempfile.mktemp(suffix=".lua"))
+    script.write_text('i = 0\nrequest = function()\n  i = (i + 1) % 1000\n'
+                      '  return wrk.format("GET", "/raw/p" .. i)\nend\n')
+    server = Server("doctor", env)
+    server.start(server_cpu)
+    try:
+        url = f"http://127.0.0.1:{server.port}/raw/p0"
+        wrk(url, 2, load_cpu, str(script))  # warm-up: every path seen once
+        proc = server.process()
+        before = proc.memory_info().rss
+        sent = 0
+        while sent < requests:
+            rps, _, _, total = wrk(url, min(30.0, max(1.0, (requests - sent) / 3000)), load_cpu, str(script))
+            sent += total
+        after = proc.memory_info().rss
+    finally:
+        server.stop()
+        script.unlink(missing_ok=True)
+    return {"requests": sent, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
+            "growth_mb": (after - before) / 2**20}
+
+
+def detector_costs(endpoint: str, server_cpu: str | None, load_cpu: str | None, rounds: int,
+                   seconds: float) -> dict[str, float]:
+    """CPU microseconds per request each detector costs on the dependencies+DB+middleware route:
+    all detectors on minus that one off, alternating, medians over rounds."""
+    base_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "bench"}
+    samples: dict[str, list[float]] = {d: [] for d in ("all", *DETECTORS)}
+    for _ in range(rounds):
+        for name in samples:
+            env = dict(base_env)
+            if name != "all":
+                env["FASTAPI_DOCTOR_DISABLED_DETECTORS"] = name
+            server = Server("doctor", env)
+            server.start(server_cpu)
+            try:
+                samples[name].append(measure(server, "deps_db_mw", seconds, load_cpu).cpu_us_per_req)
+            finally:
+                server.stop()
+    all_on = statistics.median(samples["all"])
+    return {"all_on_us_per_req": all_on, **{d: all_on - statistics.median(samples[d]) for d in DETECTORS}}
+
+
+def render(report: dict) -> str:
+    lines = ["config   route        req/s    p50 ms   p99 ms   CPU us/req   RSS MB"]
+    for key, v in report["summary"].items():
+        config, route = key.split("/")
+        lines.append(f"{config:8} {route:11} {v['rps']:7.0f}  {v['p50_ms']:7.2f}  {v['p99_ms']:7.2f}  "
+                     f"{v['cpu_us_per_req']:10.1f}  {v['rss_mb']:7.1f}")
+    lines.append("")
+    for route, r in report["ratios"].items():
+        lines.append(f"{route:11} doctor/bare {r['doctor_to_bare']:.2f}x   stock/bare {r['stock_to_bare']:.2f}x   "
+                     f"doctor/stock {r['doctor_to_stock']:.2f}x")
+    lat = report["p99_at_half_bare_capacity_ms"]
+    if lat:
+        lines.append(f"p99 at half the bare capacity: bare {lat['bare']:.2f} ms, doctor {lat['doctor']:.2f} ms "
+                     f"({lat['doctor'] / lat['bare']:.2f}x)")
+    rss = report["rss_growth"]
+    lines.append(f"RSS growth over {rss['requests']:,} requests on 1,000 raw paths: {rss['growth_mb']:.1f} MB")
+    if report["detector_cost_us_per_request"]:
+        lines.append("per-detector cost (CPU us/request, all on minus one off):")
+        for name, cost in report["detector_cost_us_per_request"].items():
+            lines.append(f"  {name:18} {cost:6.1f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
