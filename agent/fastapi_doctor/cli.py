@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", default=None, help="SQLAlchemy async URL (default: a SQLite file)")
     p.add_argument("--report", default="fastapi-doctor-report.html", help="where to save the HTML report")
     p.add_argument("--quick", action="store_true", help="shorter load phases")
+    p.add_argument("--only", action="append", choices=config.ROOT_CAUSES, metavar="ROOT_CAUSE",
+                   help="run only this scenario (repeatable): " + ", ".join(config.ROOT_CAUSES))
+    p.add_argument("--summary", default=None, metavar="PATH", help="also write the result as JSON to PATH")
     p.set_defaults(func=demo)
 
     args = parser.parse_args(argv)

@@ -1,23 +1,50 @@
-"""``fastapi-doctor demo``: start the patient under the agent, send it requests, print the findings.
+"""``fastapi-doctor demo``: the patient under the agent, a load per scenario, and the diagnosis.
 
-The full patient with a scenario per root cause grows with the signals (see the demo issue); this
-runner already does the real thing: a real server under ``opentelemetry-instrument``.
+Starts the patient (``fastapi_doctor.demo.patient``) under ``opentelemetry-instrument`` in a real
+uvicorn process, drives each scenario of :mod:`fastapi_doctor.demo.scenarios` with concurrent
+requests, waits for the agent's findings and prints, per scenario, the root cause found with its
+route, code location, evidence and fix; then expected vs found. Exits 1 when an expected finding is
+missing or an unexpected one appears, 2 when the patient cannot be run.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import re
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
+import fastapi_doctor
 from fastapi_doctor.cli import ReportError, fetch_doctor
-from fastapi_doctor.report.terminal import render_table
+from fastapi_doctor.demo.scenarios import SCENARIOS, Scenario, runbook_fix
+from fastapi_doctor.report.terminal import render_finding, render_rows
+
+PACKAGE_PARENT = Path(fastapi_doctor.__file__).resolve().parent.parent
+REPO_ROOT = PACKAGE_PARENT.parent if (PACKAGE_PARENT.parent / "docs").is_dir() else None
+
+# Thresholds small enough for a run of a minute; everything else keeps the agent's defaults.
+DEMO_SETTINGS = {
+    "FASTAPI_DOCTOR_LEAK_SECONDS": "1",
+    "FASTAPI_DOCTOR_LOG_REQUESTS": "off",
+    "FASTAPI_DOCTOR_PROFILING": "true",
+}
 
 
 def _free_port() -> int:
@@ -26,49 +53,413 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, timeout: float = 10.0) -> int:
+# -- the patient process ---------------------------------------------------------------------------
+
+
+class Patient:
+    """The patient app in a real server process under ``opentelemetry-instrument``."""
+
+    def __init__(self, database_url: str, workdir: Path) -> None:
+        self.port = _free_port()
+        self.side_port = _free_port()
+        self.log_path = workdir / "patient.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FASTAPI_DOCTOR_")}
+        env.update(DEMO_SETTINGS)
+        env.update(
+            {
+                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.side_port),
+                "OTEL_SERVICE_NAME": "patient",
+                "PATIENT_DATABASE_URL": database_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.env = env
+        bin_dir = Path(sys.executable).parent
+        wrapper = bin_dir / "opentelemetry-instrument"
+        self.command = [
+            str(wrapper) if wrapper.exists() else shutil.which("opentelemetry-instrument") or "opentelemetry-instrument",
+            sys.executable, "-m", "uvicorn", "fastapi_doctor.demo.patient:app",
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def side_url(self) -> str:
+        return f"http://127.0.0.1:{self.side_port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._log = open(self.log_path, "wb")
+        # Run from the directory above the package so code locations read fastapi_doctor/demo/….
+        self.proc = subprocess.Popen(
+            self.command, cwd=PACKAGE_PARENT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the patient exited with code {self.proc.returncode}")
+            if _status(self.url + "/healthz") == 200 and _status(self.side_url + "/healthz") == 200:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the patient did not answer within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def logs(self, last: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-last:])
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+
+
+def _status(url: str) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            r.read()
-            return r.status
+        with urllib.request.urlopen(url, timeout=2) as response:
+            response.read()
+            return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+    except OSError:
+        return None
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    seconds: float = 0.0
+    durations: dict[str, list[float]] = field(default_factory=lambda: {"sick": [], "healthy": []})
+    errors: list[str] = field(default_factory=list)
+
+    def p50_ms(self, kind: str) -> float | None:
+        values = self.durations[kind]
+        return statistics.median(values) * 1000 if values else None
+
+
+def drive(base_url: str, plan: list[tuple[str, str]], concurrency: int, progress: Progress) -> LoadResult:
+    """Send the (kind, path) requests of ``plan`` with ``concurrency`` in flight, from threads."""
+    result = LoadResult()
+    lock = threading.Lock()
+    host = urlsplit(base_url)
+    local = threading.local()
+
+    def one(item: tuple[str, str]) -> None:
+        kind, path = item
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+        start = time.perf_counter()
+        error = None
+        try:
+            conn.request("GET", path, headers={"Accept-Encoding": "gzip", "Accept": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status >= 400:
+                error = f"GET {path} -> {response.status}"
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            local.conn = None
+            error = f"GET {path} -> {type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - start
+        with lock:
+            result.durations[kind].append(elapsed)
+            if error:
+                result.errors.append(error)
+        progress.advance()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="demo-load") as pool:
+        list(pool.map(one, plan))
+    result.seconds = time.perf_counter() - started
+    progress.done()
+    return result
+
+
+class Progress:
+    """A one-line progress bar: redrawn in place on a terminal, printed once when done elsewhere."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, label: str, out: TextIO) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.out = out
+        self.count = 0
+        self.started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._tty = out.isatty()
+        self._last_draw = 0.0
+
+    def advance(self) -> None:
+        with self._lock:
+            self.count += 1
+            now = time.perf_counter()
+            if self._tty and (now - self._last_draw > 0.05 or self.count == self.total):
+                self._last_draw = now
+                self.out.write("\r" + self._line())
+                self.out.flush()
+
+    def done(self) -> None:
+        with self._lock:
+            self.out.write(("\r" if self._tty else "") + self._line() + "\n")
+            self.out.flush()
+
+    def _line(self) -> str:
+        filled = int(self.WIDTH * self.count / self.total)
+        elapsed = time.perf_counter() - self.started
+        return f"    {self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.count}/{self.total} {elapsed:5.1f} s"
+
+
+def plan_for(scenario: Scenario, quick: bool) -> list[tuple[str, str]]:
+    n = scenario.quick_requests if quick else scenario.requests
+    plan: list[tuple[str, str]] = []
+    for i in range(n):
+        plan.append(("sick", scenario.sick_paths[i % len(scenario.sick_paths)]))
+        if scenario.healthy_paths:
+            plan.append(("healthy", scenario.healthy_paths[i % len(scenario.healthy_paths)]))
+    return plan
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+
+
+def matches(scenario: Scenario, finding: dict[str, Any]) -> bool:
+    if finding.get("root_cause") != scenario.root_cause:
+        return False
+    return scenario.route is None or finding.get("route") == scenario.route
+
+
+def expected(finding: dict[str, Any], scenarios: tuple[Scenario, ...]) -> bool:
+    return any(matches(s, finding) for s in scenarios)
+
+
+def covered(scenario: Scenario, detectors: list[str]) -> bool:
+    return any(d in detectors for d in scenario.detectors)
+
+
+def _poll_findings(side_url: str, token: str | None = None) -> dict[str, Any] | None:
+    try:
+        return fetch_doctor(side_url, token)
+    except ReportError:
+        return None
+
+
+@dataclass
+class Verdict:
+    scenario: Scenario
+    found: list[dict[str, Any]]
+    load: LoadResult
+    covered: bool
+    waited_s: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.found)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def run_scenario(patient: Patient, scenario: Scenario, index: int, total: int, quick: bool, out: TextIO) -> Verdict:
+    title = f"[{index}/{total}] {scenario.root_cause} - {scenario.title}"
+    print(f"\n{title}", file=out)
+    print(f"    sick route     GET {scenario.route or scenario.sick_paths[0] + ' (every route)'}", file=out)
+    if scenario.healthy_route:
+        print(f"    healthy twin   GET {scenario.healthy_route}", file=out)
+    print(f"    the bug        {scenario.bug}", file=out)
+    plan = plan_for(scenario, quick)
+    progress = Progress(len(plan), "load", out)
+    load = drive(patient.url, plan, scenario.concurrency, progress)
+    twin = f" · healthy p50 {_ms(load.p50_ms('healthy'))}" if scenario.healthy_paths else ""
+    print(f"    sick p50 {_ms(load.p50_ms('sick'))}{twin} · {len(load.errors)} error(s)", file=out)
+    for error in load.errors[:3]:
+        print(f"      {error}", file=out)
+
+    doc = _poll_findings(patient.side_url)
+    detectors = (doc or {}).get("detectors", [])
+    is_covered = covered(scenario, detectors)
+    started = time.monotonic()
+    found: list[dict[str, Any]] = []
+    wait_s = scenario.wait_s if is_covered else 0.0
+    while True:
+        if doc is not None:
+            found = [f for f in doc["findings"] if matches(scenario, f)]
+        if found or time.monotonic() - started >= wait_s:
+            break
+        time.sleep(0.25)
+        doc = _poll_findings(patient.side_url)
+    waited = time.monotonic() - started
+    if found:
+        best = max(found, key=lambda f: f.get("count", 1))
+        print(f"  FOUND {scenario.root_cause} on {best.get('route') or '(no route)'}", file=out)
+        fix = runbook_fix(scenario.root_cause, REPO_ROOT) or scenario.fix
+        print(render_finding(best, fix), file=out)
+    elif not is_covered:
+        print(f"  MISSING: no {' or '.join(scenario.detectors)} detector runs in this agent", file=out)
+    else:
+        print(f"  MISSING: no {scenario.root_cause} finding within {wait_s:.0f} s of the load", file=out)
+    return Verdict(scenario, found, load, is_covered, waited)
 
 
 def main(args: argparse.Namespace) -> int:
-    port, side = _free_port(), _free_port()
-    env = dict(os.environ, OTEL_EXPORTER_PROMETHEUS_PORT=str(side), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-               OTEL_SERVICE_NAME="patient")
-    bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "opentelemetry-instrument"), sys.executable, "-m", "uvicorn",
-           "fastapi_doctor.demo.patient:app", "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    print(f"$ {' '.join(cmd[0:1] + ['uvicorn'] + cmd[4:])}")
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    out = sys.stdout
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get(f"http://127.0.0.1:{port}/healthy")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    print("fastapi-doctor demo: the patient did not start", file=sys.stderr)
-                    return 2
-                time.sleep(0.2)
-        for path in ("/healthy", "/blocking", "/healthy", "/items/1", "/items/2"):
-            status = _get(f"http://127.0.0.1:{port}{path}")
-            print(f"GET {path} -> {status}")
+        out.reconfigure(errors="replace")  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        pass
+    scenarios = SCENARIOS
+    only = getattr(args, "only", None)
+    if only:
+        scenarios = tuple(s for s in SCENARIOS if s.root_cause in only)
+    quick = bool(getattr(args, "quick", False))
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="fastapi-doctor-demo-"))
+    database_url = args.database_url or f"sqlite+aiosqlite:///{workdir / 'patient.db'}"
+    patient = Patient(database_url, workdir)
+    print("fastapi-doctor demo: a sick FastAPI app under the agent", file=out)
+    print(f"$ opentelemetry-instrument uvicorn fastapi_doctor.demo.patient:app --port {patient.port}", file=out)
+    print(f"  database {_redact(database_url)} · doctor page {patient.side_url}/", file=out)
+    try:
         try:
-            doc = fetch_doctor(f"http://127.0.0.1:{side}")
-        except ReportError as exc:
-            print(f"fastapi-doctor demo: {exc}", file=sys.stderr)
+            patient.start()
+        except RuntimeError as exc:
+            print(f"fastapi-doctor demo: {exc}\n{patient.logs()}", file=sys.stderr)
             return 2
-        print()
-        print(render_table(doc))
-        return 0
+        print(f"  patient up in {time.monotonic() - started:.1f} s", file=out)
+        verdicts = [run_scenario(patient, s, i, len(scenarios), quick, out) for i, s in enumerate(scenarios, 1)]
+        time.sleep(1.0)  # late findings (and the last chart point) before the verdict
+        doc = _poll_findings(patient.side_url)
+        if doc is None:
+            print(f"fastapi-doctor demo: the agent stopped answering\n{patient.logs()}", file=sys.stderr)
+            return 2
+        page = _fetch(patient.side_url + "/")
+        code = summarise(verdicts, doc, scenarios, page, args, started, out)
+        if patient.proc is not None and patient.proc.poll() is not None:
+            print(f"fastapi-doctor demo: the patient died\n{patient.logs()}", file=sys.stderr)
+            return 2
+        return code
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        patient.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def summarise(
+    verdicts: list[Verdict],
+    doc: dict[str, Any],
+    scenarios: tuple[Scenario, ...],
+    page: str | None,
+    args: argparse.Namespace,
+    started: float,
+    out: TextIO,
+) -> int:
+    findings = doc["findings"]
+    unexpected = [f for f in findings if not expected(f, scenarios)]
+    rows = []
+    for v in verdicts:
+        s = v.scenario
+        found_now = [f for f in findings if matches(s, f)]
+        where = found_now[0]["location"] if found_now and found_now[0].get("location") else None
+        rows.append(
+            (
+                s.root_cause,
+                s.route or "(any route)",
+                "found" if found_now else ("MISSING" if v.covered else "MISSING (no detector)"),
+                f"{where['file']}:{where['line']}" if where else "-",
+                "clean" if not any(f.get("route") == s.healthy_route for f in unexpected) else "FLAGGED",
+            )
+        )
+    print("\nExpected vs found", file=out)
+    print(render_rows(("ROOT CAUSE", "SICK ROUTE", "RESULT", "LOCATION", "TWIN"), rows), file=out)
+    if unexpected:
+        print(f"\n  {len(unexpected)} unexpected finding(s):", file=out)
+        for f in unexpected:
+            print(f"  - {f['root_cause']} on {f.get('route') or '(no route)'}: {f.get('summary', '')}", file=out)
+            print(render_finding(f, indent="      "), file=out)
+    else:
+        print("\n  no unexpected finding", file=out)
+    missing = [r[0] for r in rows if r[2] != "found"]
+    if page is not None:
+        report = Path(args.report).resolve()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(_static(page), encoding="utf-8")
+            print(f"\n  HTML report: {report}", file=out)
+        except OSError as exc:
+            print(f"\n  could not save the HTML report to {report}: {exc}", file=out)
+    elapsed = time.monotonic() - started
+    ok = not missing and not unexpected
+    verdict = "all expected findings, nothing else" if ok else (
+        f"{len(missing)} missing, {len(unexpected)} unexpected"
+    )
+    print(f"  {len(verdicts)} scenario(s) in {elapsed:.0f} s: {verdict}", file=out)
+    summary_path = getattr(args, "summary", None)
+    if summary_path:
+        Path(summary_path).write_text(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "seconds": round(elapsed, 1),
+                    "detectors": doc.get("detectors", []),
+                    "scenarios": [
+                        {
+                            "root_cause": v.scenario.root_cause,
+                            "route": v.scenario.route,
+                            "healthy_route": v.scenario.healthy_route,
+                            "covered": v.covered,
+                            "found": [f for f in findings if matches(v.scenario, f)],
+                            "requests": sum(len(d) for d in v.load.durations.values()),
+                            "errors": v.load.errors,
+                        }
+                        for v in verdicts
+                    ],
+                    "unexpected": unexpected,
+                    "report": str(Path(args.report).resolve()) if page is not None else None,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+    return 0 if ok else 1
+
+
+def _fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode("utf-8"))
+    except OSError:
+        return None
+
+
+def _static(page: str) -> str:
+    """The saved copy does not reload itself: the server it came from is gone."""
+    return re.sub(r'<meta http-equiv="refresh"[^>]*>', "", page, count=1)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

@@ -1,4 +1,4 @@
-"""The findings as a terminal table (``fastapi-doctor report``)."""
+"""The findings as text for a terminal: the ``fastapi-doctor report`` table and one finding's block."""
 
 from __future__ import annotations
 
@@ -6,14 +6,26 @@ import shutil
 from typing import Any
 
 
+def location_text(f: dict[str, Any]) -> str:
+    loc = f.get("location")
+    return f"{loc['file']}:{loc['line']} in {loc['function']}" if loc else "-"
+
+
+def evidence_text(f: dict[str, Any], width: int | None = None) -> str:
+    text = ", ".join(f"{k}={_short(v)}" for k, v in f.get("evidence", {}).items())
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
 def _location(f: dict[str, Any]) -> str:
     loc = f.get("location")
     return f"{loc['file']}:{loc['line']} {loc['function']}" if loc else "-"
-
-
-def _evidence(f: dict[str, Any], width: int) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in f.get("evidence", {}).items())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def render_table(doc: dict[str, Any]) -> str:
@@ -31,6 +43,32 @@ def render_table(doc: dict[str, Any]) -> str:
         lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
     lines.append("")
     for f in findings:
-        lines.append(f"[{f['root_cause']}] {f.get('route') or '-'}: {_evidence(f, width - 8)}")
+        lines.append(f"[{f['root_cause']}] {f.get('route') or '-'}: {evidence_text(f, width - 8)}")
         lines.append(f"    runbook: {f['runbook']}")
     return "\n".join(lines)
+
+
+def render_finding(f: dict[str, Any], fix: str | None = None, indent: str = "    ") -> str:
+    """One finding as a block: where, evidence, summary, and the fix when given."""
+    width = max(60, shutil.get_terminal_size((120, 20)).columns - len(indent) - 12)
+    rows = [
+        ("route", f.get("route") or "-"),
+        ("where", location_text(f)),
+        ("evidence", evidence_text(f, width)),
+        ("summary", f.get("summary", "")),
+        ("seen", f"{f.get('count', 1)} time(s)"),
+    ]
+    if fix:
+        rows.append(("fix", fix))
+    rows.append(("runbook", f.get("runbook", "")))
+    return "\n".join(f"{indent}{name:<9} {value}" for name, value in rows)
+
+
+def render_rows(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "  ") -> str:
+    """A plain aligned table."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = [indent + "  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip()]
+    out.append(indent + "  ".join("-" * w for w in widths))
+    for r in rows:
+        out.append(indent + "  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    return "\n".join(out)

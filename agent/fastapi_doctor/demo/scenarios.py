@@ -1,0 +1,155 @@
+"""What the demo does to the patient and what the agent must conclude: one scenario per root cause.
+
+Each scenario loads a sick route and its healthy twin at the same time; the agent must name the root
+cause on the sick route and report nothing on the twin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi_doctor.findings import RUNBOOK_PATH
+
+
+@dataclass(frozen=True)
+class Scenario:
+    root_cause: str
+    title: str
+    # The route template the finding must name; None when the finding is about a layer that runs on
+    # every route (a middleware): then any route, or none, matches.
+    route: str | None
+    sick_paths: tuple[str, ...]  # requests that show the problem
+    healthy_route: str | None
+    healthy_paths: tuple[str, ...]  # the same job done right, sent alongside
+    bug: str  # what is wrong in the patient's code, in one line
+    fix: str  # the fix, in one line
+    detectors: tuple[str, ...]  # detectors that can find it (config.DETECTORS)
+    requests: int = 40  # sick requests per run (as many healthy ones go alongside)
+    quick_requests: int = 24
+    concurrency: int = 8
+    wait_s: float = 10.0  # how long to wait for the finding once the load is done
+
+    @property
+    def runbook(self) -> str:
+        return RUNBOOK_PATH.format(root_cause=self.root_cause)
+
+
+def _cycle(template: str, values: range | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(template.format(v) for v in values)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        root_cause="blocking_io",
+        title="Blocking call in async code",
+        route="/quotes/{symbol}",
+        sick_paths=_cycle("/quotes/{}", ("ACME", "GLOBEX", "INITECH", "UMBRELLA")),
+        healthy_route="/v2/quotes/{symbol}",
+        healthy_paths=_cycle("/v2/quotes/{}", ("ACME", "GLOBEX", "INITECH", "UMBRELLA")),
+        bug="urllib.request.urlopen (a synchronous HTTP client) inside an async def route",
+        fix="await an async client created once (httpx.AsyncClient in the lifespan), or move the call to a "
+        "thread with await anyio.to_thread.run_sync(...)",
+        detectors=("eventloop",),
+        requests=16,
+        quick_requests=10,
+        concurrency=4,
+    ),
+    Scenario(
+        root_cause="dependency_rebuild",
+        title="Dependencies rebuilt per request",
+        route="/orders/recent",
+        sick_paths=("/orders/recent",),
+        healthy_route="/v2/orders/recent",
+        healthy_paths=("/v2/orders/recent",),
+        bug="the get_session_new_engine dependency calls create_async_engine (a new pool) on every request",
+        fix="create the engine once in the lifespan and yield sessions from its sessionmaker",
+        detectors=("dependencies", "db"),
+    ),
+    Scenario(
+        root_cause="n_plus_one",
+        title="N+1 queries",
+        route="/customers/{customer_id}/orders",
+        sick_paths=_cycle("/customers/{}/orders", range(1, 9)),
+        healthy_route="/v2/customers/{customer_id}/orders",
+        healthy_paths=_cycle("/v2/customers/{}/orders", range(1, 9)),
+        bug="one SELECT of order lines per order, in a loop",
+        fix="load the lines with the orders: selectinload(Order.lines), or one IN query",
+        detectors=("db",),
+    ),
+    Scenario(
+        root_cause="large_payload",
+        title="Large uncompressed responses",
+        route="/products/export",
+        sick_paths=("/products/export",),
+        healthy_route="/v2/products",
+        healthy_paths=_cycle("/v2/products?page={}", range(1, 9)),
+        bug="the whole catalogue (~800 kB of JSON) in one uncompressed response",
+        fix="paginate (/v2/products?page=N), and add GZipMiddleware(minimum_size=1000) for what stays large",
+        detectors=("responses", "eventloop"),
+        requests=30,
+        quick_requests=20,
+        concurrency=4,
+    ),
+    Scenario(
+        root_cause="slow_middleware",
+        title="Heavy middleware",
+        route=None,
+        sick_paths=_cycle("/products/{}", range(1, 9)),
+        healthy_route=None,
+        healthy_paths=(),
+        bug="AuditLogMiddleware waits for the audit store on every request, before the route runs",
+        fix="keep middleware light: send audit records from a background task or a queue; prefer pure ASGI "
+        "middleware to BaseHTTPMiddleware (compare RequestIdMiddleware, which is not flagged)",
+        detectors=("middleware", "eventloop"),
+    ),
+    Scenario(
+        root_cause="pool_leak",
+        title="Connection leaks, bad pooling",
+        route="/carts/{user_id}",
+        sick_paths=_cycle("/carts/{}", range(1, 4)),
+        healthy_route="/v2/carts/{user_id}",
+        healthy_paths=_cycle("/v2/carts/{}", range(1, 4)),
+        bug="open_cart keeps an AsyncSession open after the request: its connection never returns to the pool",
+        fix="async with sessions() as session: ... (or a dependency that yields inside async with)",
+        detectors=("db",),
+        requests=24,
+        quick_requests=12,
+        wait_s=12.0,
+    ),
+)
+
+BY_ROOT_CAUSE = {s.root_cause: s for s in SCENARIOS}
+
+
+def runbook_fix(root_cause: str, repo_root: Path | None = None) -> str | None:
+    """The first paragraph of the runbook's fix section, when the runbook is at hand."""
+    candidates = []
+    if repo_root is not None:
+        candidates.append(repo_root / RUNBOOK_PATH.format(root_cause=root_cause))
+    candidates.append(Path(__file__).resolve().parent.parent / "runbooks" / f"{root_cause}.md")
+    for path in candidates:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        return _fix_section(text)
+    return None
+
+
+def _fix_section(markdown: str) -> str | None:
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#") and "fix" in line.lower():
+            paragraph: list[str] = []
+            for body in lines[i + 1 :]:
+                if body.startswith("#"):
+                    break
+                if not body.strip():
+                    if paragraph:
+                        break
+                    continue
+                paragraph.append(body.strip())
+            if paragraph:
+                return " ".join(paragraph)
+    return None
