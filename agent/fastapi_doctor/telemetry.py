@@ -1,8 +1,10 @@
 """OpenTelemetry providers and exporters: Prometheus pull always, OTLP/gRPC when an endpoint is set.
 
 An unreachable collector never disturbs the app: export queues are bounded (the SDK's batch
-processor drops when full), and the outage is logged once when it starts and once when it ends,
-instead of the exporter's line per batch.
+processor drops when full; every item lost is counted in ``fastapi_doctor.export.dropped``), and the
+outage is logged once when it starts and once when it ends, instead of the exporter's line per batch.
+Spans are redacted on their way out (:mod:`fastapi_doctor.redaction`); fork and exit are handled by
+:mod:`fastapi_doctor.lifecycle`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from fastapi_doctor import lean_metrics, sampling
 from fastapi_doctor.lean_metrics import LeanMetrics
+from fastapi_doctor import lifecycle, redaction
 from fastapi_doctor.config import Settings
 from fastapi_doctor.version import __version__
 
@@ -36,6 +39,7 @@ _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
     "opentelemetry.sdk.trace.export",
     "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk._shared_internal",  # the batch processor's "Queue full, dropping Span." per span
 )
 
 
@@ -47,6 +51,11 @@ class _Outage:
         self._lock = threading.Lock()
         self.down = False
         self.failed_batches = 0
+        # Exporter factories by signal, so that a forked child can build its own (lifecycle).
+        self.factories: dict[str, Any] = {}
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def result(self, ok: bool, signal: str) -> None:
         with self._lock:
@@ -68,19 +77,37 @@ class _QuietExporterLogs(logging.Filter):
     """Drops the exporters' per-batch retry and failure lines; :class:`_Outage` says it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING or "export" not in record.getMessage().lower()
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage().lower()
+        return "export" not in message and "queue full" not in message
 
 
-class OutageAwareSpanExporter(SpanExporter):
+_wrappers: list[Any] = []  # the OTLP exporter wrappers of this process, re-created after a fork
+
+
+class OutageAwareSpanExporter(lifecycle.Recreatable, SpanExporter):
     def __init__(self, inner: SpanExporter, outage: _Outage) -> None:
         self._inner = inner
         self._outage = outage
+        self._factory = lambda: outage.factories["traces"]()
+        _wrappers.append(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            result = self._inner.export(spans)
+            batch = redaction.spans(spans)
+        except Exception as exc:  # never export what could not be redacted
+            from fastapi_doctor import containment
+
+            containment.report("span redaction", exc)
+            lifecycle.dropped.add(len(spans), lifecycle.TRACES)
+            return SpanExportResult.FAILURE
+        try:
+            result = self._inner.export(batch)
         except Exception:
             result = SpanExportResult.FAILURE
+        if result != SpanExportResult.SUCCESS:
+            lifecycle.dropped.add(len(spans), lifecycle.TRACES)
         self._outage.result(result == SpanExportResult.SUCCESS, "traces")
         return result
 
@@ -91,7 +118,7 @@ class OutageAwareSpanExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
-class OutageAwareMetricExporter(MetricExporter):
+class OutageAwareMetricExporter(lifecycle.Recreatable, MetricExporter):
     def __init__(self, inner: MetricExporter, outage: _Outage) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
@@ -99,12 +126,16 @@ class OutageAwareMetricExporter(MetricExporter):
         )
         self._inner = inner
         self._outage = outage
+        self._factory = lambda: outage.factories["metrics"]()
+        _wrappers.append(self)
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         try:
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
             result = MetricExportResult.FAILURE
+        if result != MetricExportResult.SUCCESS:
+            lifecycle.dropped.add(lifecycle.count_points(metrics_data), lifecycle.METRICS)
         self._outage.result(result == MetricExportResult.SUCCESS, "metrics")
         return result
 
@@ -164,6 +195,7 @@ def resource(settings: Settings) -> Resource:
 def build(settings: Settings) -> Pipelines:
     """Create and register the global providers (or join the app's own, when it set them first)."""
     res = resource(settings)
+    redaction.configure(query_values=settings.redact_query)
     lean = LeanMetrics("fastapi_doctor", __version__)
     prometheus_reader = lean_metrics.prometheus_reader(lean, res)
     outage: _Outage | None = None
@@ -179,6 +211,10 @@ def build(settings: Settings) -> Pipelines:
             logging.getLogger(name).addFilter(_QuietExporterLogs())
         insecure = not endpoint.startswith("https://")
         timeout = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "5"))
+        outage.factories = {
+            "traces": lambda: OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
+            "metrics": lambda: OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
+        }
         readers.append(
             lean_metrics.periodic_reader(
                 lean,
@@ -195,10 +231,13 @@ def build(settings: Settings) -> Pipelines:
     current_meter = metrics.get_meter_provider()
     owned = _is_proxy(current_tracer) and _is_proxy(current_meter)
     if owned:
-        tracer_provider = TracerProvider(resource=res, sampler=sampling.sampler(_sampling_ratio(settings)))
+        # Shut down at exit by lifecycle (bounded), not by the SDK's own unbounded atexit handlers.
+        tracer_provider = TracerProvider(
+            resource=res, sampler=sampling.sampler(_sampling_ratio(settings)), shutdown_on_exit=False
+        )
         if span_exporter is not None:
-            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048))
-        meter_provider = MeterProvider(resource=res, metric_readers=readers)
+            tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
+        meter_provider = MeterProvider(resource=res, metric_readers=readers, shutdown_on_exit=False)
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
     else:
@@ -210,8 +249,19 @@ def build(settings: Settings) -> Pipelines:
             for reader in readers:
                 meter_provider.add_metric_reader(reader)
         if span_exporter is not None and hasattr(tracer_provider, "add_span_processor"):
-            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=2048))
+            tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
         sampling.configure(_sampling_ratio(settings))
+    lifecycle.create_dropped_counter(metrics.get_meter("fastapi_doctor", __version__))
+    lifecycle.register(
+        lifecycle.Lifecycle(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            resource=res,
+            owned=owned,
+            exporters=tuple(_wrappers),
+            on_fork=(outage.after_fork,) if outage is not None else (),
+        )
+    )
     return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, lean, outage)
 
 
