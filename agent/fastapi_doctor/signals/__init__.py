@@ -20,7 +20,10 @@ class Signal(Protocol):
 
 
 # (detector name, "module:Class"), in start-up order. Later issues add theirs here.
-REGISTRY: list[tuple[str, str]] = []
+REGISTRY: list[tuple[str, str]] = [
+    # logs: keep last, its request hook reads the findings the other signals raised.
+    ("logs", "fastapi_doctor.signals.logs:LogsSignal"),
+]
 
 
 def load(detector: str, target: str) -> Signal:

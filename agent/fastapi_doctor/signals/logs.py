@@ -1,0 +1,546 @@
+"""Request and slow-query logs that carry the trace, and trace ids on the app's own log records.
+
+The seed's logging middleware and its ``before_cursor_execute`` print hook, done so that they neither
+flood the log nor slow the app nor leak secrets:
+
+* the request log (:mod:`.request_log`) writes nothing for a fast successful request by default;
+  errors (5xx), slow requests and requests that raised a finding get one record;
+* the slow-query log (:mod:`.query_log`) writes statements slower than the threshold, as a
+  fingerprint (never a parameter value);
+* identical records within a window are written once and then summarised (:mod:`.log_limiter`);
+* records logged through :mod:`logging` carry ``trace_id``/``span_id`` of the current sampled span
+  (``None`` when there is none: unsampled requests have no trace id);
+* with an OTLP endpoint, the agent's records (and, when asked, the app's) are exported over OTLP/gRPC.
+
+Where records go: loggers ``fastapi_doctor.requests`` and ``fastapi_doctor.queries`` propagate as
+usual. When no handler of the app would see them (a plain ``uvicorn app:app`` configures none on
+the root logger), the agent writes them to stderr itself, so they are visible by default. The agent
+never configures the root logger; route the records with the app's own logging configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from time import time_ns
+from typing import Any
+
+from fastapi_doctor import containment
+from fastapi_doctor.signals.log_limiter import Flusher, LogLimiter, Summary
+
+REQUESTS_LOGGER = "fastapi_doctor.requests"
+QUERIES_LOGGER = "fastapi_doctor.queries"
+_LOGGER_OF_KIND = {"request": REQUESTS_LOGGER, "query": QUERIES_LOGGER}
+
+# Fields that name a record for its summary; the per-occurrence ones (duration, ids) are left out.
+IDENTITY_FIELDS = {
+    "request": ("kind", "reasons", "method", "route", "status", "root_causes"),
+    "query": ("kind", "statement", "db_system", "pool", "route", "location"),
+}
+
+# JSON field -> OpenTelemetry attribute of the exported log record.
+_OTEL_ATTRIBUTES = {
+    "method": "http.request.method",
+    "route": "http.route",
+    "status": "http.response.status_code",
+    "response_bytes": "http.response.body.size",
+    "duration_ms": "fastapi_doctor.duration_ms",
+    "reasons": "fastapi_doctor.reasons",
+    "root_causes": "fastapi_doctor.root_causes",
+    "statement": "db.query.text",
+    "db_system": "db.system.name",
+    "pool": "db.client.connection.pool.name",
+    "repeated": "fastapi_doctor.repeated",
+    "window_s": "fastapi_doctor.window_s",
+}
+_EVENT_NAMES = {"request": "fastapi_doctor.request", "query": "fastapi_doctor.slow_query"}
+
+_SOURCE = os.path.abspath(__file__)
+
+
+# -- formatting ------------------------------------------------------------------------------------
+
+
+def _logfmt_value(value: Any) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):  # a code location
+        return f"{value.get('file')}:{value.get('line')}:{value.get('function')}"
+    text = str(value)
+    if not text or any(c in text for c in ' "=') or any(ord(c) < 32 for c in text):
+        return json.dumps(text)
+    return text
+
+
+def render_text(fields: dict[str, Any]) -> str:
+    """``request method=GET route=/items/{item_id} status=500 duration_ms=12.5 …`` (logfmt after the kind)."""
+    kind = fields.get("kind", "")
+    label = "slow query" if kind == "query" else kind
+    parts = [label]
+    for name, value in fields.items():
+        if name in ("kind", "repeated", "window_s", "suppressed_other"):
+            continue
+        parts.append(f"{name}={_logfmt_value(value)}")
+    text = " ".join(parts)
+    return text + _repeat_suffix(fields)
+
+
+def _repeat_suffix(fields: dict[str, Any]) -> str:
+    repeated = fields.get("repeated")
+    if repeated is None:
+        return ""
+    window = _seconds(fields.get("window_s", 0))
+    if fields.get("suppressed_other"):
+        return f" … {repeated:,} more records of this kind suppressed in the last {window} s (too many distinct records)"
+    return f" … repeated {repeated:,} times in the last {window} s"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def otel_attributes(fields: dict[str, Any]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None or name in ("kind", "trace_id", "span_id"):
+            continue
+        if name == "location":
+            attrs["code.file.path"] = value["file"]
+            attrs["code.line.number"] = value["line"]
+            attrs["code.function.name"] = value["function"]
+            continue
+        key = _OTEL_ATTRIBUTES.get(name, "fastapi_doctor." + name)
+        attrs[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return attrs
+
+
+# -- the writer ------------------------------------------------------------------------------------
+
+
+class LogWriter:
+    """Writes the agent's records: rate limited, in one format, as :mod:`logging` records."""
+
+    def __init__(self, fmt: str, limiter: LogLimiter, suppressed: Any) -> None:
+        self.json = fmt == "json"
+        self.limiter = limiter
+        self._suppressed = suppressed
+        self._suppressed_attrs = {kind: {"log.kind": kind} for kind in _LOGGER_OF_KIND}
+        self._loggers = {kind: logging.getLogger(name) for kind, name in _LOGGER_OF_KIND.items()}
+
+    def write(self, kind: str, level: int, key: Any, fields: dict[str, Any]) -> None:
+        logger = self._loggers[kind]
+        if not logger.isEnabledFor(level):
+            return
+        admitted, ended = self.limiter.admit(kind, key, fields)
+        if ended is not None:
+            self.write_summary(ended)
+        if not admitted:
+            self._suppressed.add(1, self._suppressed_attrs[kind])
+            return
+        self._emit(logger, level, fields)
+
+    def write_summary(self, summary: Summary) -> None:
+        identity = IDENTITY_FIELDS.get(summary.kind, ("kind",))
+        fields = {name: summary.fields[name] for name in identity if name in summary.fields}
+        fields["kind"] = summary.kind
+        fields["repeated"] = summary.count
+        fields["window_s"] = summary.window_s
+        if summary.overflow:
+            fields["suppressed_other"] = True
+        self._emit(self._loggers[summary.kind], logging.WARNING, fields)
+
+    def _emit(self, logger: logging.Logger, level: int, fields: dict[str, Any]) -> None:
+        record = logger.makeRecord(logger.name, level, _SOURCE, 0, "", None, None)
+        record.trace_id = fields.get("trace_id")
+        record.span_id = fields.get("span_id")
+        record.fastapi_doctor = fields
+        if self.json:
+            document = {"time": _iso(record.created), "level": record.levelname, "logger": logger.name, **fields}
+            if "repeated" in fields:
+                document["message"] = _repeat_suffix(fields).lstrip(" …")
+            record.msg = json.dumps(document, default=str)
+        else:
+            record.msg = render_text(fields)
+        logger.handle(record)
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+
+class _AgentHandler(logging.Handler):
+    """Marks the agent's own handlers (they do not count as "the app routes these records")."""
+
+    fastapi_doctor = True
+
+
+def _routed_by_app(logger: logging.Logger) -> bool:
+    """True when a handler that is not the agent's sees this logger's records."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if not getattr(handler, "fastapi_doctor", False):
+                return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+class StderrFallback(_AgentHandler):
+    """Writes to stderr only when no handler of the app would show the record (as uvicorn leaves it)."""
+
+    def __init__(self, json_format: bool) -> None:
+        super().__init__(logging.NOTSET)
+        fmt = "%(message)s" if json_format else "%(asctime)s %(levelname)s %(name)s %(message)s"
+        self.setFormatter(logging.Formatter(fmt))
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if _routed_by_app(logging.getLogger(record.name)):
+            return False
+        return bool(super().handle(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+_SEVERITY = ((logging.CRITICAL, 21), (logging.ERROR, 17), (logging.WARNING, 13), (logging.INFO, 9), (logging.DEBUG, 5))
+
+
+def _severity_number(levelno: int) -> Any:
+    from opentelemetry._logs import SeverityNumber
+
+    for level, number in _SEVERITY:
+        if levelno >= level:
+            return SeverityNumber(number)
+    return SeverityNumber(1)
+
+
+class OTLPHandler(_AgentHandler):
+    """Sends :mod:`logging` records to an OpenTelemetry LoggerProvider (exported over OTLP).
+
+    The agent's records go with their fields as attributes; the app's records with the message, the
+    code location and the exception type/message/stack. Never the record's ``extra`` values.
+    The trace context is the current one, so records inside a sampled request carry its ids.
+    """
+
+    _SKIP = ("opentelemetry", "grpc", "fastapi_doctor")
+
+    def __init__(self, provider: Any, app_records: bool = False) -> None:
+        super().__init__(logging.NOTSET)
+        self._provider = provider
+        self._app_records = app_records
+        self._otel_loggers: dict[str, Any] = {}
+
+    def _otel_logger(self, name: str) -> Any:
+        logger = self._otel_loggers.get(name)
+        if logger is None:
+            if len(self._otel_loggers) >= 512:
+                name = "app"
+            logger = self._otel_loggers.get(name) or self._provider.get_logger(name)
+            self._otel_loggers[name] = logger
+        return logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = getattr(record, "fastapi_doctor", None)
+            if self._app_records:
+                # On the root logger: the agent's records are exported by their own handler, and the
+                # export machinery's own records would loop.
+                if fields is not None or record.name.startswith(self._SKIP):
+                    return
+                attributes: dict[str, Any] = {
+                    "code.file.path": record.pathname,
+                    "code.line.number": record.lineno,
+                    "code.function.name": record.funcName or "",
+                }
+                if record.exc_info and record.exc_info[0] is not None:
+                    import traceback
+
+                    attributes["exception.type"] = record.exc_info[0].__name__
+                    attributes["exception.message"] = str(record.exc_info[1])
+                    attributes["exception.stacktrace"] = "".join(traceback.format_exception(*record.exc_info))
+                body: Any = record.getMessage()
+                event_name = None
+            else:
+                if fields is None:
+                    return
+                attributes = otel_attributes(fields)
+                body = render_text(fields)
+                event_name = _EVENT_NAMES.get(fields.get("kind", ""))
+            self._otel_logger(record.name).emit(
+                timestamp=int(record.created * 1e9),
+                observed_timestamp=time_ns(),
+                severity_number=_severity_number(record.levelno),
+                severity_text=record.levelname,
+                body=body,
+                attributes=attributes,
+                event_name=event_name,
+            )
+        except Exception as exc:
+            containment.report("log export", exc)
+
+
+# -- trace ids on every record -----------------------------------------------------------------
+
+
+class TraceIds:
+    """Adds ``trace_id``/``span_id`` (hex, or None outside a sampled span) to every LogRecord.
+
+    Wraps ``logging.Logger.makeRecord`` rather than the LogRecord factory: the ids are set after the
+    record's ``extra``, so an app that passes its own ``extra={"trace_id": …}`` keeps it (a factory
+    would make that call raise KeyError).
+    """
+
+    def __init__(self) -> None:
+        self._original: Any = None
+        self.active = False
+
+    def install(self) -> None:
+        from opentelemetry.trace import get_current_span
+
+        original = logging.Logger.makeRecord
+        self._original = original
+        me = self
+
+        def makeRecord(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:  # noqa: N802
+            record = original(self, *args, **kwargs)
+            if me.active:
+                try:
+                    d = record.__dict__
+                    if "trace_id" not in d:
+                        ctx = get_current_span().get_span_context()
+                        if ctx.trace_flags & 1 and ctx.is_valid:
+                            d["trace_id"] = "%032x" % ctx.trace_id
+                            d["span_id"] = "%016x" % ctx.span_id
+                        else:
+                            d["trace_id"] = d["span_id"] = None
+                except Exception as exc:
+                    containment.report("log trace ids", exc)
+            return record
+
+        makeRecord.__wrapped__ = original  # type: ignore[attr-defined]
+        makeRecord.fastapi_doctor = True  # type: ignore[attr-defined]
+        logging.Logger.makeRecord = makeRecord  # type: ignore[method-assign]
+        self._installed = makeRecord
+        self.active = True
+
+    def uninstall(self) -> None:
+        self.active = False
+        if self._original is None:
+            return
+        if logging.Logger.__dict__.get("makeRecord") is self._installed:
+            logging.Logger.makeRecord = self._original  # type: ignore[method-assign]
+        # else someone wrapped it after us: ours stays in their chain, inactive (a pass-through).
+        self._original = None
+
+
+# -- OTLP log pipeline (once per process, like the other providers) --------------------------------
+
+_provider_lock = threading.Lock()
+_provider: Any = None
+
+
+def logger_provider(settings: Any, outage: Any) -> Any:
+    """The LoggerProvider exporting over OTLP/gRPC; the global one when the app has set none."""
+    global _provider
+    with _provider_lock:
+        if _provider is not None:
+            return _provider
+        from opentelemetry import _logs
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        from fastapi_doctor import telemetry
+
+        endpoint = settings.otlp_endpoint
+        exporter = OTLPLogExporter(
+            endpoint=endpoint,
+            insecure=not endpoint.startswith("https://"),
+            timeout=float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "5")),
+        )
+        processor = BatchLogRecordProcessor(_OutageAwareLogExporter(exporter, outage), max_queue_size=2048)
+        logging.getLogger("opentelemetry.sdk._logs._internal.export").addFilter(telemetry._QuietExporterLogs())
+        current = _logs.get_logger_provider()
+        if type(current).__name__ in ("ProxyLoggerProvider", "NoOpLoggerProvider"):
+            provider = LoggerProvider(resource=telemetry.resource(settings))
+            provider.add_log_record_processor(processor)
+            _logs.set_logger_provider(provider)
+        elif hasattr(current, "add_log_record_processor"):
+            provider = current  # the app's own SDK provider: join it
+            provider.add_log_record_processor(processor)
+        else:
+            provider = LoggerProvider(resource=telemetry.resource(settings))
+            provider.add_log_record_processor(processor)
+        _provider = provider
+        return provider
+
+
+def _OutageAwareLogExporter(inner: Any, outage: Any) -> Any:  # noqa: N802 - a class built on demand
+    from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+
+    class OutageAwareLogExporter(LogRecordExporter):
+        def export(self, batch: Any) -> Any:
+            try:
+                result = inner.export(batch)
+            except Exception:
+                result = LogRecordExportResult.FAILURE
+            if outage is not None:
+                outage.result(result == LogRecordExportResult.SUCCESS, "logs")
+            return result
+
+        def shutdown(self) -> None:
+            inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 10_000) -> bool:
+            return bool(inner.force_flush(timeout_millis))
+
+    return OutageAwareLogExporter()
+
+
+# -- the signal ------------------------------------------------------------------------------------
+
+
+class LogsSignal:
+    name = "logs"
+
+    def __init__(self) -> None:
+        self._agent: Any = None
+        self.writer: LogWriter | None = None
+        self.request_log: Any = None
+        self.query_log: Any = None
+        self.trace_ids = TraceIds()
+        self._flusher: Flusher | None = None
+        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        self._levels: list[tuple[logging.Logger, int]] = []
+        self._app_hook: Any = None
+        self._hooks: Any = None
+        self._provider: Any = None
+
+    def instrument(self, agent: Any) -> None:
+        from fastapi_doctor.signals.query_log import QueryLog
+        from fastapi_doctor.signals.request_log import RequestLog
+
+        self._agent = agent
+        settings = agent.settings
+        suppressed = agent.meter.create_counter(
+            "fastapi_doctor.logs.suppressed",
+            unit="{record}",
+            description="Request and slow-query log records not written because an identical one was (summarised).",
+        )
+        limiter = LogLimiter(settings.log_repeat_seconds)
+        self.writer = LogWriter(settings.log_format, limiter, suppressed)
+        self._flusher = Flusher(
+            limiter, self._write_summary, interval_s=max(0.05, min(5.0, settings.log_repeat_seconds / 4))
+        ).start()
+
+        fallback = StderrFallback(settings.log_format == "json")
+        for name in (REQUESTS_LOGGER, QUERIES_LOGGER):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                self._levels.append((logger, logger.level))
+                logger.setLevel(logging.INFO)
+            self._add_handler(logger, fallback)
+
+        if settings.otlp_endpoint:
+            pipelines = getattr(agent, "pipelines", None)
+            self._provider = logger_provider(settings, getattr(pipelines, "outage", None))
+            agent_export = OTLPHandler(self._provider)
+            for name in (REQUESTS_LOGGER, QUERIES_LOGGER):
+                self._add_handler(logging.getLogger(name), agent_export)
+
+        self.trace_ids.install()
+
+        if settings.log_requests != "off":
+            self.request_log = RequestLog(self.writer, settings)
+            agent.request_metrics.finished_hooks.append(self.request_log.finished)
+
+        self.query_log = QueryLog(self.writer, settings)
+        agent.when_imported("sqlalchemy", self.query_log.install)
+
+        self._app_hook = self._on_app_start
+        agent.on_fastapi(self._on_fastapi)
+
+    def _on_fastapi(self, hooks: Any) -> None:
+        self._hooks = hooks
+        hooks.app_hooks.append(self._app_hook)
+        # Run after the other signals' hooks, so that findings they raise are in the record.
+        if self.request_log is not None:
+            finished = self._agent.request_metrics.finished_hooks
+            if self.request_log.finished in finished:
+                finished.remove(self.request_log.finished)
+                finished.append(self.request_log.finished)
+
+    def _on_app_start(self, app: Any) -> None:
+        """Runs when the app's middleware stack is built: after the app's import-time logging set-up."""
+        for name in (REQUESTS_LOGGER, QUERIES_LOGGER):
+            logger = logging.getLogger(name)
+            if logger.disabled:
+                # dictConfig(disable_existing_loggers=True) disables loggers created before it, as ours
+                # are; a logger the app configured by name is never disabled by it.
+                logger.disabled = False
+        if self._provider is not None and self._agent.settings.export_app_logs:
+            root = logging.getLogger()
+            if not any(isinstance(h, OTLPHandler) for h in root.handlers):
+                self._add_handler(root, OTLPHandler(self._provider, app_records=True))
+
+    def _add_handler(self, logger: logging.Logger, handler: logging.Handler) -> None:
+        logger.addHandler(handler)
+        self._handlers.append((logger, handler))
+
+    def _write_summary(self, summary: Summary) -> None:
+        if self.writer is not None:
+            self.writer.write_summary(summary)
+
+    def uninstrument(self) -> None:
+        agent = self._agent
+        if agent is None:
+            return
+        if self.request_log is not None:
+            finished = agent.request_metrics.finished_hooks
+            while self.request_log.finished in finished:
+                finished.remove(self.request_log.finished)
+        if self.query_log is not None:
+            self.query_log.remove()
+        if self._hooks is not None and self._app_hook in self._hooks.app_hooks:
+            self._hooks.app_hooks.remove(self._app_hook)
+        if self._app_hook is not None and self._on_fastapi in getattr(agent, "_fastapi_callbacks", []):
+            agent._fastapi_callbacks.remove(self._on_fastapi)
+        self.trace_ids.uninstall()
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
+        if self.writer is not None:
+            for summary in self.writer.limiter.drain():
+                try:
+                    self.writer.write_summary(summary)
+                except Exception as exc:
+                    containment.report("log summaries", exc)
+        if self._provider is not None:
+            try:
+                self._provider.force_flush(2000)
+            except Exception as exc:
+                containment.report("log export", exc)
+        for logger, handler in reversed(self._handlers):
+            logger.removeHandler(handler)
+        self._handlers.clear()
+        for logger, level in self._levels:
+            logger.setLevel(level)
+        self._levels.clear()
+        self._agent = None

@@ -1,0 +1,98 @@
+"""The slow-query log: SQLAlchemy statements slower than ``FASTAPI_DOCTOR_SLOW_QUERY_MS``.
+
+Two class-level listeners on ``Engine`` (added when the app imports sqlalchemy, removed by
+``uninstrument``). Per statement they only take the time; a slow one is written with its
+fingerprint (literals and parameters replaced by ``?``: never a value), the duration, the database
+and pool (URL without user, password or query), the route, the line of the app that ran it and the
+trace ids. The ``parameters`` argument is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from typing import Any
+
+from opentelemetry.trace import get_current_span
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import current_request
+from fastapi_doctor.sql import fingerprint
+
+_T0 = "_fastapi_doctor_t0"
+
+
+def pool_name(engine: Any) -> str:
+    """``postgresql+asyncpg://db:5432/app``: the engine's URL without credentials or query."""
+    url = engine.url
+    return str(url.set(username=None, password=None, query={}).render_as_string(hide_password=True))
+
+
+class QueryLog:
+    def __init__(self, writer: Any, settings: Any) -> None:
+        self._writer = writer
+        self._slow_s = settings.slow_query_ms / 1000.0
+        self._listening: list[tuple[Any, str, Any]] = []
+
+    def install(self, _sqlalchemy: Any = None) -> None:
+        if self._listening:
+            return
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        # retval=True: SQLAlchemy calls the listener as is, without its argument-passing wrapper.
+        event.listen(Engine, "before_cursor_execute", self.before, retval=True)
+        self._listening.append((Engine, "before_cursor_execute", self.before))
+        event.listen(Engine, "after_cursor_execute", self.after)
+        self._listening.append((Engine, "after_cursor_execute", self.after))
+
+    def remove(self) -> None:
+        if not self._listening:
+            return
+        from sqlalchemy import event
+
+        for target, name, fn in self._listening:
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
+        self._listening.clear()
+
+    def before(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> Any:
+        try:
+            if context is not None:
+                setattr(context, _T0, perf_counter())
+        except Exception as exc:
+            containment.report("slow-query log", exc)
+        return statement, parameters
+
+    def after(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        try:
+            t0 = getattr(context, _T0, None)
+            if t0 is None:
+                return
+            elapsed = perf_counter() - t0
+            if elapsed >= self._slow_s:
+                self._write(conn, statement, elapsed)
+        except Exception as exc:
+            containment.report("slow-query log", exc)
+
+    def _write(self, conn: Any, statement: str, elapsed: float) -> None:
+        location = attribution.caller_location(skip=2)
+        state = current_request.get()
+        ctx = get_current_span().get_span_context()
+        sampled = ctx.is_valid and bool(ctx.trace_flags & 1)
+        engine = conn.engine
+        text = fingerprint(statement)
+        route = state.route if state is not None else None
+        pool = pool_name(engine)
+        fields = {
+            "kind": "query",
+            "duration_ms": round(elapsed * 1000.0, 1),
+            "db_system": engine.dialect.name,
+            "pool": pool,
+            "route": route,
+            "location": location.as_dict() if location is not None else None,
+            "trace_id": "%032x" % ctx.trace_id if sampled else None,
+            "span_id": "%016x" % ctx.span_id if sampled else None,
+            "statement": text,
+        }
+        self._writer.write("query", logging.WARNING, (text, pool, route), fields)
