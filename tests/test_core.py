@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 import urllib.error
@@ -138,17 +139,32 @@ def _scope(traceparent: bytes | None = None) -> dict:
     return {"type": "http", "headers": headers}
 
 
+def _excluded(scope: dict) -> bool:
+    # Each request runs in its own task, hence its own context.
+    return contextvars.Context().run(sampling.exclude_unsampled, scope)
+
+
 def test_admission_follows_the_callers_flag_then_the_ratio():
     sampling.configure(0.0)
-    assert sampling.exclude_unsampled(_scope()) is True
-    assert sampling.exclude_unsampled(_scope(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")) is False
+    assert _excluded(_scope()) is True
+    assert _excluded(_scope(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")) is False
     sampling.configure(1.0)
-    assert sampling.exclude_unsampled(_scope(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")) is True
-    assert sampling.exclude_unsampled(_scope()) is False
-    assert sampling.exclude_unsampled({"type": "websocket", "headers": []}) is False
+    assert _excluded(_scope(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")) is True
+    assert _excluded(_scope()) is False
+    assert _excluded({"type": "websocket", "headers": []}) is False
     sampling.configure(0.25)
-    decisions = [sampling.admit(_scope()) for _ in range(4000)]
+    decisions = [contextvars.Context().run(sampling.admit, _scope()) for _ in range(4000)]
     assert 800 < sum(decisions) < 1200
+
+
+def test_a_decision_taken_earlier_in_the_request_holds():
+    def request() -> tuple[bool, bool]:
+        sampling.configure(1.0)
+        first = sampling.admit(_scope())
+        sampling.configure(0.0)  # a later look must not re-roll the decision
+        return first, sampling.exclude_unsampled(_scope())
+
+    assert contextvars.Context().run(request) == (True, False)
 
 
 # -- side server ----------------------------------------------------------------------------------

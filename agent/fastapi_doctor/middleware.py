@@ -55,9 +55,12 @@ class RequestMetrics:
 class DoctorMiddleware:
     """Wraps an app's built middleware stack. Keeps ``.app`` so stack walkers still see inside."""
 
-    def __init__(self, app: Any, metrics: RequestMetrics) -> None:
+    def __init__(self, app: Any, metrics: RequestMetrics, admits: bool = False) -> None:
         self.app = app
         self._metrics = metrics
+        # True where no earlier hook took the sampling decision for this request (FastAPI without
+        # native telemetry): the middleware takes it.
+        self._admits = admits
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -99,7 +102,7 @@ class DoctorMiddleware:
         state.outer_task = asyncio.current_task()
         state.mount_prefix = scope.get("app_root_path", scope.get("root_path", "")).rstrip("/")
         admitted = sampling.admitted.get()
-        state.sampled = sampling.admit(scope) if admitted is None else admitted
+        state.sampled = sampling.admit(scope) if self._admits or admitted is None else admitted
         return state
 
     def _finish(self, state: RequestState) -> None:

@@ -57,7 +57,8 @@ def exclude_unsampled(scope: Any) -> bool:
     if scope.get("type") != "http":
         return False
     try:
-        return not admit(scope)
+        decision = admitted.get()  # taken a moment ago by the agent's FastAPI.__call__ hook
+        return not (admit(scope) if decision is None else decision)
     except Exception:
         return True
 
