@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ _log = logging.getLogger("fastapi_doctor")
 _lock = threading.RLock()
 _agent: Agent | None = None
 _pipelines: Any = None  # OpenTelemetry providers are global: built once per process
+_forked = False  # this process was forked from one where the agent ran (a prefork worker)
+_fork_hook_installed = False
 
 
 class Agent:
@@ -37,6 +40,7 @@ class Agent:
         self.request_metrics: Any = None
         self.signals: list[Any] = []
         self._fastapi_callbacks: list[Callable[[Any], None]] = []
+        self._server_attempted = False
         self._findings_counter: Any = None
 
     # -- start / stop --------------------------------------------------------------------------
@@ -84,7 +88,10 @@ class Agent:
                 self.signals.append(signal)
             except Exception as exc:
                 containment.report(f"signal {detector}", exc)
-        self._start_server()
+        # The side server binds when the app imports fastapi (at once if it already has): a supervisor
+        # that never imports the app (gunicorn's master, uvicorn's --workers and --reload parent)
+        # holds no port, and its workers get the ports (docs/reliability.md).
+        self.when_imported("fastapi", self._ensure_server)
 
     def stop(self) -> None:
         self.running = False
@@ -100,6 +107,30 @@ class Agent:
             self.server.stop()
             self.server = None
 
+    def _ensure_server(self, _module: Any = None) -> None:
+        if self.server is None and not self._server_attempted:
+            self._server_attempted = True
+            self._start_server()
+
+    def _after_fork(self) -> None:
+        """In a forked child (a prefork worker): fresh locks, its own side server, signals told."""
+        from fastapi_doctor import server
+
+        self.findings._lock = threading.Lock()
+        if self.server is not None:
+            server.close_inherited(self.server)
+            self.server = None
+        self._server_attempted = False
+        if "fastapi" in sys.modules:
+            self._ensure_server()
+        for signal in self.signals:
+            hook = getattr(signal, "after_fork", None)
+            if hook is not None:
+                try:
+                    hook()
+                except Exception as exc:
+                    containment.report(f"signal {getattr(signal, 'name', signal)} after fork", exc)
+
     def _start_server(self) -> None:
         from fastapi_doctor import server
         from fastapi_doctor.report.html import render_page
@@ -110,7 +141,9 @@ class Agent:
             token=self.settings.auth_token,
             protect_metrics=self.settings.protect_metrics,
         )
-        self.server = server.start(side, self.settings.prometheus_host, self.settings.prometheus_port)
+        self.server = server.start(
+            side, self.settings.prometheus_host, self.settings.prometheus_port, worker=_is_worker()
+        )
 
     # -- what signals use ----------------------------------------------------------------------
 
@@ -184,6 +217,31 @@ def get() -> Agent | None:
     return _agent
 
 
+def _is_worker() -> bool:
+    """One of several processes of a server: forked from the agent's process, or a multiprocessing
+    child (uvicorn's --workers and --reload spawn theirs)."""
+    if _forked:
+        return True
+    mp = sys.modules.get("multiprocessing")
+    try:
+        return mp is not None and mp.parent_process() is not None
+    except Exception:
+        return False
+
+
+def _after_fork_in_child() -> None:
+    global _forked, _lock
+    _forked = True
+    _lock = threading.RLock()
+    containment._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    agent = _agent
+    if agent is not None and agent.running:
+        try:
+            agent._after_fork()
+        except Exception as exc:
+            containment.report("agent after fork", exc)
+
+
 def start(overrides: dict[str, Any] | None = None) -> Agent | None:
     """Start the agent once per process; a second call only warns. Never raises into the app."""
     global _agent
@@ -198,6 +256,10 @@ def start(overrides: dict[str, Any] | None = None) -> Agent | None:
         if not settings.enabled:
             _log.info("fastapi-doctor: disabled by FASTAPI_DOCTOR_ENABLED")
             return None
+        global _fork_hook_installed
+        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook_installed = True
         agent = Agent(settings)
         try:
             agent.start()

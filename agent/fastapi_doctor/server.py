@@ -25,6 +25,8 @@ _log = logging.getLogger("fastapi_doctor")
 
 REQUEST_TIMEOUT_S = 10.0
 MAX_CONCURRENT_REQUESTS = 16
+# A worker of a prefork server whose port is taken by a sibling takes the next free one of these.
+MAX_WORKER_PORTS = 64
 
 
 class DoctorHTTPServer(ThreadingHTTPServer):
@@ -158,10 +160,26 @@ class SideServer:
         self.thread.join(timeout=5)
 
 
-def start(app: SideApp, host: str, port: int) -> SideServer | None:
-    """Start the side server; on a bind error log one clear line and return None (the app serves on)."""
+def _bind(app: SideApp, host: str, port: int, worker: bool) -> DoctorHTTPServer:
+    """Bind ``port``; a worker (``worker=True``) whose port is taken tries the next ones."""
+    last = port + (MAX_WORKER_PORTS if worker and port else 0)
+    while True:
+        try:
+            return DoctorHTTPServer((host, port), _Handler, app)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or port >= min(last, 65535):
+                raise
+            port += 1
+
+
+def start(app: SideApp, host: str, port: int, worker: bool = False) -> SideServer | None:
+    """Start the side server; on a bind error log one clear line and return None (the app serves on).
+
+    ``worker``: this process is one of several workers of a prefork server (see docs/reliability.md);
+    when ``port`` is taken (by a sibling) it takes the next free port up to ``MAX_WORKER_PORTS`` above.
+    """
     try:
-        server = DoctorHTTPServer((host, port), _Handler, app)
+        server = _bind(app, host, port, worker)
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
         _log.error(
@@ -175,3 +193,12 @@ def start(app: SideApp, host: str, port: int) -> SideServer | None:
     thread.start()
     _log.info("fastapi-doctor: findings at http://%s:%s/ (metrics at /metrics)", host, server.server_address[1])
     return SideServer(server, thread)
+
+
+def close_inherited(side: SideServer) -> None:
+    """In a forked child: release the parent's listening socket (its serving thread did not survive
+    the fork, so ``stop()`` would wait for it forever)."""
+    try:
+        side.server.socket.close()
+    except OSError:
+        pass
