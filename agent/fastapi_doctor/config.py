@@ -143,6 +143,8 @@ SETTINGS: tuple[Setting, ...] = (
             "The event loop not ticking for this long is a blocked episode."),
     Setting("heartbeat_ms", "FASTAPI_DOCTOR_HEARTBEAT_MS", 50.0, _positive_float, "a number of milliseconds > 0",
             "Interval of the event-loop heartbeat that measures lag."),
+    Setting("threadpool_wait_seconds", "FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS", 2.0, _positive_float,
+            "a number of seconds > 0", "Tasks waiting this long for a worker thread make a threadpool finding."),
     Setting("slow_dependency_ms", "FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS", 25.0, _positive_float,
             "a number of milliseconds > 0", "A dependency whose p50 is above this is rebuilt too expensively."),
     Setting("slow_middleware_ms", "FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS", 25.0, _positive_float,
@@ -203,6 +205,7 @@ class Settings:
     enabled: bool = True
     loop_block_ms: float = 100.0
     heartbeat_ms: float = 50.0
+    threadpool_wait_seconds: float = 2.0
     slow_dependency_ms: float = 25.0
     slow_middleware_ms: float = 25.0
     leak_seconds: float = 30.0

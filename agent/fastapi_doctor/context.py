@@ -32,6 +32,7 @@ class RequestState:
         "data",
         "finished",
         "duration",
+        "span",
     )
 
     def __init__(self, method: str, start: float, scope: Any) -> None:
@@ -52,6 +53,8 @@ class RequestState:
         self.data: dict[str, Any] | None = None
         self.finished = False
         self.duration = 0.0
+        # The request's server span when it is recorded (sampled), for span events from other threads.
+        self.span: Any = None
 
     def add_root_cause(self, root_cause: str) -> None:
         if self.root_causes is None:

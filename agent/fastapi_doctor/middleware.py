@@ -13,6 +13,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from opentelemetry.trace import get_current_span as _get_current_span
+
 from fastapi_doctor import containment, sampling
 from fastapi_doctor.context import RequestState, active_requests, current_request
 from fastapi_doctor.lean_metrics import LeanMetrics
@@ -103,6 +105,8 @@ class DoctorMiddleware:
         state.mount_prefix = scope.get("app_root_path", scope.get("root_path", "")).rstrip("/")
         admitted = sampling.admitted.get()
         state.sampled = sampling.admit(scope) if self._admits or admitted is None else admitted
+        if state.sampled:
+            state.span = _get_current_span()
         return state
 
     def _finish(self, state: RequestState) -> None:

@@ -21,6 +21,11 @@ class Signal(Protocol):
 
 # (detector name, "module:Class"), in start-up order. Later issues add theirs here.
 REGISTRY: list[tuple[str, str]] = [
+    # eventloop, threadpool, gc: share the loop heartbeat (signals.eventloop.hub).
+    ("eventloop", "fastapi_doctor.signals.eventloop:EventLoopSignal"),
+    ("threadpool", "fastapi_doctor.signals.threadpool:ThreadpoolSignal"),
+    ("gc", "fastapi_doctor.signals.gc_pauses:GCSignal"),
+    ("process", "fastapi_doctor.signals.process:ProcessSignal"),
     # logs: keep last, its request hook reads the findings the other signals raised.
     ("logs", "fastapi_doctor.signals.logs:LogsSignal"),
 ]

@@ -1,0 +1,602 @@
+"""Event-loop lag and blocked episodes: ``blocking_io`` with the line that blocks.
+
+Two parts, as in aiodebug's hang inspection:
+
+* A **heartbeat** on each event loop the app runs on (a ``call_later`` chain every
+  ``FASTAPI_DOCTOR_HEARTBEAT_MS``) stamps a monotonic time and records how late it ran
+  (``fastapi_doctor.eventloop.lag``). The loop does not exist when the agent starts, so the heartbeat is
+  started from inside the loop on the app's first ASGI call (lifespan or HTTP) by a probe in the
+  middleware stack whose per-call cost is one identity check of the running loop.
+* A **watchdog** daemon thread. When a loop has not ticked for ``FASTAPI_DOCTOR_LOOP_BLOCK_MS`` past its
+  due time, it samples the loop thread's stack (``sys._current_frames()``) every few milliseconds until
+  the loop ticks again, reducing each sample at once to code locations. At the end of the episode the
+  most frequent (user line, call, root cause) wins: serialisation means ``large_payload``, a middleware's
+  own code ``slow_middleware``, anything else ``blocking_io``. An episode that was mostly a garbage
+  collection pause is not blamed on the code that happened to be running.
+
+The heartbeat machinery (:data:`hub`) is shared with the threadpool and GC signals, which read anyio's
+limiter and drain GC pauses on the loop's tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import RequestState, active_requests, current_request
+from fastapi_doctor.findings import Location
+from fastapi_doctor.signals import gc_pauses
+
+_get_running_loop = asyncio._get_running_loop
+_monotonic = time.monotonic
+# The task running on each loop (asyncio and uvloop both run asyncio.Task, which maintains it).
+_current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WATCHDOG_THREAD_NAME = "fastapi-doctor-loop-watchdog"
+
+TickCallback = Callable[["Heartbeat", float, float], None]
+
+
+# --- the heartbeat, shared by the loop-side signals -----------------------------------------------
+
+
+class Heartbeat:
+    """One event loop's heartbeat. Written by the loop thread, read by the watchdog (no locks: each
+    field is one reference swap under the GIL)."""
+
+    __slots__ = (
+        "loop",
+        "thread_id",
+        "interval",
+        "due",
+        "last_tick",
+        "ticks",
+        "stopped",
+        "paused",
+        "episode",
+        "limiter",
+        "pool",
+    )
+
+    def __init__(self, loop: Any, thread_id: int, interval: float) -> None:
+        self.loop = loop
+        self.thread_id = thread_id
+        self.interval = interval
+        now = _monotonic()
+        self.due = now + interval
+        self.last_tick = now
+        self.ticks = 0
+        self.stopped = False
+        self.paused = False  # the loop was seen stopped: the next tick's lateness is not lag
+        self.episode: _Episode | None = None  # set by the watchdog while the loop is blocked
+        self.limiter: Any = None  # anyio's default thread limiter of this loop (threadpool signal)
+        self.pool: Any = None  # threadpool signal's per-loop state
+
+    def start(self) -> None:
+        self.loop.call_later(self.interval, self.tick)
+
+    def tick(self) -> None:
+        if self.stopped:
+            return
+        try:
+            now = _monotonic()
+            lag = now - self.due
+            if self.paused:
+                self.paused = False
+                lag = -1.0  # unknown: the loop was not running
+            elif lag < 0.0:
+                lag = 0.0
+            self.last_tick = now
+            self.due = now + self.interval
+            self.ticks += 1
+            for callback in hub.tick_callbacks:
+                try:
+                    callback(self, now, lag)
+                except Exception as exc:
+                    containment.report(getattr(callback, "__qualname__", "heartbeat callback"), exc)
+            self.loop.call_later(self.interval, self.tick)
+        except Exception as exc:  # e.g. the loop is closing: the heartbeat stops, the app goes on
+            self.stopped = True
+            containment.report("eventloop heartbeat", exc)
+
+
+class _LoopProbe:
+    """Sits inside the app's middleware stack; starts the heartbeat of each loop it first runs on.
+
+    ``__call__`` is a plain function returning the inner app's coroutine: no extra frame per request.
+    """
+
+    __slots__ = ("app", "_loop", "__weakref__")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._loop: Any = None
+
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        loop = _get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            hub.attach(loop)
+        return self.app(scope, receive, send)
+
+
+class LoopHub:
+    """Heartbeats of every loop the app runs on, started by probes and used by several signals."""
+
+    def __init__(self) -> None:
+        self.heartbeats: dict[Any, Heartbeat] = {}
+        self.tick_callbacks: list[TickCallback] = []
+        self.attach_callbacks: list[Callable[[Heartbeat], None]] = []
+        self.interval = 0.05
+        self.active = False
+        self._users: list[Any] = []
+        self._hooks: Any = None
+        self._probes: weakref.WeakSet[_LoopProbe] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def acquire(self, user: Any, agent: Any) -> None:
+        """A signal starts using the heartbeat; the first one installs the probe."""
+        with self._lock:
+            self._users.append(user)
+            if self.active:
+                return
+            self.active = True
+            self.interval = agent.settings.heartbeat_ms / 1000.0
+        agent.on_fastapi(self._install)
+
+    def release(self, user: Any) -> None:
+        """A signal stops using the heartbeat; the last one stops every heartbeat and removes the probe."""
+        with self._lock:
+            if user in self._users:
+                self._users.remove(user)
+            if self._users or not self.active:
+                return
+            self.active = False
+            hooks, self._hooks = self._hooks, None
+            for hb in self.heartbeats.values():
+                hb.stopped = True  # its next tick does not reschedule
+            self.heartbeats.clear()
+            for probe in list(self._probes):
+                probe._loop = None  # a later instrument() starts again on the next call
+        if hooks is not None and self.wrap_stack in hooks.stack_wrappers:
+            hooks.stack_wrappers.remove(self.wrap_stack)
+
+    def _install(self, hooks: Any) -> None:
+        if not self.active:
+            return
+        self._hooks = hooks
+        hooks.stack_wrappers.append(self.wrap_stack)
+
+    def wrap_stack(self, app: Any, stack: Any) -> Any:
+        probe = _LoopProbe(stack)
+        self._probes.add(probe)
+        if _get_running_loop() is not None:  # stacks are built on the loop, at the app's first call
+            probe._loop = _get_running_loop()
+            self.attach(probe._loop)
+        return probe
+
+    def attach(self, loop: Any) -> None:
+        """Start the heartbeat of ``loop`` (the running loop of the calling thread) once."""
+        if loop is None or not self.active or loop in self.heartbeats:
+            return
+        try:
+            hb = Heartbeat(loop, threading.get_ident(), self.interval)
+            for callback in self.attach_callbacks:
+                try:
+                    callback(hb)
+                except Exception as exc:
+                    containment.report(getattr(callback, "__qualname__", "heartbeat attach"), exc)
+            self.heartbeats[loop] = hb
+            hb.start()
+            for user in self._users:
+                notify = getattr(user, "loop_attached", None)
+                if notify is not None:
+                    notify(hb)
+        except Exception as exc:
+            containment.report("eventloop attach", exc)
+
+
+hub = LoopHub()
+
+
+def attach_running_loop() -> bool:
+    """Watch the running loop now (apps that are not FastAPI, or code that runs before the first
+    request). True when the loop is watched."""
+    loop = _get_running_loop()
+    hub.attach(loop)
+    return loop is not None and loop in hub.heartbeats
+
+
+# --- blocked episodes ----------------------------------------------------------------------------
+
+
+class _Episode:
+    __slots__ = ("ticks", "due", "detected", "end", "lag", "state", "resolved", "samples", "taken", "span_done")
+
+    def __init__(self, ticks: int, due: float, detected: float) -> None:
+        self.ticks = ticks
+        self.due = due
+        self.detected = detected
+        self.end: float | None = None
+        self.lag: float | None = None
+        self.state: RequestState | None = None
+        self.resolved = False  # the request was looked up (lifespan blocks are marked by state None too)
+        # (location, call, root_cause, middleware) -> samples
+        self.samples: dict[tuple[Location | None, str | None, str, str | None], int] = {}
+        self.taken = 0
+        self.span_done = False
+
+
+_LIFESPAN = ("starlette.routing", "lifespan")
+
+
+class EventLoopSignal:
+    name = "eventloop"
+
+    def __init__(self) -> None:
+        self.agent: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._hooks: Any = None
+        self.block_s = 0.1
+        self.sample_s = 0.02
+        self._attrs: dict[tuple[str | None, str | None], dict[str, str]] = {}
+        self._stats: dict[tuple[str, str | None, Location | None], list[float]] = {}
+        # Route template -> where its endpoint is defined (the location of a large payload).
+        self._endpoints: dict[str, Location] = {}
+        self.episodes_seen = 0  # attributed episodes, for tests and the report
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def instrument(self, agent: Any) -> None:
+        self.agent = agent
+        settings = agent.settings
+        self.block_s = settings.loop_block_ms / 1000.0
+        self.sample_s = min(0.02, max(0.005, self.block_s / 5))
+        meter = agent.meter
+        self.lag = meter.create_histogram(
+            "fastapi_doctor.eventloop.lag",
+            unit="s",
+            description="Lateness of the agent's heartbeat on the event loop (how long every ready task waited).",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS,
+        )
+        self.blocked = meter.create_counter(
+            "fastapi_doctor.eventloop.blocked",
+            unit="{episode}",
+            description="Episodes in which the event loop was blocked longer than FASTAPI_DOCTOR_LOOP_BLOCK_MS.",
+        )
+        self.blocked_time = meter.create_counter(
+            "fastapi_doctor.eventloop.blocked_time",
+            unit="s",
+            description="Time the event loop spent blocked in those episodes.",
+        )
+        self._stop.clear()
+        hub.tick_callbacks.append(self._on_tick)
+        hub.acquire(self, agent)
+        agent.on_fastapi(self._install)
+        self._thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def uninstrument(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if self._on_tick in hub.tick_callbacks:
+            hub.tick_callbacks.remove(self._on_tick)
+        hub.release(self)
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None and self._register_app in hooks.app_hooks:
+            hooks.app_hooks.remove(self._register_app)
+
+    def _install(self, hooks: Any) -> None:
+        if self._stop.is_set():
+            return
+        self._hooks = hooks
+        hooks.app_hooks.append(self._register_app)
+
+    def loop_attached(self, hb: Heartbeat) -> None:
+        self._wake.set()
+
+    # -- on the loop ---------------------------------------------------------------------------
+
+    def _on_tick(self, hb: Heartbeat, now: float, lag: float) -> None:
+        if lag >= 0.0:
+            self.lag.record(lag)
+        episode = hb.episode
+        if episode is not None and episode.end is None:
+            episode.end = now
+            episode.lag = lag if lag >= 0.0 else now - episode.due
+
+    # -- the app's parts, so a stack can be classified ------------------------------------------
+
+    def _register_app(self, app: Any) -> None:
+        self._register_routes(getattr(app, "routes", None) or (), "")
+        for middleware in getattr(app, "user_middleware", None) or ():
+            try:
+                _register_middleware(middleware)
+            except Exception as exc:
+                containment.report("eventloop middleware registration", exc)
+
+    def _register_routes(self, routes: Any, prefix: str) -> None:
+        for route in routes:
+            path = getattr(route, "path", None)
+            endpoint = getattr(route, "endpoint", None)
+            if endpoint is not None and isinstance(path, str):
+                code = _code_of(endpoint)
+                if code is not None:
+                    attribution.register_code(code, "endpoint", prefix + path)
+                    if len(self._endpoints) < 10000:
+                        self._endpoints.setdefault(
+                            prefix + path,
+                            Location(attribution.display_path(code.co_filename), code.co_firstlineno, code.co_qualname),
+                        )
+                    wrapped = getattr(endpoint, "__code__", None)
+                    if wrapped is not None and wrapped is not code:
+                        attribution.register_code(wrapped, "endpoint", prefix + path)
+            sub = getattr(route, "routes", None)
+            if sub and endpoint is None and isinstance(path, str):  # a Mount
+                self._register_routes(sub, prefix + path)
+
+    # -- the watchdog thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                timeout = self._check()
+            except Exception as exc:
+                containment.report("eventloop watchdog", exc)
+                timeout = 1.0
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _check(self) -> float:
+        now = _monotonic()
+        wake = now + 1.0
+        for loop, hb in list(hub.heartbeats.items()):
+            if hb.stopped or loop.is_closed():
+                hub.heartbeats.pop(loop, None)
+                continue
+            if not loop.is_running():
+                hb.paused = True
+                hb.episode = None
+                continue
+            episode = hb.episode
+            if episode is None:
+                if now - hb.due >= self.block_s:
+                    episode = _Episode(hb.ticks, hb.due, now)
+                    hb.episode = episode
+                    if hb.ticks != episode.ticks:  # ticked meanwhile: not blocked after all
+                        hb.episode = None
+                        continue
+                    self._sample(hb, episode)
+                    wake = min(wake, now + self.sample_s)
+                else:
+                    wake = min(wake, hb.due + self.block_s)
+            elif episode.end is not None or hb.ticks != episode.ticks:
+                hb.episode = None
+                self._finish(hb, episode)
+                wake = min(wake, hb.due + self.block_s)
+            else:
+                self._sample(hb, episode)
+                wake = min(wake, now + self.sample_s)
+        return max(wake - _monotonic(), 0.001)
+
+    def _sample(self, hb: Heartbeat, episode: _Episode) -> None:
+        frame = sys._current_frames().get(hb.thread_id)
+        if frame is None:
+            return
+        if not episode.resolved:
+            episode.resolved = True
+            episode.state = _request_on(hb.loop, frame)
+        stack = attribution.capture(frame)
+        del frame
+        if hb.ticks != episode.ticks:
+            return  # the loop moved on while we looked: this stack is not the block
+        episode.taken += 1
+        user = attribution.first_user_frame(stack)
+        if user is None and episode.state is None:
+            return  # the loop is idle in its selector (the process was starved, not blocked)
+        if any((info.module, info.code.co_name) == _LIFESPAN for info in stack):
+            return  # start-up or shut-down code: it delays start-up, not requests
+        root_cause, middleware = attribution.classify(stack)
+        call: str | None = None
+        location: Location | None = None
+        if root_cause == "large_payload":
+            call = _serialiser(stack)
+        if user is not None:
+            location = attribution.location(user)
+            if call is None:
+                call = attribution.call_in(user)
+        elif stack and call is None:
+            inner = stack[0]
+            call = f"{inner.module}.{inner.code.co_qualname}"
+        key = (location, call, root_cause, middleware)
+        episode.samples[key] = episode.samples.get(key, 0) + 1
+        if not episode.span_done:
+            episode.span_done = True
+            self._span_event(episode, key)
+
+    def _span_event(self, episode: _Episode, key: tuple[Location | None, str | None, str, str | None]) -> None:
+        state = episode.state
+        span = getattr(state, "span", None) if state is not None else None
+        if span is None or not span.is_recording():
+            return
+        location, call, root_cause, middleware = key
+        attributes: dict[str, Any] = {
+            "fastapi_doctor.root_cause": root_cause,
+            "fastapi_doctor.threshold_ms": self.block_s * 1000.0,
+        }
+        if call:
+            attributes["fastapi_doctor.call"] = call
+        if middleware:
+            attributes["fastapi.middleware"] = middleware
+        if location is not None:
+            attributes["code.file.path"] = location.file
+            attributes["code.line.number"] = location.line
+            attributes["code.function.name"] = location.function
+        # Stamped when the loop was due to tick: the block had started by then.
+        started_ns = time.time_ns() - int((_monotonic() - episode.due) * 1e9)
+        span.add_event("fastapi_doctor.eventloop.blocked", attributes, timestamp=started_ns)
+
+    def _finish(self, hb: Heartbeat, episode: _Episode) -> None:
+        blocked = episode.lag if episode.lag is not None else hb.last_tick - episode.due
+        if blocked <= 0.0:
+            return
+        end = episode.end if episode.end is not None else hb.last_tick
+        state = episode.state
+        route = state.route if state is not None else None
+        # A pause of the collector holds the GIL: the code it interrupted is not to blame.
+        gc_time = gc_pauses.overlap(episode.due - hb.interval, end)
+        if gc_time >= 0.5 * blocked:
+            self._count(route, None, blocked)
+            return
+        if not episode.samples:
+            return
+        key = max(episode.samples.items(), key=lambda kv: (kv[1], kv[0][0] is not None))[0]
+        samples = episode.samples[key]
+        location, call, root_cause, middleware = key
+        self._count(route, root_cause, blocked)
+        self.episodes_seen += 1
+        if location is None and route is not None:
+            location = self._endpoints.get(route)
+        blocked_ms = round(blocked * 1000.0, 1)
+        stat_key = (root_cause, route, location)
+        stats = self._stats.get(stat_key)
+        if stats is None:
+            if len(self._stats) > 2 * self.agent.settings.max_findings:
+                self._stats.clear()
+            stats = self._stats[stat_key] = [0, 0.0]
+        stats[0] += 1
+        stats[1] = max(stats[1], blocked_ms)
+        evidence: dict[str, Any] = {
+            "blocked_ms": blocked_ms,
+            "max_blocked_ms": stats[1],
+            "threshold_ms": round(self.block_s * 1000.0, 1),
+            "call": call,
+            "samples": samples,
+            "samples_total": episode.taken,
+            "episodes": int(stats[0]),
+        }
+        if middleware:
+            evidence["middleware"] = middleware
+        where = f"{state.method} {route}" if state is not None and route else "a request" if state else "a task outside any request"
+        summary = _summary(root_cause, call, middleware, location, where, blocked_ms)
+        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location)
+
+    def _count(self, route: str | None, root_cause: str | None, blocked: float) -> None:
+        key = (route, root_cause)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = {}
+            if route is not None:
+                attrs["http.route"] = route
+            if root_cause is not None:
+                attrs["root_cause"] = root_cause
+            if len(self._attrs) < 10000:
+                self._attrs[key] = attrs
+        self.blocked.add(1, attrs)
+        self.blocked_time.add(blocked, attrs)
+
+
+def _summary(
+    root_cause: str, call: str | None, middleware: str | None, location: Location | None, where: str, ms: float
+) -> str:
+    if root_cause == "large_payload":
+        return (
+            f"Serialising the response of {where} blocked the event loop for {ms:.0f} ms; every concurrent request "
+            "waited. Return less data (paginate or stream it), or serialise it off the loop."
+        )
+    what = call or (location.function if location else "Code")
+    if root_cause == "slow_middleware":
+        return (
+            f"Middleware {middleware} blocked the event loop for {ms:.0f} ms ({what}) in {where}; every concurrent "
+            "request waited. Middleware runs on every request: make the call async or move it off the loop."
+        )
+    return (
+        f"{what} blocked the event loop for {ms:.0f} ms in {where}; every concurrent request waited. "
+        "Use an async equivalent, or move it off the loop (run_in_threadpool, or a sync def endpoint)."
+    )
+
+
+def _serialiser(stack: tuple[attribution.FrameInfo, ...]) -> str | None:
+    for info in stack:
+        if (info.module, info.code.co_name) in attribution.SERIALISATION_FUNCTIONS:
+            return f"{info.module}.{info.code.co_qualname}"
+    return None
+
+
+def _request_on(loop: Any, frame: Any) -> RequestState | None:
+    """The request whose task the loop is running (None between requests or in a plain callback)."""
+    states = list(active_requests.values())
+    if _current_tasks is not None:
+        task = _current_tasks.get(loop)
+        if task is None:
+            return None
+        get_context = getattr(task, "get_context", None)  # Python 3.12+: tasks spawned by the request too
+        if get_context is not None:
+            state = get_context().get(current_request)
+            if state is not None:
+                return state
+        for state in states:
+            if state.inner_task is task or state.outer_task is task:
+                return state
+        return None
+    # No task registry (newer Pythons): the running task's coroutine frame is on the loop thread's stack.
+    frames = set()
+    while frame is not None:
+        frames.add(id(frame))
+        frame = frame.f_back
+    for state in states:
+        for task in (state.inner_task, state.outer_task):
+            coro = task.get_coro() if task is not None else None
+            if coro is not None and id(getattr(coro, "cr_frame", None)) in frames:
+                return state
+    return None
+
+
+def _code_of(fn: Any) -> Any:
+    """The code object of an endpoint or dispatch function (unwrapping decorators and callables)."""
+    try:
+        fn = inspect.unwrap(fn)
+    except ValueError:
+        pass
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        call = getattr(type(fn), "__call__", None)
+        code = getattr(call, "__code__", None)
+    return code
+
+
+def _register_middleware(middleware: Any) -> None:
+    cls = getattr(middleware, "cls", None)
+    kwargs = getattr(middleware, "kwargs", None) or {}
+    dispatch = kwargs.get("dispatch")
+    if dispatch is not None:  # @app.middleware("http") / BaseHTTPMiddleware(dispatch=...)
+        code = _code_of(dispatch)
+        name = getattr(dispatch, "__qualname__", getattr(dispatch, "__name__", "middleware"))
+    elif isinstance(cls, type):
+        method = None
+        for klass in cls.__mro__:  # the class's own dispatch (BaseHTTPMiddleware) or __call__ (pure ASGI)
+            if "dispatch" in klass.__dict__ and klass.__name__ != "BaseHTTPMiddleware":
+                method = klass.__dict__["dispatch"]
+                break
+            if "__call__" in klass.__dict__:
+                method = klass.__dict__["__call__"]
+                break
+        code = getattr(method, "__code__", None)
+        name = cls.__name__
+    else:
+        return
+    if code is not None and not attribution.is_library_file(code.co_filename):
+        attribution.register_code(code, "middleware", name)

@@ -1,0 +1,208 @@
+"""anyio's worker threads: busy, waiting and the limit, and saturation as ``blocking_io``.
+
+Sync endpoints, sync dependencies and ``run_in_threadpool`` share one capacity limiter per event loop
+(40 threads by default). Its statistics must be read on the loop: they are sampled on the heartbeat
+(see :mod:`fastapi_doctor.signals.eventloop`) and published through observable gauges. Tasks waiting
+for a thread for ``FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS`` without a break make one finding per
+episode, naming the routes holding the threads and the line most of the worker threads are in.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import active_requests
+from fastapi_doctor.findings import Location
+
+_current: ThreadpoolSignal | None = None
+
+
+class _Pool:
+    """Per-loop state, written on the loop's heartbeat only."""
+
+    __slots__ = ("busy", "waiting", "limit", "since", "max_waiting", "reported")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.waiting = 0
+        self.limit = 0
+        self.since: float | None = None
+        self.max_waiting = 0
+        self.reported = False
+
+
+def _observe(field: str) -> Any:
+    def callback(_options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        signal = _current
+        if signal is None:
+            return []
+        total = signal.total(field)
+        return [] if total is None else [Observation(total)]
+
+    callback.__qualname__ = f"threadpool.{field}"
+    return callback
+
+
+# Module-level callbacks: a second instrument() in the same process gets the same instruments back.
+_CALLBACKS = {field: _observe(field) for field in ("busy", "waiting", "limit")}
+
+
+class ThreadpoolSignal:
+    name = "threadpool"
+
+    def __init__(self) -> None:
+        self.agent: Any = None
+        self.wait_s = 2.0
+
+    def instrument(self, agent: Any) -> None:
+        global _current
+        from fastapi_doctor.signals.eventloop import hub
+
+        self.agent = agent
+        self.wait_s = agent.settings.threadpool_wait_seconds
+        meter = agent.meter
+        meter.create_observable_gauge(
+            "fastapi_doctor.threadpool.busy",
+            callbacks=[_CALLBACKS["busy"]],
+            unit="{thread}",
+            description="anyio worker threads in use (sync endpoints, sync dependencies, run_in_threadpool).",
+        )
+        meter.create_observable_gauge(
+            "fastapi_doctor.threadpool.waiting",
+            callbacks=[_CALLBACKS["waiting"]],
+            unit="{task}",
+            description="Tasks waiting for an anyio worker thread.",
+        )
+        meter.create_observable_gauge(
+            "fastapi_doctor.threadpool.limit",
+            callbacks=[_CALLBACKS["limit"]],
+            unit="{thread}",
+            description="anyio's default thread limit (total tokens of its capacity limiter).",
+        )
+        hub.attach_callbacks.append(self._on_attach)
+        hub.tick_callbacks.append(self._on_tick)
+        hub.acquire(self, agent)
+        for hb in list(hub.heartbeats.values()):
+            hb.pool = hb.pool or _Pool()
+        _current = self
+
+    def uninstrument(self) -> None:
+        global _current
+        from fastapi_doctor.signals.eventloop import hub
+
+        if _current is self:
+            _current = None
+        if self._on_attach in hub.attach_callbacks:
+            hub.attach_callbacks.remove(self._on_attach)
+        if self._on_tick in hub.tick_callbacks:
+            hub.tick_callbacks.remove(self._on_tick)
+        hub.release(self)
+
+    def total(self, field: str) -> int | None:
+        from fastapi_doctor.signals.eventloop import hub
+
+        pools = [hb.pool for hb in list(hub.heartbeats.values()) if hb.pool is not None and hb.limiter is not None]
+        if not pools:
+            return None
+        return sum(getattr(pool, field) for pool in pools)
+
+    # -- on the loop -------------------------------------------------------------------------
+
+    def _on_attach(self, hb: Any) -> None:
+        """Runs in a task on the loop (the probe's first call): anyio can name its limiter here."""
+        hb.pool = _Pool()
+        if "anyio" not in sys.modules:
+            return
+        import anyio.to_thread
+
+        hb.limiter = anyio.to_thread.current_default_thread_limiter()
+
+    def _on_tick(self, hb: Any, now: float, _lag: float) -> None:
+        limiter = hb.limiter
+        pool = hb.pool
+        if limiter is None or pool is None:
+            return
+        stats = limiter.statistics()
+        pool.busy = stats.borrowed_tokens
+        pool.limit = int(stats.total_tokens)
+        waiting = pool.waiting = stats.tasks_waiting
+        if waiting <= 0:
+            pool.since = None
+            return
+        if pool.since is None:
+            pool.since = now
+            pool.max_waiting = 0
+            pool.reported = False
+        if waiting > pool.max_waiting:
+            pool.max_waiting = waiting
+        if not pool.reported and now - pool.since >= self.wait_s:
+            pool.reported = True
+            try:
+                self._report(hb, stats.borrowers, now - pool.since)
+            except Exception as exc:
+                containment.report("threadpool finding", exc)
+
+    def _report(self, hb: Any, borrowers: Iterable[Any], saturated_s: float) -> None:
+        pool = hb.pool
+        holders = set(borrowers)
+        routes: Counter[str] = Counter()
+        methods: dict[str, str] = {}
+        for state in list(active_requests.values()):
+            if state.route is not None and (state.inner_task in holders or state.outer_task in holders):
+                routes[state.route] += 1
+                methods.setdefault(state.route, state.method)
+        location, call, in_call = _worker_line(hb.loop)
+        route = routes.most_common(1)[0][0] if routes else None
+        held = routes[route] if route is not None else 0
+        holding = ", ".join(f"{methods[r]} {r} ({n})" for r, n in routes.most_common(5)) or "tasks outside any request"
+        what = f" Most threads were in {call}." if call else ""
+        summary = (
+            f"All {pool.limit} threadpool threads were busy for {saturated_s:.1f} s and up to {pool.max_waiting} "
+            f"tasks waited for one; threads were held by {holding}.{what} Sync endpoints and dependencies share "
+            "anyio's threads: make the slow call async, or raise the limit "
+            "(anyio.to_thread.current_default_thread_limiter().total_tokens)."
+        )
+        evidence: dict[str, Any] = {
+            "signal": "threadpool",
+            "limit": pool.limit,
+            "busy": pool.busy,
+            "waiting": pool.max_waiting,
+            "saturated_s": round(saturated_s, 2),
+            "threads_held": held,
+            "routes": dict(routes.most_common(10)),
+            "call": call,
+            "threads_in_call": in_call,
+        }
+        self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location)
+
+
+def _worker_line(loop: Any) -> tuple[Location | None, str | None, int]:
+    """The user line (and call) most of this loop's anyio worker threads are in."""
+    idents = {
+        t.ident
+        for t in threading.enumerate()
+        if t.name == "AnyIO worker thread" and getattr(t, "loop", loop) is loop and t.ident is not None
+    }
+    if not idents:
+        return None, None, 0
+    frames = sys._current_frames()
+    lines: Counter[tuple[Location, str | None]] = Counter()
+    for ident in idents:
+        frame = frames.get(ident)
+        if frame is None:
+            continue
+        user = attribution.first_user_frame(attribution.capture(frame))
+        if user is not None:
+            lines[(attribution.location(user), attribution.call_in(user))] += 1
+    del frames
+    if not lines:
+        return None, None, 0
+    (location, call), n = lines.most_common(1)[0]
+    return location, call, n
