@@ -26,6 +26,12 @@ REGISTRY: list[tuple[str, str]] = [
     ("threadpool", "fastapi_doctor.signals.threadpool:ThreadpoolSignal"),
     ("gc", "fastapi_doctor.signals.gc_pauses:GCSignal"),
     ("process", "fastapi_doctor.signals.process:ProcessSignal"),
+    ("db", "fastapi_doctor.signals.db:DatabaseSignal"),
+    # request path: dependencies before middleware before responses (responses' stack counter may sit
+    # below a middleware timer; undo runs in reverse).
+    ("dependencies", "fastapi_doctor.signals.dependencies:DependencySignal"),
+    ("middleware", "fastapi_doctor.signals.middleware_timing:MiddlewareSignal"),
+    ("responses", "fastapi_doctor.signals.responses:ResponseSignal"),
     # logs: keep last, its request hook reads the findings the other signals raised.
     ("logs", "fastapi_doctor.signals.logs:LogsSignal"),
 ]

@@ -1,0 +1,204 @@
+"""The database signal (detector ``db``): SQLAlchemy pools, leaks, engines per request, N+1 queries.
+
+Installed when the app imports sqlalchemy, for every engine, sync and async:
+
+* class-level pool events (``connect``, ``checkout``, ``checkin``, ``detach`` on ``Pool``: they apply
+  to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.db_pool`;
+* ``before_cursor_execute`` on the ``Engine`` class feeds :mod:`~fastapi_doctor.signals.db_queries`;
+* ``Engine.__init__`` is wrapped to know each engine (its pool and a credential-free name) and to
+  report an engine created inside a request (``dependency_rebuild``);
+* ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts.
+
+Engines created before the agent (``instrument()`` called in code) are found once with the garbage
+collector's object list. ``uninstrument()`` removes every listener and restores every patch.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+from fastapi_doctor import containment
+from fastapi_doctor.context import current_request
+from fastapi_doctor.signals.db_pool import PoolTracker, user_location
+from fastapi_doctor.signals.db_queries import QueryCounter
+
+
+class DatabaseSignal:
+    name = "db"
+
+    def __init__(self) -> None:
+        self.agent: Any = None
+        self.pools: PoolTracker | None = None
+        self.queries: QueryCounter | None = None
+        self._listeners: list[tuple[Any, str, Any]] = []
+        self._patched: list[tuple[type, str, Any]] = []
+        self._running = False
+        self._installed = False
+        self._scan_existing = False
+        self._finished_hook: Any = None
+
+    def instrument(self, agent: Any) -> None:
+        self.agent = agent
+        self.pools = PoolTracker(agent)
+        self.queries = QueryCounter(agent)
+        self._finished_hook = self.queries.finished
+        agent.request_metrics.finished_hooks.append(self._finished_hook)
+        self._running = True
+        # Engines can exist already only when the app imported sqlalchemy before the agent started.
+        self._scan_existing = "sqlalchemy" in sys.modules
+        agent.when_imported("sqlalchemy", self._on_sqlalchemy)
+
+    def uninstrument(self) -> None:
+        self._running = False
+        if self._listeners:
+            from sqlalchemy import event
+
+            for target, identifier, fn in reversed(self._listeners):
+                try:
+                    event.remove(target, identifier, fn)
+                except Exception as exc:
+                    containment.report("db uninstrument", exc)
+        self._listeners.clear()
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
+        if self.agent is not None and self._finished_hook is not None:
+            hooks = self.agent.request_metrics.finished_hooks
+            if self._finished_hook in hooks:
+                hooks.remove(self._finished_hook)
+        if self.pools is not None:
+            self.pools.stop()
+        self._installed = False
+
+    # -- installation --------------------------------------------------------------------------
+
+    def _on_sqlalchemy(self, _module: ModuleType) -> None:
+        if not self._running or self._installed:
+            return
+        try:
+            self._install()
+        except Exception as exc:
+            containment.report("db signal", exc)
+            self.uninstrument()
+
+    def _install(self) -> None:
+        from sqlalchemy import event, exc
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        assert self.pools is not None
+        self._installed = True
+        for target, identifier, fn in (
+            (Pool, "connect", self._on_connect),
+            (Pool, "checkout", self._on_checkout),
+            (Pool, "checkin", self._on_checkin),
+            (Pool, "detach", self._on_detach),
+            (Engine, "before_cursor_execute", self._before_cursor_execute),
+        ):
+            event.listen(target, identifier, fn)
+            self._listeners.append((target, identifier, fn))
+
+        for cls in _with_own(Pool, "connect"):
+            original = cls.__dict__["connect"]
+            self._patched.append((cls, "connect", original))
+            setattr(cls, "connect", self.pools.wrap_connect(original, exc.TimeoutError))
+
+        original_init = Engine.__dict__["__init__"]
+        self._patched.append((Engine, "__init__", original_init))
+        setattr(Engine, "__init__", self._wrap_engine_init(original_init))
+
+        if self._scan_existing:
+            import gc
+
+            for obj in gc.get_objects():
+                if isinstance(obj, Engine):
+                    self.pools.add_engine(obj)
+        self.pools.start_watchdog()
+
+    def _wrap_engine_init(self, original: Any) -> Any:
+        signal = self
+
+        def __init__(engine: Any, *args: Any, **kwargs: Any) -> None:
+            original(engine, *args, **kwargs)
+            signal._engine_created(engine)
+
+        __init__.__wrapped__ = original  # type: ignore[attr-defined]
+        __init__.__qualname__ = getattr(original, "__qualname__", "__init__")
+        __init__.__doc__ = original.__doc__
+        return __init__
+
+    # -- listeners (all contained: an exception in a pool listener would fail the app's checkout) --
+
+    def _engine_created(self, engine: Any) -> None:
+        try:
+            assert self.pools is not None
+            stats = self.pools.add_engine(engine)
+            state = current_request.get()
+            if state is None:
+                return
+            self.agent.findings.report(
+                "dependency_rebuild",
+                route=state.route,
+                summary=(
+                    f"A SQLAlchemy engine (pool {stats.name}) is created inside a request: every request "
+                    "builds a new connection pool and opens new database connections. Create the engine "
+                    "once at start-up and share it."
+                ),
+                evidence={"kind": "sqlalchemy_engine", "pool": stats.name},
+                location=user_location(),
+            )
+        except Exception as exc:
+            containment.report("db engine", exc)
+
+    def _on_connect(self, _dbapi_connection: Any, connection_record: Any) -> None:
+        try:
+            self.pools.on_connect(connection_record)  # type: ignore[union-attr]
+        except Exception as exc:
+            containment.report("db connect", exc)
+
+    def _on_checkout(self, _dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+        try:
+            self.pools.on_checkout(connection_record, connection_proxy)  # type: ignore[union-attr]
+        except Exception as exc:
+            containment.report("db checkout", exc)
+
+    def _on_checkin(self, _dbapi_connection: Any, connection_record: Any) -> None:
+        # May run in a garbage-collector callback: no lock here, errors go to the watchdog.
+        pools = self.pools
+        try:
+            pools.on_checkin(connection_record)  # type: ignore[union-attr]
+        except Exception as exc:
+            pools.deferred.append(("error", "db checkin", exc))  # type: ignore[union-attr]
+
+    def _on_detach(self, _dbapi_connection: Any, connection_record: Any) -> None:
+        pools = self.pools
+        try:
+            pools.on_checkin(connection_record)  # type: ignore[union-attr]
+        except Exception as exc:
+            pools.deferred.append(("error", "db detach", exc))  # type: ignore[union-attr]
+
+    def _before_cursor_execute(
+        self, _conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _executemany: bool
+    ) -> None:
+        try:
+            self.queries.on_statement(statement)  # type: ignore[union-attr]
+        except Exception as exc:
+            containment.report("db statements", exc)
+
+
+def _with_own(base: type, attribute: str) -> list[type]:
+    """``base`` and its subclasses that define ``attribute`` themselves."""
+    found: list[type] = []
+    pending = [base]
+    seen: set[type] = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if attribute in cls.__dict__:
+            found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

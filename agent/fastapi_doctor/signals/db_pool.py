@@ -1,0 +1,549 @@
+"""SQLAlchemy connection pools: ``db.client.connection.*`` metrics and leak detection (``pool_leak``).
+
+Fed by :mod:`fastapi_doctor.signals.db`, which owns the SQLAlchemy listeners and patches. Every
+checkout remembers when it happened, the request that made it and the user's line (a cheap frame
+walk, across SQLAlchemy's greenlet for async engines). A watchdog thread (a handle, monotonic time)
+reports a checkout as a leak when it is held longer than ``FASTAPI_DOCTOR_LEAK_SECONDS``, is still
+out after its request finished, or was returned by the garbage collector instead of a checkin. A
+checkout timeout (pool exhausted) names the routes holding the connections.
+
+Nothing here imports SQLAlchemy. Code that may run inside a garbage-collector callback (checkin,
+detach) takes no lock and records nothing: it queues the event for the watchdog.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+import types
+import weakref
+from collections.abc import Iterable
+from time import perf_counter
+from typing import Any
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.findings import Location
+
+POOL_NAME = "db.client.connection.pool.name"
+STATE = "db.client.connection.state"
+
+_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_USE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_MAX_HOLDERS = 5
+
+
+# -- where the user's code is ---------------------------------------------------------------------
+
+
+def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
+    depth = 0
+    while frame is not None and depth < limit:
+        code = frame.f_code
+        filename = code.co_filename
+        # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
+        if not filename.startswith("<") and not attribution.is_library_file(filename):
+            return Location(attribution.display_path(filename), frame.f_lineno or 0, code.co_qualname)
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
+def user_location(skip: int = 1) -> Location | None:
+    """The innermost line of user code calling into SQLAlchemy (no traceback is built).
+
+    An async engine runs the pool inside a greenlet whose frames end at SQLAlchemy's
+    ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet.
+    """
+    location = _walk(sys._getframe(skip + 1))
+    if location is None:
+        greenlet = sys.modules.get("greenlet")
+        if greenlet is not None:
+            parent = greenlet.getcurrent().parent
+            if parent is not None:
+                location = _walk(parent.gr_frame)
+    return location
+
+
+def pool_name(url: Any) -> str:
+    """A stable pool name without credentials or query: ``postgresql://127.0.0.1:5432/app``."""
+    backend = url.get_backend_name()
+    host = url.host or ""
+    if host and url.port:
+        host = f"{host}:{url.port}"
+    database = url.database or ""
+    if host:
+        return f"{backend}://{host}/{database}"
+    return f"{backend}:///{database}" if database else f"{backend}://"
+
+
+# -- bookkeeping ----------------------------------------------------------------------------------
+
+
+class PoolStats:
+    """What is kept per pool name; attribute sets are built once here."""
+
+    __slots__ = ("name", "attrs", "used_attrs", "idle_attrs", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.attrs = {POOL_NAME: name}
+        self.used_attrs = {POOL_NAME: name, STATE: "used"}
+        self.idle_attrs = {POOL_NAME: name, STATE: "idle"}
+        # One item per caller waiting in Pool.connect (deque append/pop are atomic: no lock).
+        self.pending: collections.deque[None] = collections.deque()
+
+
+class Checkout(weakref.ref):  # type: ignore[type-arg]
+    """A checked-out connection: a weak reference to SQLAlchemy's connection proxy (the "fairy").
+
+    The proxy is dead at checkin only when the garbage collector returned the connection.
+    """
+
+    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported")
+
+    stats: PoolStats
+    pool_id: int
+    start: float
+    request: RequestState | None
+    location: Location | None
+    reported: bool
+
+    def route(self) -> str | None:
+        return self.request.route if self.request is not None else None
+
+
+class PoolTracker:
+    def __init__(self, agent: Any) -> None:
+        self.findings = agent.findings
+        self.leak_seconds = float(agent.settings.leak_seconds)
+        # Time a connection may stay out after its request finished before it counts as left behind.
+        self.grace = min(1.0, self.leak_seconds / 2)
+        self.active = True
+        meter = agent.meter
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="Time it took to obtain an open connection from the pool.",
+            explicit_bucket_boundaries_advisory=_TIME_BUCKETS,
+        )
+        self.create_time = meter.create_histogram(
+            "db.client.connection.create_time",
+            unit="s",
+            description="Time it took to create a new connection.",
+            explicit_bucket_boundaries_advisory=_TIME_BUCKETS,
+        )
+        self.use_time = meter.create_histogram(
+            "db.client.connection.use_time",
+            unit="s",
+            description="Time between borrowing a connection and returning it to the pool.",
+            explicit_bucket_boundaries_advisory=_USE_BUCKETS,
+        )
+        self.timeouts = meter.create_counter(
+            "db.client.connection.timeouts",
+            unit="{timeout}",
+            description="Checkouts that timed out waiting for a connection (pool exhausted).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[self._observe_count],
+            unit="{connection}",
+            description="Connections of the pool, by state (idle/used).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            callbacks=[self._observe_max],
+            unit="{connection}",
+            description="Most open connections the pool allows (size + max overflow).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.idle.max",
+            callbacks=[self._observe_idle_max],
+            unit="{connection}",
+            description="Most idle connections the pool keeps (its size).",
+        )
+        meter.create_observable_gauge(
+            "fastapi_doctor.db.pool.overflow",
+            callbacks=[self._observe_overflow],
+            unit="{connection}",
+            description="Connections open beyond the pool size (overflow in use).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.pending_requests",
+            callbacks=[self._observe_pending],
+            unit="{request}",
+            description="Callers waiting for a connection from the pool.",
+        )
+        # Engines by id -> weak reference; pools by id -> (weak reference, stats). Plain dicts: a
+        # list() of their values is atomic, so the collection thread never sees them change size.
+        self._engines: dict[int, weakref.ref[Any]] = {}
+        self._pools: dict[int, tuple[weakref.ref[Any], PoolStats]] = {}
+        self._stats: dict[str, PoolStats] = {}
+        # Checked-out connections by id(connection record).
+        self.out: dict[int, Checkout] = {}
+        # Events from places that must not take locks (garbage-collector callbacks), for the watchdog.
+        # Bounded: a watchdog that stopped cannot make it grow without end.
+        self.deferred: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=65536)
+        self._watchdog: _Watchdog | None = None
+
+    # -- engines and pools ----------------------------------------------------------------------
+
+    def stats_named(self, name: str) -> PoolStats:
+        stats = self._stats.get(name)
+        if stats is None:
+            stats = self._stats.setdefault(name, PoolStats(name))
+        return stats
+
+    def add_engine(self, engine: Any) -> PoolStats:
+        key = id(engine)
+        engines = self._engines
+        engines[key] = weakref.ref(engine, lambda _ref: engines.pop(key, None))
+        stats = self.stats_named(pool_name(engine.url))
+        self._bind(engine.pool, stats)
+        return stats
+
+    def _bind(self, pool: Any, stats: PoolStats) -> None:
+        key = id(pool)
+        pools = self._pools
+        pools[key] = (weakref.ref(pool, lambda _ref: pools.pop(key, None)), stats)
+
+    def stats_for(self, pool: Any) -> PoolStats:
+        entry = self._pools.get(id(pool))
+        if entry is not None and entry[0]() is pool:
+            return entry[1]
+        # A pool recreated by engine.dispose(), or one this agent has not seen yet.
+        for ref in list(self._engines.values()):
+            engine = ref()
+            if engine is not None and engine.pool is pool:
+                stats = self.stats_named(pool_name(engine.url))
+                break
+        else:
+            stats = self.stats_named("unknown")
+        self._bind(pool, stats)
+        return stats
+
+    def live_pools(self) -> list[tuple[Any, PoolStats]]:
+        seen: set[int] = set()
+        pools = []
+        for ref in list(self._engines.values()):
+            engine = ref()
+            if engine is None:
+                continue
+            pool = engine.pool
+            if id(pool) in seen:
+                continue
+            seen.add(id(pool))
+            pools.append((pool, self.stats_for(pool)))
+        return pools
+
+    # -- events (called by the db signal's listeners) ------------------------------------------
+
+    def on_connect(self, connection_record: Any) -> None:
+        """A new DBAPI connection: ``starttime`` is set by SQLAlchemy just before the creator runs."""
+        started = getattr(connection_record, "starttime", None)
+        if started is None:
+            return
+        elapsed = time.time() - started
+        pool = getattr(connection_record, "_ConnectionRecord__pool", None)
+        if elapsed >= 0 and pool is not None:
+            self.create_time.record(elapsed, self.stats_for(pool).attrs)
+
+    def on_checkout(self, connection_record: Any, proxy: Any) -> None:
+        pool = proxy._pool
+        checkout = Checkout(proxy)
+        checkout.stats = self.stats_for(pool)
+        checkout.pool_id = id(pool)
+        checkout.request = current_request.get()
+        checkout.location = user_location()
+        checkout.reported = False
+        checkout.start = perf_counter()
+        self.out[id(connection_record)] = checkout
+
+    def on_checkin(self, connection_record: Any) -> None:
+        """Checkin or detach. May run inside a garbage-collector callback: no lock, no recording."""
+        checkout = self.out.pop(id(connection_record), None)
+        if checkout is None:
+            return
+        now = perf_counter()
+        if checkout() is None:
+            # The proxy was garbage collected before anyone closed it.
+            self.deferred.append(("gc", checkout, now))
+        else:
+            self.deferred.append(("use", checkout.stats, now - checkout.start))
+
+    def wrap_connect(self, original: Any, timeout_error: type[BaseException]) -> Any:
+        """``Pool.connect`` measured: callers waiting, time to get a connection, timeouts."""
+        tracker = self
+
+        def connect(pool: Any) -> Any:
+            try:
+                stats = tracker.stats_for(pool)
+            except Exception as exc:
+                containment.report("db pool", exc)
+                return original(pool)
+            pending = stats.pending
+            pending.append(None)
+            start = perf_counter()
+            try:
+                proxy = original(pool)
+            except timeout_error:
+                waited = perf_counter() - start
+                pending.pop()
+                tracker.timed_out(pool, stats, waited)
+                raise
+            except BaseException:
+                pending.pop()
+                raise
+            pending.pop()
+            try:
+                tracker.wait_time.record(perf_counter() - start, stats.attrs)
+            except Exception as exc:
+                containment.report("db pool", exc)
+            return proxy
+
+        connect.__wrapped__ = original  # type: ignore[attr-defined]
+        connect.__name__ = getattr(original, "__name__", "connect")
+        connect.__qualname__ = getattr(original, "__qualname__", "connect")
+        connect.__doc__ = getattr(original, "__doc__", None)
+        return connect
+
+    # -- findings ------------------------------------------------------------------------------
+
+    def timed_out(self, pool: Any, stats: PoolStats, waited: float) -> None:
+        try:
+            self.timeouts.add(1, stats.attrs)
+            now = perf_counter()
+            holders: dict[tuple[str | None, Location | None], list[float]] = {}
+            for checkout in list(self.out.values()):
+                if checkout.pool_id == id(pool):
+                    entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
+                    entry[0] += 1
+                    entry[1] = max(entry[1], now - checkout.start)
+            ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+            state = current_request.get()
+            waiting_route = state.route if state is not None else None
+            named = ", ".join(
+                f"{route or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "")
+                for (route, loc), (n, _age) in ranked[:3]
+            )
+            summary = (
+                f"Pool {stats.name} is exhausted: a checkout waited {waited:.2f} s and timed out"
+                + (f" on {waiting_route}" if waiting_route else "")
+                + (f"; connections are held by {named}" if named else "")
+                + ". Return connections promptly (close sessions) or size the pool for the load."
+            )
+            evidence = {
+                "reason": "pool_exhausted",
+                "pool": stats.name,
+                "waited_s": round(waited, 3),
+                "waiting_route": waiting_route,
+                "holders": [
+                    {
+                        "route": route,
+                        "connections": int(n),
+                        "oldest_age_s": round(age, 3),
+                        "location": str(loc) if loc else None,
+                    }
+                    for (route, loc), (n, age) in ranked[:_MAX_HOLDERS]
+                ],
+                **occupancy(pool),
+            }
+            # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
+            self.findings.report(
+                "pool_leak", route=waiting_route, summary=summary, evidence=evidence, location=user_location()
+            )
+        except Exception as exc:
+            containment.report("db pool timeout", exc)
+
+    def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
+        checkout.reported = True
+        stats = checkout.stats
+        route = checkout.route()
+        where = f" at {checkout.location}" if checkout.location else ""
+        on = f" on {route}" if route else ""
+        if reason == "garbage_collected":
+            summary = (
+                f"A connection of pool {stats.name} checked out{where}{on} was never closed: the garbage "
+                f"collector returned it after {age:.2f} s. Close sessions and connections (`with`/`async with`, "
+                "or a dependency with `yield`)."
+            )
+        elif reason == "request_finished":
+            summary = (
+                f"A connection of pool {stats.name} checked out{where}{on} is still checked out "
+                f"{age:.2f} s later, after its request finished: it is not returned to the pool."
+            )
+        else:
+            summary = (
+                f"A connection of pool {stats.name} checked out{where}{on} has been held for {age:.2f} s "
+                f"(limit {self.leak_seconds:g} s)."
+            )
+        evidence: dict[str, Any] = {
+            "reason": reason,
+            "pool": stats.name,
+            "age_s": round(age, 3),
+            "leak_seconds": self.leak_seconds,
+        }
+        if pool is not None:
+            evidence.update(occupancy(pool))
+        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=checkout.location)
+
+    def check(self) -> None:
+        """One watchdog round: deferred events, then checkouts held too long or past their request."""
+        deferred = self.deferred
+        while deferred:
+            item = deferred.popleft()
+            kind = item[0]
+            if kind == "use":
+                self.use_time.record(item[2], item[1].attrs)
+            elif kind == "gc":
+                checkout, returned_at = item[1], item[2]
+                self.use_time.record(returned_at - checkout.start, checkout.stats.attrs)
+                if not checkout.reported:
+                    self.report_leak(checkout, "garbage_collected", returned_at - checkout.start,
+                                     self._pool_by_id(checkout.pool_id))
+            elif kind == "error":
+                containment.report(item[1], item[2])
+        now = perf_counter()
+        for checkout in list(self.out.values()):
+            if checkout.reported:
+                continue
+            age = now - checkout.start
+            request = checkout.request
+            if age > self.leak_seconds:
+                self.report_leak(checkout, "held_too_long", age, self._pool_by_id(checkout.pool_id))
+            elif request is not None and request.finished and now - (request.start + request.duration) > self.grace:
+                self.report_leak(checkout, "request_finished", age, self._pool_by_id(checkout.pool_id))
+
+    def _pool_by_id(self, pool_id: int) -> Any:
+        entry = self._pools.get(pool_id)
+        return entry[0]() if entry is not None else None
+
+    # -- gauges (read on the collection cycle) -------------------------------------------------
+
+    def _per_name(self) -> dict[PoolStats, list[Any]]:
+        grouped: dict[PoolStats, list[Any]] = {}
+        if self.active:
+            for pool, stats in self.live_pools():
+                grouped.setdefault(stats, []).append(pool)
+        return grouped
+
+    def _observe_count(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        out = []
+        tracked: dict[int, int] = {}
+        for checkout in list(self.out.values()):
+            tracked[checkout.pool_id] = tracked.get(checkout.pool_id, 0) + 1
+        for stats, pools in self._per_name().items():
+            used = idle = 0
+            for pool in pools:
+                if hasattr(pool, "checkedout"):
+                    used += pool.checkedout()
+                    idle += pool.checkedin()
+                else:
+                    used += tracked.get(id(pool), 0)
+            out.append(Observation(used, stats.used_attrs))
+            out.append(Observation(idle, stats.idle_attrs))
+        return out
+
+    def _observe_max(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        out = []
+        for stats, pools in self._per_name().items():
+            limits = [_limit(pool) for pool in pools]
+            if limits and None not in limits:
+                out.append(Observation(sum(limits), stats.attrs))  # type: ignore[arg-type]
+        return out
+
+    def _observe_idle_max(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        out = []
+        for stats, pools in self._per_name().items():
+            sizes = [pool.size() for pool in pools if hasattr(pool, "checkedout")]
+            if sizes:
+                out.append(Observation(sum(sizes), stats.attrs))
+        return out
+
+    def _observe_overflow(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        out = []
+        for stats, pools in self._per_name().items():
+            queued = [pool for pool in pools if hasattr(pool, "overflow")]
+            if queued:
+                out.append(Observation(sum(max(0, pool.overflow()) for pool in queued), stats.attrs))
+        return out
+
+    def _observe_pending(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [Observation(len(stats.pending), stats.attrs) for stats in self._per_name()]
+
+    # -- watchdog ------------------------------------------------------------------------------
+
+    def start_watchdog(self) -> None:
+        if self._watchdog is None:
+            interval = min(1.0, max(0.05, self.leak_seconds / 4))
+            self._watchdog = _Watchdog(self, interval)
+            self._watchdog.start()
+
+    def stop(self) -> None:
+        self.active = False
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        self.out.clear()
+        self.deferred.clear()
+
+
+def _limit(pool: Any) -> int | None:
+    """size + max overflow of a queue pool; None when unbounded or not a queue pool."""
+    if not hasattr(pool, "checkedout"):
+        return None
+    max_overflow = getattr(pool, "_max_overflow", -1)
+    if max_overflow < 0:
+        return None
+    return int(pool.size()) + int(max_overflow)
+
+
+def occupancy(pool: Any) -> dict[str, Any]:
+    """The pool's state for a finding's evidence."""
+    if pool is None or not hasattr(pool, "checkedout"):
+        return {}
+    limit = _limit(pool)
+    return {
+        "checked_out": pool.checkedout(),
+        "idle": pool.checkedin(),
+        "pool_size": pool.size(),
+        "max_connections": limit,
+        "overflow_in_use": max(0, pool.overflow()),
+    }
+
+
+class _Watchdog:
+    """A daemon thread running ``tracker.check`` every ``interval`` seconds (monotonic time)."""
+
+    def __init__(self, tracker: PoolTracker, interval: float) -> None:
+        self._tracker = tracker
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastapi-doctor-db-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._tracker.check()
+            except Exception as exc:
+                containment.report("db watchdog", exc)
