@@ -174,7 +174,7 @@ class Lifecycle:
 
 def _stamp_pid(resource: Any, providers: tuple[Any, ...]) -> None:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.util import BoundedAttributes
+    from opentelemetry.attributes import BoundedAttributes
 
     pid = os.getpid()
     if resource is not None and resource.attributes.get("process.pid") not in (None, pid):
