@@ -42,6 +42,8 @@ class Agent:
         self._fastapi_callbacks: list[Callable[[Any], None]] = []
         self._server_attempted = False
         self._findings_counter: Any = None
+        self.history: Any = None  # the doctor page's charts (history.py), beside the side server
+        self.profiling: Any = None  # GET /profile (profiling.py)
 
     # -- start / stop --------------------------------------------------------------------------
 
@@ -88,6 +90,11 @@ class Agent:
                 self.signals.append(signal)
             except Exception as exc:
                 containment.report(f"signal {detector}", exc)
+        from fastapi_doctor.profiling import Profiling
+
+        self.profiling = Profiling(self.settings.profiling)
+        if self.settings.profiling:
+            self.on_fastapi(self.profiling.install)
         # The side server binds when the app imports fastapi (at once if it already has): a supervisor
         # that never imports the app (gunicorn's master, uvicorn's --workers and --reload parent)
         # holds no port, and its workers get the ports (docs/reliability.md).
@@ -101,8 +108,13 @@ class Agent:
             except Exception as exc:
                 containment.report(f"signal {getattr(signal, 'name', signal)}", exc)
         self.signals.clear()
+        if self.profiling is not None:
+            self.profiling.uninstrument()
         if self.fastapi is not None:
             self.fastapi.uninstrument()
+        if self.history is not None:
+            self.history.stop()
+            self.history = None
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -133,17 +145,23 @@ class Agent:
 
     def _start_server(self) -> None:
         from fastapi_doctor import server
+        from fastapi_doctor.history import History
         from fastapi_doctor.report.html import render_page
 
+        history = History(server.collect_metrics)
         side = server.SideApp(
             doctor=self.doctor_document,
-            page=render_page,
+            page=lambda doc: render_page(doc, history.snapshot()),
             token=self.settings.auth_token,
             protect_metrics=self.settings.protect_metrics,
+            profile=self.profiling.handle if self.profiling is not None else None,
         )
         self.server = server.start(
             side, self.settings.prometheus_host, self.settings.prometheus_port, worker=_is_worker()
         )
+        if self.server is not None:  # the charts' points are read off the request path, every few seconds
+            self.history = history
+            history.start()
 
     # -- what signals use ----------------------------------------------------------------------
 

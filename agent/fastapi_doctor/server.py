@@ -24,6 +24,9 @@ from fastapi_doctor import containment
 _log = logging.getLogger("fastapi_doctor")
 
 REQUEST_TIMEOUT_S = 10.0
+# The OpenTelemetry Prometheus collector is not safe to run twice at once (two collections can swap
+# their data): /metrics and the doctor page's history read the registry one at a time.
+_collect_lock = threading.Lock()
 MAX_CONCURRENT_REQUESTS = 16
 # A worker of a prefork server whose port is taken by a sibling takes the next free one of these.
 MAX_WORKER_PORTS = 64
@@ -111,7 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept"))
-                self._send(200, content_type, encoder(app.registry))
+                with _collect_lock:
+                    body = encoder(app.registry)
+                self._send(200, content_type, body)
             elif path == "/doctor":
                 body = json.dumps(app.doctor(), indent=2).encode()
                 self._send(200, "application/json", body + b"\n")
@@ -141,6 +146,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+def collect_metrics(registry: CollectorRegistry = REGISTRY) -> list[Any]:
+    """The registry's metric families, read under the lock /metrics takes."""
+    with _collect_lock:
+        return list(registry.collect())
 
 
 class SideServer:

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fastapi_doctor.demo.db import Order
 
-# Sessions parked between the cart view and the checkout: each holds a pool connection until the
-# same user comes back, and the replaced one is left to the garbage collector.
+# Sessions parked between the cart view and the checkout "to reuse them": each holds a pool
+# connection, in an open transaction, for as long as the user takes to come back.
 _open_carts: dict[int, AsyncSession] = {}
 
 
@@ -21,7 +21,10 @@ async def _cart_of(session: AsyncSession, user_id: int) -> dict[str, Any]:
 
 
 async def open_cart(sessions: async_sessionmaker[AsyncSession], user_id: int) -> dict[str, Any]:
-    session = sessions()  # never closed: its connection stays checked out of the pool
+    previous = _open_carts.pop(user_id, None)
+    if previous is not None:
+        await previous.close()
+    session = sessions()  # not closed when the request ends: its connection stays checked out
     cart = await _cart_of(session, user_id)
     _open_carts[user_id] = session
     return cart

@@ -298,6 +298,8 @@ def run_scenario(patient: Patient, scenario: Scenario, index: int, total: int, q
     load = drive(patient.url, plan, scenario.concurrency, progress)
     twin = f" · healthy p50 {_ms(load.p50_ms('healthy'))}" if scenario.healthy_paths else ""
     print(f"    sick p50 {_ms(load.p50_ms('sick'))}{twin} · {len(load.errors)} error(s)", file=out)
+    if scenario.note:
+        print(f"    ({scenario.note})", file=out)
     for error in load.errors[:3]:
         print(f"      {error}", file=out)
 
@@ -458,7 +460,9 @@ def _fetch(url: str) -> str | None:
 
 def _static(page: str) -> str:
     """The saved copy does not reload itself: the server it came from is gone."""
-    return re.sub(r'<meta http-equiv="refresh"[^>]*>', "", page, count=1)
+    from fastapi_doctor.report.html import REFRESH
+
+    return page.replace(REFRESH, "", 1)
 
 
 def _redact(url: str) -> str:

@@ -29,6 +29,7 @@ class Scenario:
     quick_requests: int = 24
     concurrency: int = 8
     wait_s: float = 10.0  # how long to wait for the finding once the load is done
+    note: str = ""  # printed under the load's figures
 
     @property
     def runbook(self) -> str:
@@ -51,6 +52,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         fix="await an async client created once (httpx.AsyncClient in the lifespan), or move the call to a "
         "thread with await anyio.to_thread.run_sync(...)",
         detectors=("eventloop",),
+        note="the healthy twin is slow too: while the loop is blocked, every request on it waits",
         requests=16,
         quick_requests=10,
         concurrency=4,
@@ -110,7 +112,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         sick_paths=_cycle("/carts/{}", range(1, 4)),
         healthy_route="/v2/carts/{user_id}",
         healthy_paths=_cycle("/v2/carts/{}", range(1, 4)),
-        bug="open_cart keeps an AsyncSession open after the request: its connection never returns to the pool",
+        bug="open_cart parks its AsyncSession until the user's next visit: the connection stays checked out",
         fix="async with sessions() as session: ... (or a dependency that yields inside async with)",
         detectors=("db",),
         requests=24,

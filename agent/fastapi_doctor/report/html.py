@@ -1,4 +1,5 @@
-"""The doctor page: findings by root cause, self-contained HTML (inline CSS, no external assets)."""
+"""The doctor page: charts of the last minutes and the findings by root cause, self-contained HTML
+(inline CSS and SVG, no script, no external assets)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ TITLES = {
     "n_plus_one": "N+1 queries",
 }
 
+REFRESH = '<meta http-equiv="refresh" content="10">'
+
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
@@ -25,6 +28,12 @@ h2{font-size:16px;margin:0 0 8px}.none{color:#4a7a3a}.count{color:#6b7380;font-w
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:6px 8px;border-top:1px solid #eef0f3;vertical-align:top}
 th{font-weight:600;color:#4b5563;border-top:none}code{background:#f1f3f6;padding:1px 4px;border-radius:3px}
 .rc{display:inline-block;padding:1px 6px;border-radius:3px;background:#fde8e8;color:#9b1c1c;font-size:12px}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:12px}
+figure.chart{margin:0}figcaption{font-size:13px;color:#4b5563;margin:0 0 4px}figcaption b{color:#1d2330}
+svg.spark{width:100%;height:auto;background:#fbfcfd;border:1px solid #eef0f3;border-radius:4px}
+svg.spark polyline{fill:none;stroke:#2563eb;stroke-width:1.5;vector-effect:non-scaling-stroke}
+svg.spark polyline.limit{stroke:#9ca3af;stroke-dasharray:4 3}svg.spark circle{fill:#2563eb}
+svg.spark text{font-size:9px;fill:#6b7380}.nodata{fill:#9ca3af;font-size:11px}
 """
 
 
@@ -62,14 +71,109 @@ def render_findings(findings: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def render_page(doc: dict[str, Any], charts: str = "") -> str:
+def _fmt(value: float, unit: str) -> str:
+    if unit == "B":
+        for step, suffix in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+            if value >= step:
+                return f"{value / step:.1f} {suffix}"
+        return f"{value:.0f} B"
+    if value >= 100 or value == int(value):
+        return f"{value:.0f} {unit}"
+    return f"{value:.2g} {unit}" if value < 1 else f"{value:.1f} {unit}"
+
+
+def _segments(ts: list[float], values: list[float | None]) -> list[list[tuple[float, float]]]:
+    """Runs of consecutive points with a value: a missing value is a gap, not a zero."""
+    runs: list[list[tuple[float, float]]] = []
+    current: list[tuple[float, float]] = []
+    for t, v in zip(ts, values, strict=False):
+        if v is None:
+            if current:
+                runs.append(current)
+                current = []
+        else:
+            current.append((t, v))
+    if current:
+        runs.append(current)
+    return runs
+
+
+_W, _H, _PAD = 300.0, 90.0, 4.0
+
+
+def _chart(key: str, title: str, unit: str, history: dict[str, Any], companion: str | None) -> str:
+    ts: list[float] = list(history.get("t") or [])
+    values: list[float | None] = list(history.get(key) or [])
+    extra: list[float | None] = list(history.get(companion) or []) if companion else []
+    known = [v for v in values if v is not None]
+    head = f'<figure class="chart" data-series="{key}" data-points="{len(known)}">'
+    if not ts or not known:
+        return (
+            f"{head}<figcaption>{escape(title)}</figcaption>"
+            f'<svg class="spark" viewBox="0 0 {_W:.0f} {_H:.0f}" role="img" aria-label="{escape(title)}: no data">'
+            f'<text class="nodata" x="{_W / 2:.0f}" y="{_H / 2:.0f}" text-anchor="middle">'
+            "no data yet</text></svg></figure>"
+        )
+    top = max([*known, *(v for v in extra if v is not None)]) or 1.0
+    top *= 1.1
+    t0, t1 = ts[0], ts[-1]
+    span = max(t1 - t0, 1.0)
+
+    def xy(t: float, v: float) -> str:
+        x = _PAD + (_W - 2 * _PAD) * (t - t0) / span
+        y = _H - _PAD - (_H - 2 * _PAD - 10) * v / top
+        return f"{x:.1f},{y:.1f}"
+
+    shapes = []
+    if extra:
+        for run in _segments(ts, extra):
+            shapes.append(f'<polyline class="limit" points="{" ".join(xy(t, v) for t, v in run)}"/>')
+    for run in _segments(ts, values):
+        if len(run) == 1:
+            x, y = xy(*run[0]).split(",")
+            shapes.append(f'<circle cx="{x}" cy="{y}" r="1.8"/>')
+        else:
+            shapes.append(f'<polyline class="series" points="{" ".join(xy(t, v) for t, v in run)}"/>')
+    last = next((v for v in reversed(values) if v is not None), None)
+    minutes = span / 60
+    caption = (
+        f"{escape(title)}: <b>{escape(_fmt(last, unit)) if last is not None else '—'}</b> now, "
+        f"max {escape(_fmt(max(known), unit))}"
+    )
+    if extra and any(v is not None for v in extra):
+        caption += f" (limit {escape(_fmt(max(v for v in extra if v is not None), unit))}, dashed)"
+    return (
+        f"{head}<figcaption>{caption}</figcaption>"
+        f'<svg class="spark" viewBox="0 0 {_W:.0f} {_H:.0f}" role="img" '
+        f'aria-label="{escape(title)}">'
+        f'<text x="{_PAD:.0f}" y="10">{escape(_fmt(top, unit))}</text>'
+        f'<text x="{_W - _PAD:.0f}" y="10" text-anchor="end">last {minutes:.1f} min</text>'
+        + "".join(shapes)
+        + "</svg></figure>"
+    )
+
+
+def render_charts(history: dict[str, Any] | None) -> str:
+    """Small inline-SVG charts of the last minutes (from :mod:`fastapi_doctor.history`)."""
+    from fastapi_doctor.history import COMPANIONS, SERIES
+
+    if history is None:
+        return ""
+    charts = "".join(_chart(key, title, unit, history, COMPANIONS.get(key)) for key, title, unit in SERIES)
+    return (
+        '<section class="history"><h2>Last minutes <span class="count">(one point every '
+        f'{escape(str(history.get("interval_s", "")))} s)</span></h2><div class="charts">{charts}</div></section>'
+    )
+
+
+def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> str:
     findings = doc.get("findings", [])
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>fastapi-doctor — {escape(str(doc.get('service', '')))}</title>"
-        f'<meta http-equiv="refresh" content="10"><style>{_CSS}</style></head><body>'
+        f'{REFRESH}<style>{_CSS}</style></head><body>'
         f"<header><h1>fastapi-doctor — {escape(str(doc.get('service', '')))}</h1>"
         f"<p>{len(findings)} finding(s) · generated {escape(str(doc.get('generated_at', '')))} · "
         f"pid {escape(str(doc.get('pid', '')))}</p></header><main>"
-        f"{charts}{render_findings(findings)}</main></body></html>"
+        f"{render_charts(history)}{render_findings(findings)}</main></body></html>"
     )
