@@ -27,6 +27,7 @@ class RequestState:
         "root_causes",
         "body_bytes",
         "content_encoding",
+        "content_type",
         "accepts_gzip",
         "scope",
         "data",
@@ -47,6 +48,8 @@ class RequestState:
         self.root_causes: list[str] | None = None
         self.body_bytes = 0
         self.content_encoding = "identity"
+        # The response's media type (raw header value; read only to judge compressibility, never exported).
+        self.content_type: bytes | None = None
         self.accepts_gzip = False
         self.scope = scope
         # Free-form per-signal data (created on first use, so requests that need none pay nothing).

@@ -86,7 +86,8 @@ class DoctorMiddleware:
                 for name, value in message.get("headers", ()):
                     if name == b"content-encoding":
                         state.content_encoding = value.decode("latin-1")
-                        break
+                    elif name == b"content-type":
+                        state.content_type = value
             await send(message)
 
         try:

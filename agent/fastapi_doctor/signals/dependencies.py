@@ -1,0 +1,617 @@
+"""Time per dependency (``dependency_rebuild``): every ``Depends`` callable, per route.
+
+One narrow patch point: ``fastapi.routing.solve_dependencies``, the entry FastAPI calls once per
+request with the route's dependency tree. The first time a tree is seen, the callable of each of its
+sub-dependencies is replaced in place by a timer of the same kind (sync, async, generator, async
+generator; classes and callable instances stay sync or async as FastAPI judges them), so every
+route is covered, also routes and routers added after start-up. FastAPI's per-request cache
+(``use_cache``) decides before the callable is called, so a cached value is not counted as a build.
+A timer hashes and compares equal to the callable it stands for: ``app.dependency_overrides`` and
+FastAPI's dependency cache keep working. ``uninstrument`` puts the original callables back.
+
+Generator dependencies count their set-up and their teardown, not the time the request spends
+between the two. A dependency's time is kept in the request's state; after the response the
+request hook records ``fastapi_doctor.dependency.duration`` and feeds a small window per
+(dependency, route). Every ``EVERY`` calls (after ``MIN_CALLS``) the window's p50 is compared
+with ``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS`` and with the request time.
+
+Known-expensive objects: an httpx ``Client``/``AsyncClient`` or an aiohttp ``ClientSession``
+created inside a request is a connection pool built per request; the same line doing it
+``REBUILD_REPEATS`` times is a ``dependency_rebuild`` finding at that line. (SQLAlchemy engines
+created after start-up are reported by the database signal.)
+
+This module also holds the small helpers the request-path signals share (:class:`Window`,
+:func:`histogram`, :func:`code_of`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import types
+from collections.abc import Callable, Iterator, Sequence
+from time import perf_counter
+from typing import Any
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.findings import Location
+
+# -- shared by the request-path signals ---------------------------------------------------------
+
+MIN_CALLS = 20  # a finding needs at least this many calls of the same thing
+EVERY = 10  # thresholds are evaluated every EVERY calls, never on each call
+WINDOW = 64  # the p50 is taken over the last WINDOW calls
+# "More than half of the request" only counts for parts that take at least this long: on a fast
+# route any part may be half of very little.
+SHARE_FLOOR_S = 0.005
+
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class Window:
+    """The last ``WINDOW`` samples of one thing (tuples), and when to look at them again."""
+
+    __slots__ = ("items", "count")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, ...]] = []
+        self.count = 0
+
+    def add(self, item: tuple[float, ...]) -> bool:
+        """Keep ``item``; True when the thresholds are due for evaluation."""
+        count = self.count
+        if count < WINDOW:
+            self.items.append(item)
+        else:
+            self.items[count % WINDOW] = item
+        count += 1
+        self.count = count
+        return count >= MIN_CALLS and count % EVERY == 0
+
+    def p50(self, column: int) -> float:
+        values = sorted(item[column] for item in self.items)
+        return values[len(values) // 2] if values else 0.0
+
+
+def histogram(agent: Any, name: str, unit: str, description: str, boundaries: Sequence[float]) -> Any:
+    """A histogram for the request path: the agent's lean ones when it has them, else the SDK's."""
+    lean = getattr(agent, "lean", None)
+    if lean is not None:
+        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
+    return agent.meter.create_histogram(
+        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=tuple(boundaries)
+    )
+
+
+def _target(obj: Any) -> Any:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    try:
+        return inspect.unwrap(obj)
+    except ValueError:  # a __wrapped__ cycle
+        return obj
+
+
+def code_of(obj: Any) -> types.CodeType | None:
+    """The code object that runs when ``obj`` is called (function, method, class, callable instance)."""
+    target = _target(obj)
+    if isinstance(target, types.FunctionType):
+        return target.__code__
+    if isinstance(target, types.MethodType):
+        return code_of(target.__func__)
+    if isinstance(target, type):
+        for klass in target.__mro__:
+            init = klass.__dict__.get("__init__")
+            if isinstance(init, types.FunctionType):
+                return init.__code__
+        return None
+    call = getattr(type(target), "__call__", None)
+    if isinstance(call, types.FunctionType):
+        return call.__code__
+    return None
+
+
+def name_of(obj: Any) -> str:
+    """Qualified name of a function or class; the class's for a callable instance."""
+    target = _target(obj)
+    qualname = getattr(target, "__qualname__", None)
+    if isinstance(qualname, str) and not isinstance(target, functools.partial):
+        return qualname
+    return type(target).__qualname__
+
+
+def location_of(code: types.CodeType | None) -> Location | None:
+    if code is None:
+        return None
+    return Location(attribution.display_path(code.co_filename), code.co_firstlineno, code.co_qualname)
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+# -- timers that stand in for dependency callables -----------------------------------------------
+
+_KEY = "dependencies"  # per-request list of (timer, seconds) in RequestState.data
+
+
+class _Stats:
+    """One (dependency, route): attributes built once, the window of (seconds, share of request)."""
+
+    __slots__ = ("route", "attrs", "window")
+
+    def __init__(self, name: str, route: str | None) -> None:
+        self.route = route
+        self.attrs: dict[str, Any] = {"fastapi.dependency": name}
+        if route is not None:
+            self.attrs["http.route"] = route
+        self.window = Window()
+
+
+class _Timed:
+    """Stands in for a dependency callable; a subclass per kind of callable."""
+
+    def __init__(self, original: Any, name: str, location: Location | None) -> None:
+        # What FastAPI and inspect look at: __wrapped__ leads to the original callable.
+        self.__wrapped__ = original
+        self.__name__ = getattr(original, "__name__", name)
+        self.__qualname__ = name
+        self.__module__ = getattr(original, "__module__", None) or type(original).__module__
+        self.__doc__ = getattr(original, "__doc__", None)
+        self.dependency = name
+        self.location = location
+        self.stats: dict[str | None, _Stats] = {}
+
+    # Same identity for FastAPI's dependency cache and for app.dependency_overrides.
+    def __hash__(self) -> int:
+        return hash(self.__wrapped__)
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if isinstance(other, _Timed):
+            return bool(other.__wrapped__ == self.__wrapped__)
+        return bool(self.__wrapped__ == other)
+
+    def __repr__(self) -> str:
+        return f"<timed dependency {self.__wrapped__!r}>"
+
+    def _done(self, state: RequestState, seconds: float) -> None:
+        try:
+            data = state.signal_data()
+            samples = data.get(_KEY)
+            if samples is None:
+                data[_KEY] = samples = []
+            samples.append((self, seconds))
+        except Exception as exc:
+            containment.report("dependency timing", exc)
+
+
+class _SyncTimed(_Timed):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        state = current_request.get()
+        if state is None:
+            return self.__wrapped__(*args, **kwargs)
+        start = perf_counter()
+        try:
+            return self.__wrapped__(*args, **kwargs)
+        finally:
+            self._done(state, perf_counter() - start)
+
+
+class _AsyncTimed(_Timed):
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        state = current_request.get()
+        start = perf_counter()
+        try:
+            return await self.__wrapped__(*args, **kwargs)
+        finally:
+            if state is not None:
+                self._done(state, perf_counter() - start)
+
+
+class _TimedIterator:
+    """Forwards next/send/throw/close to a generator and adds up the time spent inside it."""
+
+    __slots__ = ("gen", "elapsed")
+
+    def __init__(self, gen: Any) -> None:
+        self.gen = gen
+        self.elapsed = 0.0
+
+    def __iter__(self) -> _TimedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        start = perf_counter()
+        try:
+            return next(self.gen)
+        finally:
+            self.elapsed += perf_counter() - start
+
+    def send(self, value: Any) -> Any:
+        start = perf_counter()
+        try:
+            return self.gen.send(value)
+        finally:
+            self.elapsed += perf_counter() - start
+
+    def throw(self, *args: Any) -> Any:
+        start = perf_counter()
+        try:
+            return self.gen.throw(*args)
+        finally:
+            self.elapsed += perf_counter() - start
+
+    def close(self) -> None:
+        start = perf_counter()
+        try:
+            self.gen.close()
+        finally:
+            self.elapsed += perf_counter() - start
+
+
+class _GenTimed(_Timed):
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        state = current_request.get()
+        gen = self.__wrapped__(*args, **kwargs)
+        if state is None:
+            return (yield from gen)
+        timed = _TimedIterator(gen)
+        try:
+            # yield from delegates send/throw/close exactly as to the generator itself.
+            return (yield from timed)
+        finally:
+            self._done(state, timed.elapsed)
+
+
+class _AsyncGenTimed(_Timed):
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        state = current_request.get()
+        agen = self.__wrapped__(*args, **kwargs)
+        elapsed = 0.0
+        try:
+            start = perf_counter()
+            try:
+                value = await agen.__anext__()
+            finally:
+                elapsed += perf_counter() - start
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    start = perf_counter()
+                    try:
+                        await agen.aclose()
+                    finally:
+                        elapsed += perf_counter() - start
+                    raise
+                except BaseException as exc:
+                    start = perf_counter()
+                    try:
+                        value = await agen.athrow(exc)
+                    finally:
+                        elapsed += perf_counter() - start
+                else:
+                    start = perf_counter()
+                    try:
+                        value = await agen.asend(sent)
+                    finally:
+                        elapsed += perf_counter() - start
+        except StopAsyncIteration:
+            return
+        finally:
+            if state is not None:
+                self._done(state, elapsed)
+
+
+_TIMERS: dict[str, type[_Timed]] = {
+    "sync": _SyncTimed,
+    "async": _AsyncTimed,
+    "gen": _GenTimed,
+    "asyncgen": _AsyncGenTimed,
+}
+
+_KIND_WORDS = {"sync": "function", "async": "async function", "gen": "generator", "asyncgen": "async generator"}
+
+
+# -- the signal -------------------------------------------------------------------------------
+
+REBUILD_REPEATS = 3  # clients created in requests from the same line before it is a finding
+_MAX_ROOTS = 10_000
+_MAX_CREATION_SITES = 1_000
+
+# (module, class) of objects that hold a connection pool: expensive to build per request.
+EXPENSIVE_CLASSES = (
+    ("httpx", "Client"),
+    ("httpx", "AsyncClient"),
+    ("aiohttp", "ClientSession"),
+)
+
+
+class DependencySignal:
+    name = "dependencies"
+
+    def __init__(self) -> None:
+        self._agent: Any = None
+        self._histogram: Any = None
+        self._slow_s = 0.025
+        self._routing: Any = None
+        self._original_solve: Any = None
+        self._classify: Callable[[Any], str] | None = None
+        self._roots: dict[int, Any] = {}  # id -> root Dependant already covered (kept alive)
+        self._timers: dict[int, _Timed | None] = {}  # id(original callable) -> its timer (None: not timed)
+        self._originals: list[tuple[Any, Any]] = []  # (Dependant, original call) for the undo
+        self._patched_inits: list[tuple[type, Any]] = []  # (class, original __init__ or None)
+        self._creations: dict[tuple[str, Location | None], int] = {}
+        self._active = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def instrument(self, agent: Any) -> None:
+        self._agent = agent
+        self._slow_s = agent.settings.slow_dependency_ms / 1000.0
+        self._histogram = histogram(
+            agent,
+            "fastapi_doctor.dependency.duration",
+            "s",
+            "Time to build a FastAPI dependency (generator dependencies: set-up and teardown), per route.",
+            DURATION_BUCKETS,
+        )
+        self._active = True
+        agent.request_metrics.finished_hooks.append(self._finished)
+        agent.on_fastapi(self._on_fastapi)
+        for module in dict.fromkeys(m for m, _ in EXPENSIVE_CLASSES):
+            agent.when_imported(module, self._on_client_library)
+
+    def uninstrument(self) -> None:
+        self._active = False
+        agent = self._agent
+        if agent is not None and agent.request_metrics is not None:
+            hooks = agent.request_metrics.finished_hooks
+            if self._finished in hooks:
+                hooks.remove(self._finished)
+        if self._routing is not None and self._original_solve is not None:
+            self._routing.solve_dependencies = self._original_solve
+        self._routing = self._original_solve = None
+        for dependant, original in reversed(self._originals):
+            dependant.call = original
+        self._originals.clear()
+        self._roots.clear()
+        self._timers.clear()
+        for cls, init in reversed(self._patched_inits):
+            if init is None:
+                try:
+                    del cls.__init__
+                except AttributeError:
+                    pass
+            else:
+                cls.__init__ = init
+        self._patched_inits.clear()
+
+    # -- FastAPI: the patch point --------------------------------------------------------------
+
+    def _on_fastapi(self, hooks: Any) -> None:
+        if not self._active:
+            return
+        import fastapi.routing
+
+        original = getattr(fastapi.routing, "solve_dependencies", None)
+        self._classify = _fastapi_classifier()
+        if original is None or self._classify is None:
+            return
+        roots = self._roots
+        cover = self._cover
+
+        @functools.wraps(original)
+        def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
+            # Returns FastAPI's own coroutine: no extra frame per request.
+            dependant = kwargs.get("dependant")
+            if dependant is not None and id(dependant) not in roots:
+                cover(dependant)
+            return original(*args, **kwargs)
+
+        self._routing = fastapi.routing
+        self._original_solve = original
+        fastapi.routing.solve_dependencies = solve_dependencies
+
+    def _cover(self, root: Any) -> None:
+        """Put timers on every sub-dependency of ``root`` (once per tree)."""
+        try:
+            if len(self._roots) >= _MAX_ROOTS:
+                return
+            self._roots[id(root)] = root
+            seen: set[int] = set()
+            pending = list(root.dependencies)
+            while pending:
+                dependant = pending.pop()
+                if id(dependant) in seen:
+                    continue
+                seen.add(id(dependant))
+                pending.extend(dependant.dependencies)
+                call = dependant.call
+                if call is None or isinstance(call, _Timed):
+                    continue
+                timer = self._timer_for(call)
+                if timer is not None:
+                    self._originals.append((dependant, call))
+                    dependant.call = timer
+        except Exception as exc:
+            containment.report("dependency timers", exc)
+
+    def _timer_for(self, call: Any) -> _Timed | None:
+        key = id(call)
+        if key in self._timers:
+            timer = self._timers[key]
+            if timer is None or timer.__wrapped__ is call:
+                return timer
+        timer = None
+        assert self._classify is not None
+        kind = self._classify(call)
+        name = name_of(call)
+        code = code_of(call)
+        candidate = _TIMERS[kind](call, name, location_of(code))
+        # FastAPI must see the same kind of callable, or the dependency is left alone.
+        if self._classify(candidate) == kind:
+            timer = candidate
+            if code is not None:
+                attribution.register_code(code, "dependency", name)
+        self._timers[key] = timer
+        return timer
+
+    # -- after each request --------------------------------------------------------------------
+
+    def _finished(self, state: RequestState) -> None:
+        data = state.data
+        if not data:
+            return
+        samples = data.get(_KEY)
+        if not samples:
+            return
+        route = state.route
+        duration = state.duration
+        record = self._histogram.record
+        for timer, seconds in samples:
+            stats = timer.stats.get(route)
+            if stats is None:
+                stats = timer.stats[route] = _Stats(timer.dependency, route)
+            record(seconds, stats.attrs)
+            if stats.window.add((seconds, seconds / duration if duration > 0 else 0.0)):
+                self._evaluate(timer, stats)
+
+    def _evaluate(self, timer: _Timed, stats: _Stats) -> None:
+        p50 = stats.window.p50(0)
+        share = stats.window.p50(1)
+        slow = p50 > self._slow_s
+        dominant = share > 0.5 and p50 >= SHARE_FLOOR_S
+        if not (slow or dominant):
+            return
+        route = stats.route or "(no route)"
+        why = (
+            f"above FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS={self._slow_s * 1000:g}"
+            if slow
+            else f"{share:.0%} of the request"
+        )
+        self._agent.findings.report(
+            "dependency_rebuild",
+            route=stats.route,
+            summary=(
+                f"Dependency {timer.dependency} takes {ms(p50)} ms per request on {route} "
+                f"(p50 of the last {len(stats.window.items)} builds, {why}): it is built again for every "
+                f"request. Build it once (lifespan, a module-level object, functools.lru_cache) or make it cheaper."
+            ),
+            evidence={
+                "dependency": timer.dependency,
+                "kind": _KIND_WORDS.get(_kind_of(timer), "function"),
+                "p50_ms": ms(p50),
+                "share_of_request": round(share, 3),
+                "builds": stats.window.count,
+                "threshold_ms": round(self._slow_s * 1000.0, 3),
+            },
+            location=timer.location,
+        )
+
+    # -- clients built inside requests ---------------------------------------------------------
+
+    def _on_client_library(self, module: types.ModuleType) -> None:
+        if not self._active:
+            return
+        for module_name, class_name in EXPENSIVE_CLASSES:
+            if module_name != module.__name__:
+                continue
+            cls = getattr(module, class_name, None)
+            if isinstance(cls, type):
+                self._patch_init(cls, f"{module_name}.{class_name}")
+
+    def _patch_init(self, cls: type, label: str) -> None:
+        own = cls.__dict__.get("__init__")
+        original = own if own is not None else cls.__init__
+        created = self._created
+
+        @functools.wraps(original)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if current_request.get() is not None:
+                created(label)
+
+        self._patched_inits.append((cls, own))
+        cls.__init__ = __init__  # type: ignore[misc]
+
+    def _created(self, label: str) -> None:
+        try:
+            state = current_request.get()
+            if state is None:
+                return
+            where, dependency = _creation_site(sys._getframe(2))
+            key = (label, where)
+            if key not in self._creations and len(self._creations) >= _MAX_CREATION_SITES:
+                return
+            count = self._creations.get(key, 0) + 1
+            self._creations[key] = count
+            if count < REBUILD_REPEATS:
+                return
+            inside = f" in dependency {dependency}" if dependency else ""
+            self._agent.findings.report(
+                "dependency_rebuild",
+                route=state.route,
+                summary=(
+                    f"A new {label} is created inside requests{inside} ({count} so far): each one builds its own "
+                    f"connection pool (and TLS context), so connections are never reused. Create it once at "
+                    f"start-up (lifespan) and share it."
+                ),
+                evidence={"object": label, "created_in_requests": count, "dependency": dependency},
+                location=where,
+            )
+        except Exception as exc:
+            containment.report("client creation", exc)
+
+
+def _creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None]:
+    """The user's line that created the object, and the dependency it ran in (if any)."""
+    where: Location | None = None
+    depth = 0
+    while frame is not None and depth < limit:
+        code = frame.f_code
+        if where is None and not attribution.is_library_file(code.co_filename):
+            where = Location(attribution.display_path(code.co_filename), frame.f_lineno or 0, code.co_qualname)
+        role = attribution.code_role(code)
+        if role is not None and where is not None:
+            return where, role[1] if role[0] == "dependency" else None
+        frame = frame.f_back
+        depth += 1
+    return where, None
+
+
+def _kind_of(timer: _Timed) -> str:
+    for kind, cls in _TIMERS.items():
+        if type(timer) is cls:
+            return kind
+    return "sync"
+
+
+def _fastapi_classifier() -> Callable[[Any], str] | None:
+    """How FastAPI's solve_dependencies will call a callable: sync, async, gen or asyncgen."""
+    try:
+        import fastapi.dependencies.utils as utils
+    except ImportError:
+        return None
+    is_gen = getattr(utils, "_is_gen_callable", None) or getattr(utils, "is_gen_callable", None)
+    is_async_gen = getattr(utils, "_is_async_gen_callable", None) or getattr(utils, "is_async_gen_callable", None)
+    is_coroutine = getattr(utils, "_is_coroutine_callable", None) or getattr(utils, "is_coroutine_callable", None)
+    if is_gen is None or is_async_gen is None or is_coroutine is None:
+        return None
+
+    def classify(call: Any) -> str:
+        if is_async_gen(call):
+            return "asyncgen"
+        if is_gen(call):
+            return "gen"
+        if is_coroutine(call):
+            return "async"
+        return "sync"
+
+    return classify

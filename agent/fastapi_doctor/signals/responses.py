@@ -1,0 +1,383 @@
+"""Response bodies (``large_payload``): bytes sent per route and encoding, size before compression,
+serialisation time.
+
+* Bytes sent and their ``content-encoding`` come from the agent's outermost ``send`` (after any
+  compression; streamed and chunked bodies count every message): after each response the request
+  hook records ``fastapi_doctor.response.body.size`` with ``http.route`` and
+  ``http.response.content_encoding`` (identity, gzip, br, deflate, zstd, compress, or other).
+* Where a compression middleware runs (GZip, Brotli, Zstd…), a counter placed just below it counts
+  the bytes it was given: ``fastapi_doctor.response.body.uncompressed_size``.
+* Serialisation: FastAPI's ``serialize_response`` (validation and encoding against the response
+  model) and ``JSONResponse.render`` (``json.dumps``), timed while a request is current:
+  ``fastapi_doctor.response.serialize.duration``.
+
+Every ``EVERY`` responses of a route (after ``MIN_CALLS``) it is a ``large_payload`` finding when
+the p50 of its bodies sent uncompressed, in a compressible media type, to clients that accept gzip
+is above ``FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES``, or when serialisation is more than half of the
+request (and at least ``SHARE_FLOOR_S``). The location is the route's endpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from time import perf_counter
+from typing import Any
+
+from fastapi_doctor import containment
+from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.findings import Location
+from fastapi_doctor.signals.dependencies import (
+    DURATION_BUCKETS,
+    SHARE_FLOOR_S,
+    Window,
+    code_of,
+    histogram,
+    location_of,
+    ms,
+)
+from fastapi_doctor.signals.middleware_timing import splice_out, walk
+
+SIZE_BUCKETS = (
+    256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 67108864,
+)
+
+_SERIALIZE = "responses.serialize"
+_UNCOMPRESSED = "responses.uncompressed"
+
+ENCODINGS = frozenset({"identity", "gzip", "br", "deflate", "zstd", "compress", "x-gzip"})
+
+# Class names of compression middleware (Starlette's and FastAPI's GZip, brotli-asgi, zstd…).
+COMPRESSION_MARKERS = ("gzip", "brotli", "zstd", "compress")
+
+_COMPRESSIBLE_TYPES = frozenset(
+    {
+        b"application/json",
+        b"application/javascript",
+        b"application/xml",
+        b"application/x-ndjson",
+        b"application/jsonl",
+        b"application/x-www-form-urlencoded",
+        b"application/graphql-response+json",
+        b"image/svg+xml",
+    }
+)
+
+
+def compressible(content_type: bytes | None) -> bool:
+    """Media types that gain from compression (text, JSON, XML…); images, archives and unknown do not."""
+    if not content_type:
+        return False
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return (
+        media.startswith(b"text/")
+        or media in _COMPRESSIBLE_TYPES
+        or media.endswith((b"+json", b"+xml"))
+    )
+
+
+def accepts_gzip(scope: Any) -> bool:
+    if not scope:
+        return False
+    for name, value in scope.get("headers", ()):
+        if name == b"accept-encoding":
+            return b"gzip" in value.lower()
+    return False
+
+
+def _is_compression(layer: Any) -> bool:
+    name = type(layer).__name__.lower()
+    return any(marker in name for marker in COMPRESSION_MARKERS)
+
+
+class _Route:
+    """One route: attribute sets built once, where its endpoint is, the window of its responses."""
+
+    __slots__ = ("route", "attrs", "by_encoding", "location", "window", "compression")
+
+    def __init__(self, route: str | None, location: Location | None) -> None:
+        self.route = route
+        self.attrs: dict[str, Any] = {} if route is None else {"http.route": route}
+        self.by_encoding: dict[str, dict[str, Any]] = {}
+        self.location = location
+        # (bytes sent, bytes sent uncompressed to a gzip client, serialise seconds, its share)
+        self.window = Window()
+        self.compression = False
+
+    def size_attrs(self, encoding: str) -> dict[str, Any]:
+        attrs = self.by_encoding.get(encoding)
+        if attrs is None:
+            value = encoding.strip().lower() or "identity"
+            if value not in ENCODINGS:
+                value = "other"
+            attrs = {**self.attrs, "http.response.content_encoding": value}
+            if len(self.by_encoding) < 16:
+                self.by_encoding[encoding] = attrs
+        return attrs
+
+
+class _BodyCounter:
+    """Placed below a compression middleware: counts the body bytes it is given (``.app`` kept)."""
+
+    __slots__ = ("app", "active")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.active = True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        state = current_request.get() if scope["type"] == "http" and self.active else None
+        if state is None:
+            await self.app(scope, receive, send)
+            return
+        size = 0
+
+        async def send_counted(message: Any) -> None:
+            nonlocal size
+            if message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            data = state.signal_data()
+            data[_UNCOMPRESSED] = data.get(_UNCOMPRESSED, 0) + size
+
+
+def _add_serialize(state: RequestState, seconds: float) -> None:
+    try:
+        data = state.signal_data()
+        data[_SERIALIZE] = data.get(_SERIALIZE, 0.0) + seconds
+    except Exception as exc:
+        containment.report("serialisation timing", exc)
+
+
+class ResponseSignal:
+    name = "responses"
+
+    def __init__(self) -> None:
+        self._agent: Any = None
+        self._hooks: Any = None
+        self._size: Any = None
+        self._uncompressed: Any = None
+        self._serialize: Any = None
+        self._large = 262144
+        self._routes: dict[str | None, _Route] = {}
+        self._patched: list[tuple[Any, str, Any, bool]] = []  # (owner, name, original, was own attribute)
+        self._counters: list[tuple[Any, _BodyCounter]] = []
+        self._active = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def instrument(self, agent: Any) -> None:
+        self._agent = agent
+        self._large = agent.settings.large_response_bytes
+        self._size = histogram(
+            agent,
+            "fastapi_doctor.response.body.size",
+            "By",
+            "Response body bytes sent to the client, by route and content-encoding.",
+            SIZE_BUCKETS,
+        )
+        self._uncompressed = histogram(
+            agent,
+            "fastapi_doctor.response.body.uncompressed_size",
+            "By",
+            "Response body bytes before the compression middleware, by route.",
+            SIZE_BUCKETS,
+        )
+        self._serialize = histogram(
+            agent,
+            "fastapi_doctor.response.serialize.duration",
+            "s",
+            "Time to validate, encode and render response content, by route.",
+            DURATION_BUCKETS,
+        )
+        self._active = True
+        agent.request_metrics.finished_hooks.append(self._finished)
+        agent.on_fastapi(self._on_fastapi)
+
+    def uninstrument(self) -> None:
+        self._active = False
+        agent = self._agent
+        if agent is not None and agent.request_metrics is not None:
+            hooks = agent.request_metrics.finished_hooks
+            if self._finished in hooks:
+                hooks.remove(self._finished)
+        if self._hooks is not None and self._wrap_stack in self._hooks.stack_wrappers:
+            self._hooks.stack_wrappers.remove(self._wrap_stack)
+        self._hooks = None
+        for owner, name, original, own in reversed(self._patched):
+            if own:
+                setattr(owner, name, original)
+            else:
+                try:
+                    delattr(owner, name)
+                except AttributeError:
+                    pass
+        self._patched.clear()
+        for parent, counter in reversed(self._counters):
+            counter.active = False
+            splice_out(parent, counter)
+        self._counters.clear()
+
+    def _on_fastapi(self, hooks: Any) -> None:
+        if not self._active:
+            return
+        self._hooks = hooks
+        hooks.stack_wrappers.append(self._wrap_stack)
+        import fastapi.routing
+        import starlette.responses
+
+        original = getattr(fastapi.routing, "serialize_response", None)
+        if original is not None:
+            self._patch(fastapi.routing, "serialize_response", _timed_serialize(original))
+        json_response = starlette.responses.JSONResponse
+        render = json_response.__dict__.get("render")
+        if render is not None:
+            self._patch(json_response, "render", _timed_render(render))
+
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        own = name in getattr(owner, "__dict__", {})
+        original = owner.__dict__[name] if own else getattr(owner, name)
+        self._patched.append((owner, name, original, own))
+        setattr(owner, name, replacement)
+
+    def _wrap_stack(self, app: Any, stack: Any) -> Any:
+        if not self._active:
+            return stack
+        for _, layer in list(walk(stack)):
+            if isinstance(layer, _BodyCounter) or not _is_compression(layer):
+                continue
+            inner = getattr(layer, "app", None)
+            if inner is None or isinstance(inner, _BodyCounter) or not callable(inner):
+                continue
+            counter = _BodyCounter(inner)
+            layer.app = counter
+            self._counters.append((layer, counter))
+        return stack
+
+    # -- after each response -------------------------------------------------------------------
+
+    def _route(self, state: RequestState) -> _Route:
+        route = state.route
+        stats = self._routes.get(route)
+        if stats is None:
+            endpoint = getattr((state.scope or {}).get("route"), "endpoint", None)
+            location = location_of(code_of(endpoint)) if endpoint is not None else None
+            stats = _Route(route, location)
+            if len(self._routes) < 10000:
+                self._routes[route] = stats
+        return stats
+
+    def _finished(self, state: RequestState) -> None:
+        if state.status is None:
+            return  # no response was started
+        stats = self._route(state)
+        sent = state.body_bytes
+        encoding = state.content_encoding
+        self._size.record(sent, stats.size_attrs(encoding))
+        serialize = 0.0
+        data = state.data
+        if data:
+            uncompressed = data.get(_UNCOMPRESSED)
+            if uncompressed is not None:
+                self._uncompressed.record(uncompressed, stats.attrs)
+                stats.compression = True
+            serialize = data.get(_SERIALIZE, 0.0)
+            if serialize:
+                self._serialize.record(serialize, stats.attrs)
+        exposed = 0
+        if (
+            sent > self._large
+            and encoding == "identity"
+            and compressible(getattr(state, "content_type", None))
+            and accepts_gzip(state.scope)
+        ):
+            exposed = sent
+        duration = state.duration
+        if stats.window.add((sent, exposed, serialize, serialize / duration if duration > 0 else 0.0)):
+            self._evaluate(stats)
+
+    def _evaluate(self, stats: _Route) -> None:
+        try:
+            window = stats.window
+            exposed = window.p50(1)
+            serialize = window.p50(2)
+            share = window.p50(3)
+            large = exposed > self._large
+            dominant = share > 0.5 and serialize >= SHARE_FLOOR_S
+            if not (large or dominant):
+                return
+            route = stats.route or "(no route)"
+            n = len(window.items)
+            if large:
+                fix = (
+                    "the compression middleware did not compress it (check its minimum size and media types)"
+                    if stats.compression
+                    else "no compression middleware is installed: add GZipMiddleware"
+                )
+                summary = (
+                    f"{route} sends {_size(exposed)} uncompressed to clients that accept gzip (p50 of the last "
+                    f"{n} responses); {fix}, or send less (pagination, fewer fields)."
+                )
+            else:
+                summary = (
+                    f"Serialising the response of {route} takes {ms(serialize)} ms, {share:.0%} of the request "
+                    f"(p50 of the last {n} responses): the payload is too large or too costly to encode. "
+                    f"Return less data (pagination, fewer fields) or declare a response model."
+                )
+            self._agent.findings.report(
+                "large_payload",
+                route=stats.route,
+                summary=summary,
+                evidence={
+                    "p50_bytes": int(window.p50(0)),
+                    "p50_uncompressed_bytes_to_gzip_clients": int(exposed),
+                    "content_encoding": "identity" if large else None,
+                    "serialize_p50_ms": ms(serialize),
+                    "serialize_share_of_request": round(share, 3),
+                    "compression_middleware": stats.compression,
+                    "threshold_bytes": self._large,
+                    "responses": window.count,
+                },
+                location=stats.location,
+            )
+        except Exception as exc:
+            containment.report("response finding", exc)
+
+
+def _size(n: float) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / 1024:.0f} KiB"
+
+
+def _timed_serialize(original: Any) -> Any:
+    @functools.wraps(original)
+    async def serialize_response(*args: Any, **kwargs: Any) -> Any:
+        state = current_request.get()
+        if state is None:
+            return await original(*args, **kwargs)
+        start = perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            _add_serialize(state, perf_counter() - start)
+
+    return serialize_response
+
+
+def _timed_render(original: Any) -> Any:
+    @functools.wraps(original)
+    def render(self: Any, content: Any) -> bytes:
+        state = current_request.get()
+        if state is None:
+            return original(self, content)  # type: ignore[no-any-return]
+        start = perf_counter()
+        try:
+            return original(self, content)  # type: ignore[no-any-return]
+        finally:
+            _add_serialize(state, perf_counter() - start)
+
+    return render
