@@ -35,5 +35,10 @@ test: $(VENV)/.test-installed $(STOCK_OTEL)/.installed
 bench: $(VENV)/.test-installed $(STOCK_OTEL)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Regenerates dashboards/grafana/*.json, dashboards/prometheus/alerts.yaml and its promtool tests, and
+# the Helm chart's copies of them (RUNBOOK_BASE_URL=... points the runbook links elsewhere).
+dashboards: $(VENV)/.test-installed
+	$(BIN)/python -m dashboards.build
+
 clean:
 	rm -rf $(VENV) .cache
