@@ -36,6 +36,16 @@ DETECTORS = (
     "logs",
 )
 
+# OTEL_TRACES_SAMPLER values the agent implements.
+SAMPLERS = (
+    "parentbased_traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "traceidratio",
+    "always_on",
+    "always_off",
+)
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -187,10 +197,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Address the side server (/metrics, /doctor, /) binds to."),
     Setting("prometheus_port", "OTEL_EXPORTER_PROMETHEUS_PORT", 9464, _port, "a port number 0-65535",
             "Port of the side server; 0 picks a free one."),
+    Setting("traces_sampler", "OTEL_TRACES_SAMPLER", "parentbased_traceidratio", _choice(*SAMPLERS),
+            ", ".join(SAMPLERS), "Head sampler (the ratio applies to the traceidratio ones)."),
     Setting("traces_sampler_arg", "OTEL_TRACES_SAMPLER_ARG", 0.1, _ratio, "a ratio from 0 to 1",
             "Share of requests whose traces are recorded (head sampling)."),
     Setting("otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", None, _host, "a URL such as http://localhost:4317",
             "Where spans and metrics go over OTLP/gRPC; unset means Prometheus pull only."),
+    Setting("otlp_timeout_s", "OTEL_EXPORTER_OTLP_TIMEOUT", 5.0, _positive_float, "a number of seconds > 0",
+            "Deadline of one OTLP export (retries included)."),
     Setting("metric_export_interval_ms", "OTEL_METRIC_EXPORT_INTERVAL", 60000.0, _positive_float,
             "a number of milliseconds > 0", "Interval of the OTLP metric export."),
     Setting("export_app_logs", "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", False, _bool, "true or false",
@@ -226,8 +240,10 @@ class Settings:
     service_name: str = "fastapi-app"
     prometheus_host: str = "localhost"
     prometheus_port: int = 9464
+    traces_sampler: str = "parentbased_traceidratio"
     traces_sampler_arg: float = 0.1
     otlp_endpoint: str | None = None
+    otlp_timeout_s: float = 5.0
     metric_export_interval_ms: float = 60000.0
     export_app_logs: bool = False
 

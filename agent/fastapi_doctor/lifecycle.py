@@ -69,7 +69,16 @@ class BoundedSpanProcessor(BatchSpanProcessor):
     """The SDK's batch processor, counting the spans it drops when its queue is full."""
 
     def __init__(self, exporter: SpanExporter, max_queue_size: int = MAX_QUEUE_SIZE) -> None:
-        super().__init__(exporter, max_queue_size=max_queue_size)
+        try:
+            super().__init__(exporter, max_queue_size=max_queue_size)
+        except ValueError as exc:  # OTEL_BSP_* values the SDK rejects (it would stop the agent)
+            _log.error(
+                "fastapi-doctor: OTEL_BSP_SCHEDULE_DELAY / OTEL_BSP_MAX_EXPORT_BATCH_SIZE are invalid (%s); "
+                "using the defaults (5000 ms, 512 spans)",
+                exc,
+            )
+            super().__init__(exporter, max_queue_size=max_queue_size, schedule_delay_millis=5000,
+                             max_export_batch_size=512)
         queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
         self._doctor_queue = queue if hasattr(queue, "__len__") else None
         self._doctor_capacity = max_queue_size

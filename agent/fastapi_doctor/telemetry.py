@@ -173,7 +173,7 @@ class Pipelines:
 
 
 def _sampling_ratio(settings: Settings) -> float:
-    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").strip().lower()
+    name = settings.traces_sampler
     if name in ("always_on", "parentbased_always_on"):
         return 1.0
     if name in ("always_off", "parentbased_always_off"):
@@ -210,7 +210,7 @@ def build(settings: Settings) -> Pipelines:
         for name in _EXPORTER_LOGGERS:
             logging.getLogger(name).addFilter(_QuietExporterLogs())
         insecure = not endpoint.startswith("https://")
-        timeout = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "5"))
+        timeout = settings.otlp_timeout_s
         outage.factories = {
             "traces": lambda: OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
             "metrics": lambda: OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
