@@ -16,9 +16,9 @@ import pytest
 from harness import APPS, AppProcess, OTLPReceiver, concurrent_get, metric_value, start_otlp_receiver, wait_until
 
 SECRET = "hunter2-Sup3rSecret"
-SLOW_QUERY_LINE = next(
-    n for n, line in enumerate((APPS / "logs_app.py").read_text().splitlines(), 1) if "# the slow statement" in line
-)
+APP_LINES = (APPS / "logs_app.py").read_text().splitlines()
+SLOW_QUERY_LINE = next(n for n, line in enumerate(APP_LINES, 1) if "# the slow statement" in line)
+ASYNC_QUERY_LINE = next(n for n, line in enumerate(APP_LINES, 1) if line.endswith("# async"))
 
 
 def json_records(logs: str, logger: str | None = None) -> list[dict[str, Any]]:
@@ -95,20 +95,21 @@ def sampled_app(otlp_module: OTLPReceiver) -> Iterator[AppProcess]:
         },
         ready_path="/docs",
     ).start()
-    for path in ("/fast", f"/slow?token={SECRET}", "/error", "/finding", f"/query?token={SECRET}"):
+    for path in ("/fast", f"/slow?token={SECRET}", "/error", "/finding", f"/query?token={SECRET}",
+                 f"/query_async?token={SECRET}"):
         httpx.get(app.url + path, headers={"authorization": f"Bearer {SECRET}"}, timeout=10)
     yield app
     app.stop()
 
 
 def test_slow_failing_and_finding_requests_write_one_record_with_their_span(sampled_app, otlp_module):
-    records = wait_until(lambda: len(json_records(sampled_app.logs(), "fastapi_doctor.requests")) >= 4 and
+    records = wait_until(lambda: len(json_records(sampled_app.logs(), "fastapi_doctor.requests")) >= 5 and
                          json_records(sampled_app.logs(), "fastapi_doctor.requests"))
     by_route: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_route.setdefault(record["route"], []).append(record)
-    # A fast 200 writes nothing by default; the slow /query request is logged as slow.
-    assert sorted(by_route) == ["/error", "/finding", "/query", "/slow"]
+    # A fast 200 writes nothing by default; the requests of the slow queries are logged as slow.
+    assert sorted(by_route) == ["/error", "/finding", "/query", "/query_async", "/slow"]
     assert all(len(v) == 1 for v in by_route.values()), by_route
 
     expected = {
@@ -143,18 +144,26 @@ def test_slow_failing_and_finding_requests_write_one_record_with_their_span(samp
 
 
 def test_slow_query_is_logged_once_as_a_fingerprint_with_its_line_and_trace(sampled_app, otlp_module):
-    queries = wait_until(lambda: json_records(sampled_app.logs(), "fastapi_doctor.queries"))
-    assert len(queries) == 1, queries  # the fast statement of the same request is not logged
-    query = queries[0]
+    queries = wait_until(lambda: len(json_records(sampled_app.logs(), "fastapi_doctor.queries")) >= 2 and
+                         json_records(sampled_app.logs(), "fastapi_doctor.queries"))
+    # One record per slow statement; the fast statement of /query is not logged.
+    assert sorted(q["route"] for q in queries) == ["/query", "/query_async"], queries
+    query = next(q for q in queries if q["route"] == "/query")
     assert query["statement"] == "SELECT sleep_ms(?) WHERE ? = ? OR ? = ?"
-    assert query["route"] == "/query"
     assert query["location"] == {"file": "logs_app.py", "line": SLOW_QUERY_LINE, "function": "query"}
     assert query["pool"] == "sqlite:///:memory:" and query["db_system"] == "sqlite"
     assert query["duration_ms"] >= 200
     span = request_span(otlp_module, "/query")
     assert query["trace_id"] == span.trace_id
 
-    exported = wait_until(lambda: [r for r in otlp_log_records(otlp_module) if r["event"] == "fastapi_doctor.slow_query"])
+    # Through an async engine the line is found across SQLAlchemy's greenlet.
+    via_async = next(q for q in queries if q["route"] == "/query_async")
+    assert via_async["statement"] == "SELECT sleep_ms(?) + ? * length(?)"
+    assert via_async["location"] == {"file": "logs_app.py", "line": ASYNC_QUERY_LINE, "function": "query_async"}
+    assert via_async["trace_id"] == request_span(otlp_module, "/query_async").trace_id
+
+    exported = wait_until(lambda: [r for r in otlp_log_records(otlp_module) if r["event"] == "fastapi_doctor.slow_query"
+                                   and r["attributes"]["http.route"] == "/query"])
     assert exported[0]["attributes"]["db.query.text"] == query["statement"]
     assert exported[0]["attributes"]["code.line.number"] == SLOW_QUERY_LINE
     assert exported[0]["trace_id"] == span.trace_id
@@ -239,6 +248,7 @@ def test_app_records_carry_trace_ids_and_go_over_otlp_when_asked(serve, otlp):
 # -- a storm -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_storm_of_identical_errors_writes_a_bounded_number_of_lines(serve):
     window = 2.0
     app = serve("logs_app:app", env={"FASTAPI_DOCTOR_LOG_REPEAT_SECONDS": str(window)})

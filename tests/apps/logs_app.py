@@ -8,6 +8,7 @@ import time
 
 from fastapi import FastAPI, Response
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_doctor import _agent
 
@@ -17,13 +18,18 @@ log = logging.getLogger("logs_app")
 engine = create_engine("sqlite:///" + os.environ.get("LOGS_APP_DB", ":memory:"))
 
 
-@event.listens_for(engine, "connect")
-def _functions(dbapi_connection, _record):
-    def sleep_ms(ms):
-        time.sleep(ms / 1000.0)
-        return ms
+async_engine = create_async_engine("sqlite+aiosqlite://")
 
-    dbapi_connection.create_function("sleep_ms", 1, sleep_ms)
+
+def _sleep_ms(ms):
+    time.sleep(ms / 1000.0)
+    return ms
+
+
+@event.listens_for(engine, "connect")
+@event.listens_for(async_engine.sync_engine, "connect")
+def _functions(dbapi_connection, _record):
+    dbapi_connection.create_function("sleep_ms", 1, _sleep_ms)
 
 
 @app.get("/fast")
@@ -64,6 +70,14 @@ def query(token: str = "") -> dict[str, int]:
         ).scalar()
         conn.execute(text("SELECT :token"), {"token": token}).scalar()  # a fast one: not logged
     return {"slept_ms": value or 0}
+
+
+@app.get("/query_async")
+async def query_async(token: str = "") -> dict[str, int]:
+    async with async_engine.connect() as conn:
+        slow_ms = int(os.environ.get("LOGS_APP_QUERY_MS", "400"))
+        result = await conn.execute(text("SELECT sleep_ms(:ms) + 0 * length(:token)"), {"ms": slow_ms, "token": token})  # async
+        return {"slept_ms": result.scalar() or 0}
 
 
 @app.get("/applog")

@@ -318,8 +318,20 @@ class TraceIds:
         self._original = original
         me = self
 
-        def makeRecord(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:  # noqa: N802
-            record = original(self, *args, **kwargs)
+        def makeRecord(  # noqa: N802 - the signature of logging.Logger.makeRecord
+            self: logging.Logger,
+            name: str,
+            level: int,
+            fn: str,
+            lno: int,
+            msg: object,
+            args: Any,
+            exc_info: Any,
+            func: str | None = None,
+            extra: Any = None,
+            sinfo: str | None = None,
+        ) -> logging.LogRecord:
+            record = original(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
             if me.active:
                 try:
                     d = record.__dict__

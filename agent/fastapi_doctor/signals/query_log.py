@@ -15,17 +15,12 @@ from typing import Any
 
 from opentelemetry.trace import get_current_span
 
-from fastapi_doctor import attribution, containment
+from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.signals.db_pool import pool_name, user_location
 from fastapi_doctor.sql import fingerprint
 
 _T0 = "_fastapi_doctor_t0"
-
-
-def pool_name(engine: Any) -> str:
-    """``postgresql+asyncpg://db:5432/app``: the engine's URL without credentials or query."""
-    url = engine.url
-    return str(url.set(username=None, password=None, query={}).render_as_string(hide_password=True))
 
 
 class QueryLog:
@@ -76,14 +71,14 @@ class QueryLog:
             containment.report("slow-query log", exc)
 
     def _write(self, conn: Any, statement: str, elapsed: float) -> None:
-        location = attribution.caller_location(skip=2)
+        location = user_location()  # also through an async engine's greenlet
         state = current_request.get()
         ctx = get_current_span().get_span_context()
         sampled = ctx.is_valid and bool(ctx.trace_flags & 1)
         engine = conn.engine
         text = fingerprint(statement)
         route = state.route if state is not None else None
-        pool = pool_name(engine)
+        pool = pool_name(engine.url)  # the name of the db signal's pool metrics
         fields = {
             "kind": "query",
             "duration_ms": round(elapsed * 1000.0, 1),

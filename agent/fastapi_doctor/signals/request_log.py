@@ -48,9 +48,10 @@ class RequestLog:
             reasons.append("finding")
         if not reasons:
             reasons.append("all")
-        # The hook runs inside the request's span (FastAPI's telemetry wraps the agent's middleware);
-        # it is current only for sampled requests.
-        ctx = get_current_span().get_span_context()
+        # The request's server span: kept by the middleware for sampled requests (else the current
+        # one: the hook runs inside FastAPI's request span). Unsampled requests have none.
+        span = getattr(state, "span", None) or get_current_span()
+        ctx = span.get_span_context()
         sampled = ctx.is_valid and bool(ctx.trace_flags & 1)
         fields = {
             "kind": "request",
