@@ -1,0 +1,231 @@
+"""The side server's access rules and /profile, through a real server process.
+
+Token: /, /doctor and /profile need ``Authorization: Bearer <token>`` when FASTAPI_DOCTOR_AUTH_TOKEN is
+set; /metrics and /healthz stay open unless FASTAPI_DOCTOR_PROTECT_METRICS. Profiling: off by
+default; when on, one profile at a time, bad parameters refused with the reason.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from harness import APPS, BIN, AppProcess, wait_until
+
+TOKEN = "s3cret-Token-4242"
+GOOD = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[AppProcess]:
+    """Token set, profiling on."""
+    app = AppProcess(
+        "side_server_app:app",
+        env={"FASTAPI_DOCTOR_AUTH_TOKEN": TOKEN, "FASTAPI_DOCTOR_PROFILING": "true"},
+        ready_path="/other",
+    )
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+def _get(app: AppProcess, path: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> httpx.Response:
+    return httpx.get(app.side_url + path, headers=headers or {}, timeout=timeout)
+
+
+@pytest.mark.parametrize("path", ["/", "/doctor", "/profile?route=/other&seconds=1"])
+def test_token_required_on_findings_and_profile(guarded, path):
+    refused = _get(guarded, path)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert refused.json() == {"error": "unauthorized"}
+    # Nothing of the page or the findings leaks into the refusal.
+    assert "fastapi-doctor —" not in refused.text and "findings" not in refused.text
+
+
+def test_token_accepted(guarded):
+    page = _get(guarded, "/", GOOD)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<h1>fastapi-doctor — test-app</h1>" in page.text
+    doctor = _get(guarded, "/doctor", GOOD)
+    assert doctor.status_code == 200 and doctor.json()["service"] == "test-app"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Bearer  {TOKEN}",  # two spaces
+        f"Bearer {TOKEN} ",
+        f"Bearer {TOKEN} extra",
+        f"Bearer {TOKEN[:-1]}",  # a prefix of the token
+        f"Bearer {TOKEN}x",
+        f"Basic {TOKEN}",
+        f"Token {TOKEN}",
+        TOKEN,
+        f"Bearer\t{TOKEN}",
+        "Bearer wrong-token-0000",
+        f"Bearer {TOKEN.upper()}",
+        f"Bearer {TOKEN}é",  # not ASCII
+    ],
+)
+def test_malformed_or_wrong_authorization_is_refused(guarded, header):
+    # http.client sends the bytes as given (httpx would refuse some of these values itself).
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.side_port, timeout=10)
+    try:
+        conn.putrequest("GET", "/doctor")
+        conn.putheader("Authorization", header.encode("utf-8"))
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 401
+    assert json.loads(body) == {"error": "unauthorized"}
+
+
+def test_metrics_and_healthz_stay_open_and_the_token_is_never_written(guarded):
+    assert _get(guarded, "/healthz").text == "ok\n"
+    metrics = _get(guarded, "/metrics")
+    assert metrics.status_code == 200 and "http_server_request_duration_seconds" in metrics.text
+    assert TOKEN not in metrics.text
+    assert TOKEN not in _get(guarded, "/", GOOD).text
+    assert TOKEN not in guarded.logs()
+
+
+def test_report_cli_uses_the_token(guarded):
+    cli = str(BIN / "fastapi-doctor")
+    ok = subprocess.run([cli, "report", "--url", guarded.side_url, "--token", TOKEN, "--json"],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["service"] == "test-app"
+    refused = subprocess.run([cli, "report", "--url", guarded.side_url], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert "answered HTTP 401 (set --token)" in refused.stderr
+
+
+def test_protect_metrics_and_profiling_off(serve):
+    app = serve("side_server_app:app", env={"FASTAPI_DOCTOR_AUTH_TOKEN": TOKEN,
+                                            "FASTAPI_DOCTOR_PROTECT_METRICS": "true"}, ready_path="/other")
+    assert _get(app, "/metrics").status_code == 401
+    assert _get(app, "/metrics", GOOD).status_code == 200
+    assert _get(app, "/healthz").status_code == 200
+    off = _get(app, "/profile?route=/other&seconds=1", GOOD)
+    assert off.status_code == 404
+    assert "FASTAPI_DOCTOR_PROFILING=true" in off.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("", "give exactly one route"),
+        ("?route=/other&route=/work/{n}", "give exactly one route"),
+        ("?route=other", "route must be a route template starting with '/'"),
+        ("?route=/other&seconds=abc", "seconds must be a number above 0 and at most 60"),
+        ("?route=/other&seconds=0", "seconds must be a number above 0 and at most 60"),
+        ("?route=/other&seconds=-1", "seconds must be a number above 0 and at most 60"),
+        ("?route=/other&seconds=61", "seconds must be a number above 0 and at most 60"),
+        ("?route=/other&seconds=nan", "seconds must be a number above 0 and at most 60"),
+        ("?route=/other&seconds=inf", "seconds must be a number above 0 and at most 60"),
+        ("?route=/other&seconds=1&seconds=2", "give seconds once"),
+        ("?route=/nowhere/{x}&seconds=1", "no route '/nowhere/{x}' in the app; routes: "),
+    ],
+)
+def test_profile_bad_parameters_get_400_with_the_reason(guarded, query, reason):
+    response = _get(guarded, "/profile" + query, GOOD)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(reason)
+
+
+def test_profile_of_a_route_one_at_a_time(guarded):
+    expected = httpx.get(guarded.url + "/work/3").content
+    result: dict[str, httpx.Response] = {}
+
+    def profile() -> None:
+        result["profile"] = _get(guarded, "/profile?route=/work/{n}&seconds=3", GOOD, timeout=60)
+
+    thread = threading.Thread(target=profile)
+    thread.start()
+    try:
+        # The profile is armed as soon as a second one is refused.
+        wait_until(lambda: _get(guarded, "/profile?route=/other&seconds=1", GOOD).status_code == 409, timeout=10)
+        busy = _get(guarded, "/profile?route=/other&seconds=1", GOOD)
+        assert "already running" in busy.json()["error"]
+        # Profiled requests answer exactly as unprofiled ones.
+        for _ in range(5):
+            assert httpx.get(guarded.url + "/work/3").content == expected
+            assert httpx.get(guarded.url + "/other").json() == {"status": "ok"}
+    finally:
+        thread.join(timeout=60)
+    response = result["profile"]
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    # pyinstrument's page with the profiled route's own work in it, and not the other route's.
+    assert "pyinstrument" in response.text
+    assert '"identifier": "crunch_numbers\\u0000' in response.text
+    assert "side_server_app.py" in response.text
+    assert "tally_words" not in response.text
+    # Once it has ended, the next profile may start; with no request in its window it says so.
+    empty = _get(guarded, "/profile?route=/other&seconds=0.5", GOOD)
+    assert empty.status_code == 200 and "No request of <code>/other</code> started within 0.5 s" in empty.text
+
+
+UNDO_SCRIPT = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import httpx
+import fastapi_doctor
+from fastapi_doctor import _agent
+from side_server_app import app
+from fastapi.testclient import TestClient
+
+fastapi_doctor.instrument(app, profiling=True, prometheus_port=0, prometheus_host="127.0.0.1")
+agent = _agent.get()
+hooks, profiling, history = agent.fastapi, agent.profiling, agent.history
+with TestClient(app) as client:
+    client.get("/other")
+before = {
+    "gate_installed": profiling.wrap in hooks.stack_wrappers,
+    "gate_in_stack": "ProfileGate" in repr(type(app.middleware_stack.app)),
+    "history_running": history.running,
+}
+port = agent.server.port
+fastapi_doctor.uninstrument()
+try:
+    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    server_gone = False
+except httpx.HTTPError:
+    server_gone = True
+after = {
+    "gate_installed": profiling.wrap in hooks.stack_wrappers,
+    "armed": profiling.armed,
+    "history_running": history.running,
+    "server_gone": server_gone,
+}
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def test_uninstrument_removes_the_profiling_gate_and_stops_the_history():
+    out = subprocess.run([sys.executable, "-c", UNDO_SCRIPT, str(APPS)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["before"] == {"gate_installed": True, "gate_in_stack": True, "history_running": True}
+    assert result["after"] == {"gate_installed": False, "armed": None, "history_running": False, "server_gone": True}
+
+
+def test_profiling_off_adds_nothing_to_the_stack():
+    script = UNDO_SCRIPT.replace("profiling=True", "profiling=False")
+    out = subprocess.run([sys.executable, "-c", script, str(APPS)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["before"]["gate_installed"] is False and result["before"]["gate_in_stack"] is False
