@@ -95,10 +95,12 @@ class DatabaseSignal:
             (Pool, "checkout", self._on_checkout),
             (Pool, "checkin", self._on_checkin),
             (Pool, "detach", self._on_detach),
-            (Engine, "before_cursor_execute", self._before_cursor_execute),
         ):
             event.listen(target, identifier, fn)
             self._listeners.append((target, identifier, fn))
+        # retval=True: called as is, without SQLAlchemy's argument-passing wrapper (returns its input).
+        event.listen(Engine, "before_cursor_execute", self._before_cursor_execute, retval=True)
+        self._listeners.append((Engine, "before_cursor_execute", self._before_cursor_execute))
 
         for cls in _with_own(Pool, "connect"):
             original = cls.__dict__["connect"]
@@ -180,12 +182,13 @@ class DatabaseSignal:
             pools.deferred.append(("error", "db detach", exc))  # type: ignore[union-attr]
 
     def _before_cursor_execute(
-        self, _conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _executemany: bool
-    ) -> None:
+        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _executemany: bool
+    ) -> tuple[str, Any]:
         try:
             self.queries.on_statement(statement)  # type: ignore[union-attr]
         except Exception as exc:
             containment.report("db statements", exc)
+        return statement, parameters
 
 
 def _with_own(base: type, attribute: str) -> list[type]:

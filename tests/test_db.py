@@ -1,0 +1,341 @@
+"""The db signal through real servers and real databases (SQLite file with aiosqlite, PostgreSQL with
+asyncpg): pool metrics against the pool's own state, leaks with their checkout line, exhaustion, the
+healthy twin with no finding, N+1, engines per request, and the undo of every patch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import APPS, BIN, concurrent_get, metric_value, wait_until
+from pg import PASSWORD
+
+APP = APPS / "db_app.py"
+
+
+def marked_line(marker: str, path: Path = APP) -> int:
+    """The line of ``path`` carrying ``# mark: <marker>`` (so tests do not hard-code line numbers)."""
+    lines = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text.rstrip().endswith(f"# mark: {marker}")]
+    assert len(lines) == 1, marker
+    return lines[0]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The app's database URL and the pool name the agent must give it (no credentials)."""
+    if request.param == "sqlite":
+        path = tmp_path / "app.db"
+        return {"url": f"sqlite+aiosqlite:///{path}", "pool": f"sqlite:///{path}"}
+    postgres = request.getfixturevalue("postgres")
+    name = request.getfixturevalue("pg_database")
+    return {"url": postgres.url(name), "pool": f"postgresql://127.0.0.1:{postgres.port}/{name}"}
+
+
+def db_env(database: dict[str, str], **extra: str) -> dict[str, str]:
+    return {"DB_URL": database["url"], **extra}
+
+
+def labels_of(text: str, name: str) -> list[dict[str, str]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        {k: v for k, v in sample.labels.items() if not k.startswith("otel_scope_")}
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metrics_when(app: Any, predicate: Any, timeout: float = 15) -> str:
+    """The /metrics page once ``predicate(text)`` holds."""
+
+    def check() -> str | None:
+        text = app.metrics_text()
+        return text if predicate(text) else None
+
+    return wait_until(check, timeout=timeout)
+
+
+def finding(app: Any, root_cause: str, **match: Any) -> dict[str, Any] | None:
+    """The finding of ``root_cause`` whose fields (or evidence fields) match."""
+    for f in app.findings(root_cause):
+        if all(f.get(k, f["evidence"].get(k)) == v for k, v in match.items()):
+            return f
+    return None
+
+
+def test_pool_metrics_follow_the_pool_under_concurrent_load(serve, database):
+    app = serve("db_app:app", env=db_env(database, POOL_SIZE="3", MAX_OVERFLOW="2", FASTAPI_DOCTOR_LEAK_SECONDS="120"))
+    pool = {"db_client_connection_pool_name": database["pool"]}
+    with ThreadPoolExecutor(8) as clients:
+        held = [clients.submit(httpx.get, app.url + "/hold", timeout=60) for _ in range(8)]
+        try:
+            # 3 + 2 overflow connections are held; the other 3 requests wait in the pool.
+            text = metrics_when(
+                app,
+                lambda t: metric_value(t, "db_client_connection_count", db_client_connection_state="used", **pool) == 5
+                and metric_value(t, "db_client_connection_pending_requests", **pool) == 3,
+                timeout=30,
+            )
+        except BaseException:
+            httpx.post(app.url + "/gate/open")
+            raise
+        real = httpx.get(app.url + "/pool").json()
+        assert real == {"checkedout": 5, "checkedin": 0, "overflow": 2, "size": 3}
+        assert metric_value(text, "db_client_connection_count", db_client_connection_state="idle", **pool) == real["checkedin"]
+        assert metric_value(text, "fastapi_doctor_db_pool_overflow", **pool) == real["overflow"]
+        assert metric_value(text, "db_client_connection_max", **pool) == 5
+        assert metric_value(text, "db_client_connection_idle_max", **pool) == 3
+        # Exact attribute sets: the pool name (and the state for the count), nothing else.
+        assert sorted(map(sorted, labels_of(text, "db_client_connection_count"))) == [
+            ["db_client_connection_pool_name", "db_client_connection_state"]
+        ] * 2
+        for name in ("db_client_connection_max", "db_client_connection_pending_requests", "fastapi_doctor_db_pool_overflow"):
+            assert labels_of(text, name) == [pool], name
+        time.sleep(0.3)  # the waiters wait at least this long
+        httpx.post(app.url + "/gate/open")
+        assert [r.status_code for r in (f.result() for f in held)] == [200] * 8
+
+    text = metrics_when(
+        app,
+        lambda t: metric_value(t, "db_client_connection_count", db_client_connection_state="used", **pool) == 0
+        and metric_value(t, "db_client_connection_use_time_seconds_count", **pool) == 9,
+    )
+    real = httpx.get(app.url + "/pool").json()
+    assert real == {"checkedout": 0, "checkedin": 3, "overflow": 0, "size": 3}
+    assert metric_value(text, "db_client_connection_count", db_client_connection_state="idle", **pool) == 3
+    assert metric_value(text, "db_client_connection_pending_requests", **pool) == 0
+    assert metric_value(text, "fastapi_doctor_db_pool_overflow", **pool) == 0
+    # Nine checkouts (start-up and eight requests) over five connections ever opened.
+    assert metric_value(text, "db_client_connection_wait_time_seconds_count", **pool) == 9
+    assert metric_value(text, "db_client_connection_create_time_seconds_count", **pool) == 5
+    # The three waiters waited, the five first holders held, past the pause above.
+    assert metric_value(text, "db_client_connection_wait_time_seconds_bucket", le="0.25", **pool) <= 6
+    assert metric_value(text, "db_client_connection_use_time_seconds_bucket", le="0.25", **pool) <= 4
+    assert metric_value(text, "db_client_connection_timeouts_total", **pool) is None
+    assert app.findings("pool_leak") == []
+    assert PASSWORD not in text and PASSWORD not in json.dumps(app.doctor())
+
+
+def test_leaks_are_found_with_their_checkout_line(serve, database, tmp_path):
+    env = db_env(database, POOL_SIZE="2", MAX_OVERFLOW="0", POOL_TIMEOUT="0.5", FASTAPI_DOCTOR_LEAK_SECONDS="1")
+    app = serve("db_app:app", env=env)
+
+    # Held longer than FASTAPI_DOCTOR_LEAK_SECONDS, while its request still runs.
+    with ThreadPoolExecutor(1) as client:
+        held = client.submit(httpx.get, app.url + "/hold", timeout=60)
+        try:
+            f = wait_until(lambda: finding(app, "pool_leak", route="/hold"), timeout=15)
+        finally:
+            httpx.post(app.url + "/gate/open")
+        assert held.result().status_code == 200
+    assert f["evidence"]["reason"] == "held_too_long" and f["evidence"]["age_s"] > 1
+    assert f["location"] == {"file": "db_app.py", "line": marked_line("hold"), "function": "hold"}
+    assert f["evidence"]["pool"] == database["pool"]
+
+    # Still checked out after its request finished (a session never closed, kept alive).
+    assert httpx.get(app.url + "/leak").status_code == 200
+    f = wait_until(lambda: finding(app, "pool_leak", route="/leak"), timeout=15)
+    assert f["evidence"]["reason"] == "request_finished"
+    assert f["location"] == {"file": "db_app.py", "line": marked_line("leak"), "function": "leak"}
+    assert f["evidence"]["checked_out"] == 1 and f["evidence"]["pool_size"] == 2
+
+    # Returned by the garbage collector (a session never closed, dropped).
+    assert httpx.get(app.url + "/unclosed").status_code == 200
+    httpx.post(app.url + "/gc")
+    f = wait_until(lambda: finding(app, "pool_leak", route="/unclosed"), timeout=15)
+    assert f["evidence"]["reason"] == "garbage_collected"
+    assert f["location"] == {"file": "db_app.py", "line": marked_line("unclosed"), "function": "unclosed"}
+
+    # A second leak exhausts the pool: the next checkout times out; the finding names the holders.
+    assert httpx.get(app.url + "/leak").status_code == 200
+    assert httpx.get(app.url + "/items/1").status_code == 500
+    f = wait_until(lambda: finding(app, "pool_leak", reason="pool_exhausted"), timeout=15)
+    assert f["route"] == "/items/{item_id}"
+    assert f["location"]["file"] == "db_app.py" and f["location"]["function"] == "item"
+    (holder,) = f["evidence"]["holders"]
+    assert holder["route"] == "/leak" and holder["connections"] == 2
+    assert holder["location"] == f"db_app.py:{marked_line('leak')} in leak"
+    assert "/leak x2" in f["summary"]
+    text = app.metrics_text()
+    pool = {"db_client_connection_pool_name": database["pool"]}
+    assert metric_value(text, "db_client_connection_timeouts_total", **pool) == 1
+    assert metric_value(text, "db_client_connection_count", db_client_connection_state="used", **pool) == 2
+    assert metric_value(text, "fastapi_doctor_findings_total", root_cause="pool_leak", http_route="/leak") >= 1
+    assert PASSWORD not in text and PASSWORD not in json.dumps(app.doctor())
+
+
+def test_sync_session_returned_by_the_garbage_collector(serve, tmp_path):
+    env = {"DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", "SYNC_DB_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    app = serve("db_app:app", env=env)
+    assert httpx.get(app.url + "/sync/unclosed").status_code == 200
+    httpx.post(app.url + "/gc")
+    f = wait_until(lambda: finding(app, "pool_leak", route="/sync/unclosed"), timeout=15)
+    assert f["evidence"]["reason"] == "garbage_collected"
+    assert f["evidence"]["pool"] == f"sqlite:///{tmp_path / 's.db'}"
+    assert f["location"] == {"file": "db_app.py", "line": marked_line("sync-unclosed"), "function": "sync_unclosed"}
+
+
+def test_async_with_session_dependency_under_load_has_no_finding(serve, database):
+    env = db_env(database, POOL_SIZE="2", MAX_OVERFLOW="0", POOL_TIMEOUT="20", FASTAPI_DOCTOR_LEAK_SECONDS="5")
+    app = serve("db_app:app", env=env)
+    responses = concurrent_get(app.url + "/items/7", 60, concurrency=8)
+    responses += concurrent_get(app.url + "/one_query?n=5", 20, concurrency=8)
+    assert {r.status_code for r in responses} == {200}
+    pool = {"db_client_connection_pool_name": database["pool"]}
+    text = metrics_when(app, lambda t: metric_value(t, "db_client_connection_use_time_seconds_count", **pool) == 81)
+    assert metric_value(text, "db_client_connection_count", db_client_connection_state="used", **pool) == 0
+    assert metric_value(text, "db_client_connection_timeouts_total", **pool) is None
+    # Past the grace after the last request (0.5 s here) and several watchdog rounds: still nothing.
+    time.sleep(2.0)
+    assert app.findings() == []
+
+
+def test_n_plus_one_loop_found_one_in_query_not(serve, postgres, pg_database):
+    app = serve("db_app:app", env={"DB_URL": postgres.url(pg_database)})
+    assert len(httpx.get(app.url + "/n_plus_one?n=9").json()) == 9  # below the threshold of 10
+    assert len(httpx.get(app.url + "/one_query?n=15").json()) == 15
+    assert app.findings("n_plus_one") == []
+    assert len(httpx.get(app.url + "/n_plus_one?n=12").json()) == 12
+    f = wait_until(lambda: app.findings("n_plus_one"))
+    assert len(f) == 1
+    f = f[0]
+    assert f["route"] == "/n_plus_one"
+    assert f["location"] == {"file": "db_app.py", "line": marked_line("n+1"), "function": "n_plus_one"}
+    assert f["evidence"]["fingerprint"] == "SELECT name FROM items WHERE id = ?"
+    assert f["evidence"]["executions"] == 12 and f["evidence"]["threshold"] == 10
+
+    text = app.metrics_text()
+    assert metric_value(text, "fastapi_doctor_db_statements_count", http_route="/n_plus_one") == 2
+    assert metric_value(text, "fastapi_doctor_db_statements_sum", http_route="/n_plus_one") == 21
+    assert metric_value(text, "fastapi_doctor_db_statements_sum", http_route="/one_query") == 1
+    assert labels_of(text, "fastapi_doctor_db_statements_count") == [{"http_route": "/n_plus_one"}, {"http_route": "/one_query"}]
+
+
+def test_engine_created_per_request_is_a_dependency_rebuild(serve, tmp_path):
+    app = serve("db_app:app", env={"DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"})
+    for _ in range(2):
+        assert httpx.get(app.url + "/engine_per_request").json() == {"value": 1}
+    (f,) = app.findings("dependency_rebuild")
+    assert f["route"] == "/engine_per_request" and f["count"] == 2
+    assert f["location"] == {
+        "file": "db_app.py",
+        "line": marked_line("engine-per-request"),
+        "function": "engine_per_request",
+    }
+    assert f["evidence"] == {"kind": "sqlalchemy_engine", "pool": f"sqlite:///{tmp_path / 'a.db'}"}
+
+
+def test_engine_created_before_instrument_in_code_is_measured(serve, tmp_path):
+    path = tmp_path / "s.db"
+    app = serve("db_in_code:app", wrapper=False, env={"SYNC_DB_URL": f"sqlite:///{path}", "FASTAPI_DOCTOR_LEAK_SECONDS": "1"})
+    assert httpx.get(app.url + "/query").json() == {"value": 42}
+    pool = {"db_client_connection_pool_name": f"sqlite:///{path}"}
+    text = app.metrics_text()
+    assert metric_value(text, "db_client_connection_idle_max", **pool) == 2
+    assert metric_value(text, "db_client_connection_count", db_client_connection_state="idle", **pool) == 1
+    assert metric_value(text, "db_client_connection_wait_time_seconds_count", **pool) == 1
+    assert httpx.get(app.url + "/leak").status_code == 200
+    f = wait_until(lambda: finding(app, "pool_leak", route="/leak"), timeout=15)
+    assert f["location"] == {"file": "db_in_code.py", "line": marked_line("in-code-leak", APPS / "db_in_code.py"),
+                             "function": "leak"}
+
+
+def test_pool_name_has_no_credentials_or_query():
+    from sqlalchemy import make_url
+
+    from fastapi_doctor.signals.db_pool import pool_name
+
+    assert pool_name(make_url("postgresql+asyncpg://u:pw@db.internal:6432/app?sslpassword=x")) == (
+        "postgresql://db.internal:6432/app"
+    )
+    assert pool_name(make_url("mysql+pymysql://u:pw@db/shop")) == "mysql://db/shop"
+    assert pool_name(make_url("sqlite+aiosqlite:////var/data/app.db")) == "sqlite:////var/data/app.db"
+    assert pool_name(make_url("sqlite://")) == "sqlite://"
+
+
+UNDO_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading
+    import fastapi_doctor.signals.db
+    imported_early = "sqlalchemy" in sys.modules
+
+    import fastapi_doctor
+    from fastapi_doctor import _agent
+    from sqlalchemy import create_engine, event, text
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool, SingletonThreadPool
+
+    originals = {
+        "Pool.connect": Pool.__dict__["connect"],
+        "SingletonThreadPool.connect": SingletonThreadPool.__dict__["connect"],
+        "Engine.__init__": Engine.__dict__["__init__"],
+    }
+    def patched():
+        current = {
+            "Pool.connect": Pool.__dict__["connect"],
+            "SingletonThreadPool.connect": SingletonThreadPool.__dict__["connect"],
+            "Engine.__init__": Engine.__dict__["__init__"],
+        }
+        return sorted(k for k in originals if current[k] is not originals[k])
+
+    fastapi_doctor.instrument(prometheus_port=0)
+    agent = _agent.get()
+    (signal,) = [s for s in agent.signals if s.name == "db"]
+    listeners = list(signal._listeners)
+    engine = create_engine(sys.argv[1])
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    during = {
+        "patched": patched(),
+        "listening": sum(event.contains(t, n, f) for t, n, f in listeners),
+        "watchdog": any(t.name == "fastapi-doctor-db-watchdog" for t in threading.enumerate()),
+        "hooked": signal._finished_hook in agent.request_metrics.finished_hooks,
+        "known_pools": len(signal.pools.live_pools()),
+    }
+    hooks = agent.request_metrics.finished_hooks
+    fastapi_doctor.uninstrument()
+    conn = engine.connect()  # after the undo nothing is tracked
+    after = {
+        "patched": patched(),
+        "listening": sum(event.contains(t, n, f) for t, n, f in listeners),
+        "watchdog": any(t.name == "fastapi-doctor-db-watchdog" for t in threading.enumerate()),
+        "hooked": signal._finished_hook in hooks,
+        "tracked": len(signal.pools.out),
+    }
+    conn.close()
+    print(json.dumps({"imported_early": imported_early, "during": during, "after": after}))
+    """
+)
+
+
+def test_uninstrument_removes_every_listener_and_patch(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", UNDO_SCRIPT, f"sqlite:///{tmp_path / 'u.db'}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # Importing the signal imports no app library.
+    assert report["imported_early"] is False
+    assert report["during"] == {
+        "patched": ["Engine.__init__", "Pool.connect", "SingletonThreadPool.connect"],
+        "listening": 5,
+        "watchdog": True,
+        "hooked": True,
+        "known_pools": 1,
+    }
+    assert report["after"] == {"patched": [], "listening": 0, "watchdog": False, "hooked": False, "tracked": 0}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
