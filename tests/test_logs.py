@@ -176,6 +176,13 @@ def test_secrets_in_query_strings_headers_and_bound_parameters_appear_in_no_log(
     assert SECRET not in logs
     log_bytes = b"".join(r.SerializeToString() for r in otlp_module.log_requests)
     assert SECRET.encode() not in log_bytes
+    # FastAPI's own record of the unhandled exception is exported redacted like spans: the type and
+    # the code locations, not the message.
+    [failure] = [r for r in otlp_log_records(otlp_module) if r["event"] == "http.server.request.exception"]
+    assert failure["attributes"]["exception.type"] == "RuntimeError"
+    assert "exception.message" not in failure["attributes"]
+    assert 'logs_app.py", line' in failure["attributes"]["exception.stacktrace"]
+    assert b"the endpoint failed" not in log_bytes
 
 
 # -- defaults and modes ------------------------------------------------------------------------------

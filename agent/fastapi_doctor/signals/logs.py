@@ -15,7 +15,9 @@ flood the log nor slow the app nor leak secrets:
 Where records go: loggers ``fastapi_doctor.requests`` and ``fastapi_doctor.queries`` propagate as
 usual. When no handler of the app would see them (a plain ``uvicorn app:app`` configures none on
 the root logger), the agent writes them to stderr itself, so they are visible by default. The agent
-never configures the root logger; route the records with the app's own logging configuration.
+never configures the root logger (only with ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED=true``
+it adds its OTLP handler there, when the app starts, after the app's own logging set-up); route the
+records with the app's own logging configuration.
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from datetime import UTC, datetime
-from time import time_ns
 from typing import Any
 
 from fastapi_doctor import containment
@@ -56,7 +56,7 @@ _OTEL_ATTRIBUTES = {
     "repeated": "fastapi_doctor.repeated",
     "window_s": "fastapi_doctor.window_s",
 }
-_EVENT_NAMES = {"request": "fastapi_doctor.request", "query": "fastapi_doctor.slow_query"}
+EVENT_NAMES = {"request": "fastapi_doctor.request", "query": "fastapi_doctor.slow_query"}
 
 _SOURCE = os.path.abspath(__file__)
 
@@ -219,83 +219,6 @@ class StderrFallback(_AgentHandler):
             self.handleError(record)
 
 
-_SEVERITY = ((logging.CRITICAL, 21), (logging.ERROR, 17), (logging.WARNING, 13), (logging.INFO, 9), (logging.DEBUG, 5))
-
-
-def _severity_number(levelno: int) -> Any:
-    from opentelemetry._logs import SeverityNumber
-
-    for level, number in _SEVERITY:
-        if levelno >= level:
-            return SeverityNumber(number)
-    return SeverityNumber(1)
-
-
-class OTLPHandler(_AgentHandler):
-    """Sends :mod:`logging` records to an OpenTelemetry LoggerProvider (exported over OTLP).
-
-    The agent's records go with their fields as attributes; the app's records with the message, the
-    code location and the exception type/message/stack. Never the record's ``extra`` values.
-    The trace context is the current one, so records inside a sampled request carry its ids.
-    """
-
-    _SKIP = ("opentelemetry", "grpc", "fastapi_doctor")
-
-    def __init__(self, provider: Any, app_records: bool = False) -> None:
-        super().__init__(logging.NOTSET)
-        self._provider = provider
-        self._app_records = app_records
-        self._otel_loggers: dict[str, Any] = {}
-
-    def _otel_logger(self, name: str) -> Any:
-        logger = self._otel_loggers.get(name)
-        if logger is None:
-            if len(self._otel_loggers) >= 512:
-                name = "app"
-            logger = self._otel_loggers.get(name) or self._provider.get_logger(name)
-            self._otel_loggers[name] = logger
-        return logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fields = getattr(record, "fastapi_doctor", None)
-            if self._app_records:
-                # On the root logger: the agent's records are exported by their own handler, and the
-                # export machinery's own records would loop.
-                if fields is not None or record.name.startswith(self._SKIP):
-                    return
-                attributes: dict[str, Any] = {
-                    "code.file.path": record.pathname,
-                    "code.line.number": record.lineno,
-                    "code.function.name": record.funcName or "",
-                }
-                if record.exc_info and record.exc_info[0] is not None:
-                    import traceback
-
-                    attributes["exception.type"] = record.exc_info[0].__name__
-                    attributes["exception.message"] = str(record.exc_info[1])
-                    attributes["exception.stacktrace"] = "".join(traceback.format_exception(*record.exc_info))
-                body: Any = record.getMessage()
-                event_name = None
-            else:
-                if fields is None:
-                    return
-                attributes = otel_attributes(fields)
-                body = render_text(fields)
-                event_name = _EVENT_NAMES.get(fields.get("kind", ""))
-            self._otel_logger(record.name).emit(
-                timestamp=int(record.created * 1e9),
-                observed_timestamp=time_ns(),
-                severity_number=_severity_number(record.levelno),
-                severity_text=record.levelname,
-                body=body,
-                attributes=attributes,
-                event_name=event_name,
-            )
-        except Exception as exc:
-            containment.report("log export", exc)
-
-
 # -- trace ids on every record -----------------------------------------------------------------
 
 
@@ -362,70 +285,6 @@ class TraceIds:
         self._original = None
 
 
-# -- OTLP log pipeline (once per process, like the other providers) --------------------------------
-
-_provider_lock = threading.Lock()
-_provider: Any = None
-
-
-def logger_provider(settings: Any, outage: Any) -> Any:
-    """The LoggerProvider exporting over OTLP/gRPC; the global one when the app has set none."""
-    global _provider
-    with _provider_lock:
-        if _provider is not None:
-            return _provider
-        from opentelemetry import _logs
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-
-        from fastapi_doctor import telemetry
-
-        endpoint = settings.otlp_endpoint
-        exporter = OTLPLogExporter(
-            endpoint=endpoint,
-            insecure=not endpoint.startswith("https://"),
-            timeout=float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "5")),
-        )
-        processor = BatchLogRecordProcessor(_OutageAwareLogExporter(exporter, outage), max_queue_size=2048)
-        logging.getLogger("opentelemetry.sdk._logs._internal.export").addFilter(telemetry._QuietExporterLogs())
-        current = _logs.get_logger_provider()
-        if type(current).__name__ in ("ProxyLoggerProvider", "NoOpLoggerProvider"):
-            provider = LoggerProvider(resource=telemetry.resource(settings))
-            provider.add_log_record_processor(processor)
-            _logs.set_logger_provider(provider)
-        elif hasattr(current, "add_log_record_processor"):
-            provider = current  # the app's own SDK provider: join it
-            provider.add_log_record_processor(processor)
-        else:
-            provider = LoggerProvider(resource=telemetry.resource(settings))
-            provider.add_log_record_processor(processor)
-        _provider = provider
-        return provider
-
-
-def _OutageAwareLogExporter(inner: Any, outage: Any) -> Any:  # noqa: N802 - a class built on demand
-    from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
-
-    class OutageAwareLogExporter(LogRecordExporter):
-        def export(self, batch: Any) -> Any:
-            try:
-                result = inner.export(batch)
-            except Exception:
-                result = LogRecordExportResult.FAILURE
-            if outage is not None:
-                outage.result(result == LogRecordExportResult.SUCCESS, "logs")
-            return result
-
-        def shutdown(self) -> None:
-            inner.shutdown()
-
-        def force_flush(self, timeout_millis: int = 10_000) -> bool:
-            return bool(inner.force_flush(timeout_millis))
-
-    return OutageAwareLogExporter()
-
-
 # -- the signal ------------------------------------------------------------------------------------
 
 
@@ -471,9 +330,11 @@ class LogsSignal:
             self._add_handler(logger, fallback)
 
         if settings.otlp_endpoint:
+            from fastapi_doctor.signals import log_export
+
             pipelines = getattr(agent, "pipelines", None)
-            self._provider = logger_provider(settings, getattr(pipelines, "outage", None))
-            agent_export = OTLPHandler(self._provider)
+            self._provider = log_export.logger_provider(settings, getattr(pipelines, "outage", None))
+            agent_export = log_export.OTLPHandler(self._provider)
             for name in (REQUESTS_LOGGER, QUERIES_LOGGER):
                 self._add_handler(logging.getLogger(name), agent_export)
 
@@ -508,6 +369,8 @@ class LogsSignal:
                 # are; a logger the app configured by name is never disabled by it.
                 logger.disabled = False
         if self._provider is not None and self._agent.settings.export_app_logs:
+            from fastapi_doctor.signals.log_export import OTLPHandler
+
             root = logging.getLogger()
             if not any(isinstance(h, OTLPHandler) for h in root.handlers):
                 self._add_handler(root, OTLPHandler(self._provider, app_records=True))
@@ -545,10 +408,9 @@ class LogsSignal:
                 except Exception as exc:
                     containment.report("log summaries", exc)
         if self._provider is not None:
-            try:
-                self._provider.force_flush(2000)
-            except Exception as exc:
-                containment.report("log export", exc)
+            from fastapi_doctor.signals import log_export
+
+            log_export.flush(2.0)
         for logger, handler in reversed(self._handlers):
             logger.removeHandler(handler)
         self._handlers.clear()
