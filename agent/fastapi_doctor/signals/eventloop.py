@@ -339,7 +339,7 @@ class EventLoopSignal:
                     if len(self._endpoints) < 10000:
                         self._endpoints.setdefault(
                             prefix + path,
-                            Location(attribution.display_path(code.co_filename), code.co_firstlineno, code.co_qualname),
+                            Location(attribution.display_path(code.co_filename), _def_line(code), code.co_qualname),
                         )
                     wrapped = getattr(endpoint, "__code__", None)
                     if wrapped is not None and wrapped is not code:
@@ -576,6 +576,17 @@ def _code_of(fn: Any) -> Any:
         call = getattr(type(fn), "__call__", None)
         code = getattr(call, "__code__", None)
     return code
+
+
+def _def_line(code: Any) -> int:
+    """The ``def`` line of a function (``co_firstlineno`` is its first decorator's)."""
+    import linecache
+
+    for number in range(code.co_firstlineno, code.co_firstlineno + 30):
+        text = linecache.getline(code.co_filename, number).lstrip()
+        if text.startswith(("def ", "async def ")):
+            return number
+    return int(code.co_firstlineno)
 
 
 def _register_middleware(middleware: Any) -> None:
