@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import APPS, AppProcess, OTLPReceiver, concurrent_get, metric_value, start_otlp_receiver, wait_until
+from harness import APPS, BIN, AppProcess, OTLPReceiver, concurrent_get, metric_value, start_otlp_receiver, wait_until
 
 SECRET = "hunter2-Sup3rSecret"
 APP_LINES = (APPS / "logs_app.py").read_text().splitlines()
@@ -255,6 +255,14 @@ def test_app_records_carry_trace_ids_and_go_over_otlp_when_asked(serve, otlp):
 # -- a storm -----------------------------------------------------------------------------------------
 
 
+def storm_accounting(logs: str, requests: int) -> tuple[int, int] | None:
+    """(records written, records counted in summaries) for /storm once they add up to ``requests``."""
+    lines = [ln for ln in logs.splitlines() if "fastapi_doctor.requests" in ln and "route=/storm " in ln]
+    written = [ln for ln in lines if "repeated" not in ln]
+    repeated = sum(int(m.replace(",", "")) for ln in lines for m in re.findall(r"repeated ([\d,]+) times", ln))
+    return (len(written), repeated) if len(written) + repeated == requests else None
+
+
 @pytest.mark.slow
 def test_a_storm_of_identical_errors_writes_a_bounded_number_of_lines(serve):
     window = 2.0
@@ -267,14 +275,8 @@ def test_a_storm_of_identical_errors_writes_a_bounded_number_of_lines(serve):
     def storm_lines() -> list[str]:
         return [ln for ln in app.logs().splitlines() if "fastapi_doctor.requests" in ln and "route=/storm " in ln]
 
-    def accounted() -> tuple[int, int] | None:
-        lines = storm_lines()
-        written = [ln for ln in lines if "repeated" not in ln]
-        repeated = sum(int(m.replace(",", "")) for ln in lines for m in re.findall(r"repeated ([\d,]+) times", ln))
-        return (len(written), repeated) if len(written) + repeated == 10_000 else None
-
     # Every request is accounted for once the last window is summarised: written or counted.
-    written, repeated = wait_until(accounted, timeout=window + 10)
+    written, repeated = wait_until(lambda: storm_accounting(app.logs(), 10_000), timeout=window + 10)
     lines = storm_lines()
     windows = elapsed / window + 2
     assert written <= windows and len(lines) <= 2 * windows, (len(lines), elapsed)
@@ -282,6 +284,21 @@ def test_a_storm_of_identical_errors_writes_a_bounded_number_of_lines(serve):
     assert re.search(r"request reasons=error method=GET route=/storm status=503 root_causes=- … repeated [\d,]+ times "
                      r"in the last 2 s$", summary)
     assert metric_value(app.metrics_text(), "fastapi_doctor_logs_suppressed_total", log_kind="request") == repeated
+
+
+def test_summaries_are_written_in_a_prefork_worker():
+    """Under gunicorn the agent starts in the master; the worker gets its own summary thread."""
+    app = AppProcess("logs_app:app", env={"FASTAPI_DOCTOR_LOG_REPEAT_SECONDS": "1"}, command=["-"])
+    app.command = [str(BIN / "opentelemetry-instrument"), str(BIN / "gunicorn"), "logs_app:app", "-w", "1",
+                   "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{app.port}"]
+    app.start()
+    try:
+        responses = concurrent_get(app.url + "/storm", 200, concurrency=4)
+        assert {r.status_code for r in responses} == {503}
+        # The storm is over: only the worker's summary thread can write the last window's count.
+        wait_until(lambda: storm_accounting(app.logs(), 200), timeout=10)
+    finally:
+        app.stop()
 
 
 # -- in-process: the limiter, the record factory, the undo -------------------------------------------

@@ -86,6 +86,11 @@ class LogLimiter:
             self._entries.clear()
         return out
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may be held) and no inherited windows."""
+        self._lock = threading.Lock()
+        self._entries = {}
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -108,7 +113,7 @@ class Flusher:
     def __init__(self, limiter: LogLimiter, write: Callable[[Summary], None], interval_s: float) -> None:
         self._limiter = limiter
         self._write = write
-        self._interval = interval_s
+        self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastapi-doctor-log-flusher", daemon=True)
 
@@ -122,7 +127,7 @@ class Flusher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.wait(self.interval_s):
             self.flush()
 
     def flush(self) -> None:

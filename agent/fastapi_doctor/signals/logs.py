@@ -375,6 +375,14 @@ class LogsSignal:
             if not any(isinstance(h, OTLPHandler) for h in root.handlers):
                 self._add_handler(root, OTLPHandler(self._provider, app_records=True))
 
+    def after_fork(self) -> None:
+        """In a prefork worker: the summary thread did not survive the fork; start the child's own."""
+        if self.writer is None:
+            return
+        self.writer.limiter.after_fork()
+        if self._flusher is not None:
+            self._flusher = Flusher(self.writer.limiter, self._write_summary, self._flusher.interval_s).start()
+
     def _add_handler(self, logger: logging.Logger, handler: logging.Handler) -> None:
         logger.addHandler(handler)
         self._handlers.append((logger, handler))
