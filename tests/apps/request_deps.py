@@ -85,17 +85,6 @@ def shared() -> httpx.AsyncClient:
     return shared_client
 
 
-def real_value() -> str:
-    return "real"
-
-
-def fake_value() -> str:
-    return "fake"
-
-
-app.dependency_overrides[real_value] = fake_value
-
-
 @app.get("/deps/slow")
 async def slow_route(settings: dict[str, str] = Depends(load_settings)) -> dict[str, str]:
     return settings
@@ -117,9 +106,8 @@ def kinds_route(
     page: Pagination = Depends(),
     ok: bool = Depends(Checker()),
     credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-    value: str = Depends(real_value),
 ) -> dict[str, object]:
-    return {"resource": resource, "limit": page.limit, "ok": ok, "auth": credentials is not None, "value": value}
+    return {"resource": resource, "limit": page.limit, "ok": ok, "auth": credentials is not None}
 
 
 @app.get("/clients/per-request")

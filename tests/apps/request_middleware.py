@@ -1,11 +1,10 @@
 """Middleware of every kind, heavy and light. The heavy ones await (an auth or rate-limit call), so
-no blocked loop gets in the way. Lines the tests look for carry a ``# mark:`` comment.
-MIDDLEWARE=light keeps only the light layers (the healthy twin)."""
+no blocked loop gets in the way; the light ones are their healthy twins. Lines the tests look for
+carry a ``# mark:`` comment."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,8 +12,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import StreamingResponse
-
-HEAVY = os.environ.get("MIDDLEWARE", "heavy") == "heavy"
 
 app = FastAPI()
 
@@ -60,14 +57,15 @@ class HeaderASGI:
 
 app.add_middleware(LightMiddleware)
 app.add_middleware(HeaderASGI)
-if HEAVY:
 
-    @app.middleware("http")
-    async def check_quota(request: Request, call_next: Any) -> Any:  # mark: heavy http
-        await asyncio.sleep(0.04)  # asks a rate limiter over the network
-        return await call_next(request)
 
-    app.add_middleware(SlowSendMiddleware)
+@app.middleware("http")
+async def check_quota(request: Request, call_next: Any) -> Any:  # mark: heavy http
+    await asyncio.sleep(0.04)  # asks a rate limiter over the network
+    return await call_next(request)
+
+
+app.add_middleware(SlowSendMiddleware)
 app.add_middleware(GZipMiddleware, minimum_size=1000)
 app.add_middleware(CORSMiddleware, allow_origins=["https://example.com"])
 

@@ -125,9 +125,22 @@ def name_of(obj: Any) -> str:
 
 
 def location_of(code: types.CodeType | None) -> Location | None:
+    """Where ``code`` is defined: its ``def`` line (after any decorators)."""
     if code is None:
         return None
-    return Location(attribution.display_path(code.co_filename), code.co_firstlineno, code.co_qualname)
+    import linecache
+
+    line = code.co_firstlineno
+    if linecache.getline(code.co_filename, line).lstrip().startswith("@"):
+        # co_firstlineno is the first decorator's line: find the def below the decorators.
+        for offset in range(1, 32):
+            text = linecache.getline(code.co_filename, line + offset).lstrip()
+            if not text:
+                break
+            if text.startswith(("def ", "async def ", "class ")):
+                line += offset
+                break
+    return Location(attribution.display_path(code.co_filename), line, code.co_qualname)
 
 
 def ms(seconds: float) -> float:
@@ -344,6 +357,9 @@ class DependencySignal:
         self._original_solve: Any = None
         self._classify: Callable[[Any], str] | None = None
         self._roots: dict[int, Any] = {}  # id -> root Dependant already covered (kept alive)
+        self._nodes: dict[int, Any] = {}  # id -> every Dependant of the covered trees (kept alive)
+        self._utils: Any = None
+        self._original_recursion: Any = None
         self._timers: dict[int, _Timed | None] = {}  # id(original callable) -> its timer (None: not timed)
         self._originals: list[tuple[Any, Any]] = []  # (Dependant, original call) for the undo
         self._patched_inits: list[tuple[type, Any]] = []  # (class, original __init__ or None)
@@ -378,10 +394,14 @@ class DependencySignal:
         if self._routing is not None and self._original_solve is not None:
             self._routing.solve_dependencies = self._original_solve
         self._routing = self._original_solve = None
+        if self._utils is not None and self._original_recursion is not None:
+            self._utils.solve_dependencies = self._original_recursion
+        self._utils = self._original_recursion = None
         for dependant, original in reversed(self._originals):
             dependant.call = original
         self._originals.clear()
         self._roots.clear()
+        self._nodes.clear()
         self._timers.clear()
         for cls, init in reversed(self._patched_inits):
             if init is None:
@@ -398,6 +418,7 @@ class DependencySignal:
     def _on_fastapi(self, hooks: Any) -> None:
         if not self._active:
             return
+        import fastapi.dependencies.utils
         import fastapi.routing
 
         original = getattr(fastapi.routing, "solve_dependencies", None)
@@ -406,6 +427,7 @@ class DependencySignal:
             return
         roots = self._roots
         cover = self._cover
+        overridden = self._overridden
 
         @functools.wraps(original)
         def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
@@ -413,11 +435,37 @@ class DependencySignal:
             dependant = kwargs.get("dependant")
             if dependant is not None and id(dependant) not in roots:
                 cover(dependant)
+            provider = kwargs.get("dependency_overrides_provider")
+            if provider is not None and getattr(provider, "dependency_overrides", None):
+                overridden()
             return original(*args, **kwargs)
 
         self._routing = fastapi.routing
         self._original_solve = original
+        self._utils = fastapi.dependencies.utils
         fastapi.routing.solve_dependencies = solve_dependencies
+
+    def _overridden(self) -> None:
+        """With ``app.dependency_overrides`` set, FastAPI builds the dependencies under each route's
+        direct ones again on every request (from the signatures): time those as FastAPI meets them."""
+        utils = self._utils
+        if self._original_recursion is not None or utils is None or not self._active:
+            return
+        original = getattr(utils, "solve_dependencies", None)
+        if original is None:
+            return
+        nodes = self._nodes
+        cover_children = self._cover_children
+
+        @functools.wraps(original)
+        def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
+            dependant = kwargs.get("dependant")
+            if dependant is not None and id(dependant) not in nodes:
+                cover_children(dependant)  # built for this request only: no undo needed
+            return original(*args, **kwargs)
+
+        self._original_recursion = original
+        utils.solve_dependencies = solve_dependencies
 
     def _cover(self, root: Any) -> None:
         """Put timers on every sub-dependency of ``root`` (once per tree)."""
@@ -425,13 +473,13 @@ class DependencySignal:
             if len(self._roots) >= _MAX_ROOTS:
                 return
             self._roots[id(root)] = root
-            seen: set[int] = set()
+            nodes = self._nodes
             pending = list(root.dependencies)
             while pending:
                 dependant = pending.pop()
-                if id(dependant) in seen:
+                if id(dependant) in nodes:
                     continue
-                seen.add(id(dependant))
+                nodes[id(dependant)] = dependant
                 pending.extend(dependant.dependencies)
                 call = dependant.call
                 if call is None or isinstance(call, _Timed):
@@ -440,6 +488,17 @@ class DependencySignal:
                 if timer is not None:
                     self._originals.append((dependant, call))
                     dependant.call = timer
+        except Exception as exc:
+            containment.report("dependency timers", exc)
+
+    def _cover_children(self, dependant: Any) -> None:
+        try:
+            for child in dependant.dependencies:
+                call = child.call
+                if call is not None and not isinstance(call, _Timed):
+                    timer = self._timer_for(call)
+                    if timer is not None:
+                        child.call = timer
         except Exception as exc:
             containment.report("dependency timers", exc)
 

@@ -92,7 +92,7 @@ def _is_compression(layer: Any) -> bool:
 class _Route:
     """One route: attribute sets built once, where its endpoint is, the window of its responses."""
 
-    __slots__ = ("route", "attrs", "by_encoding", "location", "window", "compression")
+    __slots__ = ("route", "attrs", "by_encoding", "location", "window", "compression", "encoding")
 
     def __init__(self, route: str | None, location: Location | None) -> None:
         self.route = route
@@ -102,6 +102,7 @@ class _Route:
         # (bytes sent, bytes sent uncompressed to a gzip client, serialise seconds, its share)
         self.window = Window()
         self.compression = False
+        self.encoding = "identity"  # of the last response (for the evidence)
 
     def size_attrs(self, encoding: str) -> dict[str, Any]:
         attrs = self.by_encoding.get(encoding)
@@ -276,7 +277,9 @@ class ResponseSignal:
         stats = self._route(state)
         sent = state.body_bytes
         encoding = state.content_encoding
-        self._size.record(sent, stats.size_attrs(encoding))
+        attrs = stats.size_attrs(encoding)
+        self._size.record(sent, attrs)
+        stats.encoding = attrs["http.response.content_encoding"]
         serialize = 0.0
         data = state.data
         if data:
@@ -334,7 +337,7 @@ class ResponseSignal:
                 evidence={
                     "p50_bytes": int(window.p50(0)),
                     "p50_uncompressed_bytes_to_gzip_clients": int(exposed),
-                    "content_encoding": "identity" if large else None,
+                    "content_encoding": "identity" if large else stats.encoding,
                     "serialize_p50_ms": ms(serialize),
                     "serialize_share_of_request": round(share, 3),
                     "compression_middleware": stats.compression,

@@ -1,0 +1,357 @@
+"""Request-path signals (issue 5) through real uvicorn servers under the wrapper and a real OTLP/gRPC
+receiver: time per dependency, self-time per middleware layer, response sizes and serialisation.
+Each sick part has a healthy twin that must stay silent; responses are byte-identical with and
+without the agent; the undo is checked in-process on a real FastAPI app."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from harness import APPS, BIN, AppProcess, OTLPReceiver, metric_value, start_otlp_receiver, wait_until
+
+ROUNDS = 20  # findings need at least 20 calls (signals.dependencies.MIN_CALLS)
+
+
+def mark_line(app_file: str, mark: str) -> int:
+    lines = (APPS / app_file).read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.endswith(f"# mark: {mark}"))
+
+
+def hit(app: AppProcess, path: str, n: int = ROUNDS, **kwargs: Any) -> httpx.Response:
+    with httpx.Client(timeout=30.0) as client:
+        for _ in range(n):
+            response = client.get(app.url + path, **kwargs)
+            assert response.status_code == 200, (path, response.status_code, response.text[:200])
+    return response
+
+
+def findings(app: AppProcess, root_cause: str, **evidence: Any) -> list[dict[str, Any]]:
+    return [
+        f for f in app.findings(root_cause) if all(f["evidence"].get(k) == v for k, v in evidence.items())
+    ]
+
+
+def series(receiver: OTLPReceiver, name: str) -> set[frozenset[tuple[str, Any]]]:
+    return {frozenset(p.items()) for p in receiver.metric_points(name)}
+
+
+def sum_and_count(app: AppProcess, name: str, **labels: str) -> tuple[float, float]:
+    text = app.metrics_text()
+    total = metric_value(text, f"{name}_sum", **labels)
+    count = metric_value(text, f"{name}_count", **labels)
+    assert total is not None and count is not None, (name, labels)
+    return total, count
+
+
+# -- servers shared by the tests of this module ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OTLPReceiver]:
+    r = start_otlp_receiver()
+    yield r
+    r.stop()
+
+
+def start_all(processes: list[AppProcess]) -> list[AppProcess]:
+    """Start servers side by side (start-up under the wrapper takes seconds each)."""
+    errors: list[BaseException] = []
+
+    def start(p: AppProcess) -> None:
+        try:
+            p.start()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(p,)) for p in processes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for p in processes:
+            p.stop()
+        raise errors[0]
+    return processes
+
+
+@pytest.fixture(scope="module")
+def servers(receiver: OTLPReceiver) -> Iterator[dict[str, AppProcess]]:
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+    named = {
+        "deps": AppProcess("request_deps:app", env=otlp),
+        "middleware": AppProcess("request_middleware:app", env=otlp),
+        "payload": AppProcess("request_payload:app", env=otlp),
+        "payload_gzip": AppProcess("request_payload:app", env={**otlp, "GZIP": "1"}),
+    }
+    start_all(list(named.values()))
+    yield named
+    for p in named.values():
+        p.stop()
+
+
+# -- dependencies -----------------------------------------------------------------------------
+
+
+def test_slow_dependency_is_found_and_the_cached_one_is_not(servers):
+    app = servers["deps"]
+    hit(app, "/deps/slow")
+    assert hit(app, "/deps/cached").json() == {"user": "ada", "trail": "audit:ada"}
+
+    found = wait_until(lambda: findings(app, "dependency_rebuild", dependency="load_settings"))
+    assert len(found) == 1
+    finding = found[0]
+    assert finding["route"] == "/deps/slow"
+    assert finding["location"] == {"file": "request_deps.py", "line": mark_line("request_deps.py", "slow dependency"),
+                                   "function": "load_settings"}
+    assert finding["evidence"]["p50_ms"] >= 35  # it awaits 40 ms
+    assert finding["evidence"]["builds"] >= ROUNDS and finding["evidence"]["kind"] == "async function"
+
+    named = {f["evidence"].get("dependency") for f in app.findings("dependency_rebuild")}
+    assert not named & {"cached_settings", "current_user", "audit", "app_level"}
+    # current_user is used twice per request; FastAPI's cache builds it once: one build per request.
+    for dependency in ("current_user", "cached_settings", "audit", "app_level"):
+        _, count = sum_and_count(
+            app, "fastapi_doctor_dependency_duration_seconds", fastapi_dependency=dependency, http_route="/deps/cached"
+        )
+        assert count == ROUNDS, dependency
+
+
+def test_generator_dependency_teardown_counts(servers):
+    app = servers["deps"]
+    hit(app, "/deps/teardown")
+    total, count = sum_and_count(
+        app, "fastapi_doctor_dependency_duration_seconds", fastapi_dependency="session", http_route="/deps/teardown"
+    )
+    assert count == ROUNDS and total / count >= 0.028  # the 30 ms is spent after the yield
+    found = wait_until(lambda: findings(app, "dependency_rebuild", dependency="session"))
+    assert found[0]["evidence"]["kind"] == "async generator"
+    assert found[0]["location"]["line"] == mark_line("request_deps.py", "generator with slow teardown")
+
+
+def test_every_kind_of_dependency_is_timed_also_on_routes_added_later(servers):
+    app = servers["deps"]
+    assert hit(app, "/deps/kinds", n=2).json() == {"resource": "resource", "limit": 10, "ok": True, "auth": False}
+    assert hit(app, "/v1/ping", n=2).json() == {"pong": True}
+    assert hit(app, "/late/add", n=1).json() == {"added": True}
+    assert hit(app, "/late", n=2).json() == {"value": "late"}
+    expected = {
+        # sync generator, class, callable instance, Security scheme, app-level dependency
+        ("sync_resource", "/deps/kinds"), ("Pagination", "/deps/kinds"), ("Checker", "/deps/kinds"),
+        ("HTTPBearer", "/deps/kinds"), ("app_level", "/deps/kinds"),
+        ("router_level", "/v1/ping"),  # router-level
+        ("add_late_route.<locals>.late_dependency", "/late"),  # a route added after start-up
+    }
+    text = app.metrics_text()
+    for dependency, route in expected:
+        count = metric_value(
+            text, "fastapi_doctor_dependency_duration_seconds_count", fastapi_dependency=dependency, http_route=route
+        )
+        assert count == 2, (dependency, route, count)
+
+
+def test_client_built_per_request_is_found_and_the_shared_one_is_not(servers):
+    app = servers["deps"]
+    hit(app, "/clients/per-request", n=5)
+    hit(app, "/clients/shared", n=5)
+    found = wait_until(lambda: findings(app, "dependency_rebuild", object="httpx.AsyncClient"))
+    assert len(found) == 1
+    finding = found[0]
+    assert finding["route"] == "/clients/per-request"
+    assert finding["location"]["line"] == mark_line("request_deps.py", "client per request")
+    assert finding["evidence"]["dependency"] == "http_client"
+    assert finding["evidence"]["created_in_requests"] >= 3
+    assert not [f for f in app.findings() if f["route"] == "/clients/shared"]
+
+
+def test_dependency_metric_has_exactly_dependency_and_route(servers, receiver):
+    app = servers["deps"]
+    hit(app, "/deps/cached", n=2)
+
+    def cached_series():
+        return {
+            dict(s)["fastapi.dependency"]
+            for s in series(receiver, "fastapi_doctor.dependency.duration")
+            if dict(s).get("http.route") == "/deps/cached"
+        } == {"app_level", "current_user", "cached_settings", "audit"}
+
+    wait_until(cached_series, timeout=15)
+    for point in series(receiver, "fastapi_doctor.dependency.duration"):
+        assert {k for k, _ in point} == {"fastapi.dependency", "http.route"}
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+def test_heavy_middleware_is_found_and_light_ones_are_not(servers, receiver):
+    app = servers["middleware"]
+    hit(app, "/work")  # the endpoint awaits 50 ms: that is nobody's self-time
+    hit(app, "/stream")  # a streamed body: SlowSendMiddleware works in send
+
+    quota = wait_until(lambda: findings(app, "slow_middleware", middleware="check_quota"))[0]
+    assert quota["location"] == {"file": "request_middleware.py", "line": mark_line("request_middleware.py", "heavy http"),
+                                 "function": "check_quota"}
+    assert quota["evidence"]["self_time_p50_ms"] >= 35 and quota["route"] is None
+    signer = wait_until(lambda: findings(app, "slow_middleware", middleware="SlowSendMiddleware"))[0]
+    assert signer["location"]["line"] == mark_line("request_middleware.py", "heavy asgi")
+    assert signer["evidence"]["self_time_p50_ms"] >= 25  # 30 ms awaited inside send
+
+    flagged = {f["evidence"]["middleware"] for f in app.findings("slow_middleware")}
+    assert flagged == {"check_quota", "SlowSendMiddleware"}
+    for light in ("LightMiddleware", "HeaderASGI", "GZipMiddleware", "CORSMiddleware"):
+        total, count = sum_and_count(app, "fastapi_doctor_middleware_duration_seconds", fastapi_middleware=light)
+        assert count >= 2 * ROUNDS and total / count < 0.02, light
+
+    names = wait_until(
+        lambda: {dict(s)["fastapi.middleware"] for s in series(receiver, "fastapi_doctor.middleware.duration")}
+        >= {"check_quota", "SlowSendMiddleware", "LightMiddleware", "HeaderASGI", "GZipMiddleware", "CORSMiddleware"},
+        timeout=15,
+    )
+    assert names
+    for point in series(receiver, "fastapi_doctor.middleware.duration"):
+        assert {k for k, _ in point} == {"fastapi.middleware"}
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+def test_large_uncompressed_payload_is_found_and_gzip_twin_is_not(servers):
+    bare, gzipped = servers["payload"], servers["payload_gzip"]
+    size = len(hit(bare, "/report", headers={"accept-encoding": "gzip"}).content)
+    assert size > 2_000_000
+    hit(gzipped, "/report", headers={"accept-encoding": "gzip"})
+    hit(bare, "/image", headers={"accept-encoding": "gzip"})  # 1 MiB of PNG: already compressed
+
+    finding = wait_until(lambda: findings(bare, "large_payload"))[0]
+    assert finding["route"] == "/report"
+    assert finding["location"]["line"] == mark_line("request_payload.py", "large report")
+    assert finding["evidence"]["p50_bytes"] == size
+    assert finding["evidence"]["content_encoding"] == "identity"
+    assert finding["evidence"]["compression_middleware"] is False
+
+    assert gzipped.findings("large_payload") == []
+    assert [f for f in bare.findings("large_payload") if f["route"] == "/image"] == []
+    # Both sizes are measured where GZip runs: what was sent, and what it was given.
+    _, sent_count = sum_and_count(gzipped, "fastapi_doctor_response_body_size_bytes",
+                                  http_route="/report", http_response_content_encoding="gzip")
+    before, count = sum_and_count(gzipped, "fastapi_doctor_response_body_uncompressed_size_bytes", http_route="/report")
+    assert sent_count == ROUNDS and before == size * count
+    sent, _ = sum_and_count(gzipped, "fastapi_doctor_response_body_size_bytes",
+                            http_route="/report", http_response_content_encoding="gzip")
+    assert sent < before / 5
+
+
+def test_costly_serialisation_is_found_and_a_page_is_not(servers):
+    app = servers["payload"]
+    hit(app, "/orders")
+    hit(app, "/orders/page")
+    finding = wait_until(lambda: [f for f in findings(app, "large_payload") if f["route"] == "/orders"])[0]
+    assert finding["evidence"]["serialize_p50_ms"] >= 5
+    assert finding["evidence"]["serialize_share_of_request"] > 0.5
+    assert finding["location"]["line"] == mark_line("request_payload.py", "costly serialisation")
+    assert [f for f in app.findings("large_payload") if f["route"] == "/orders/page"] == []
+    total, count = sum_and_count(app, "fastapi_doctor_response_serialize_duration_seconds", http_route="/orders/page")
+    assert count == ROUNDS
+
+
+def test_streamed_bytes_are_counted(servers):
+    bare, gzipped = servers["payload"], servers["payload_gzip"]
+    hit(bare, "/stream", n=3)
+    hit(gzipped, "/stream", n=3, headers={"accept-encoding": "gzip"})
+    sent, count = sum_and_count(bare, "fastapi_doctor_response_body_size_bytes",
+                                http_route="/stream", http_response_content_encoding="identity")
+    assert (sent, count) == (3 * 102400, 3)
+    before, _ = sum_and_count(gzipped, "fastapi_doctor_response_body_uncompressed_size_bytes", http_route="/stream")
+    assert before == 3 * 102400
+
+
+def test_response_metrics_have_exact_attributes(servers, receiver):
+    app = servers["payload"]
+    hit(app, "/small", n=2)
+    with httpx.Client() as client:
+        assert client.get(app.url + "/no/such/path").status_code == 404
+
+    def points(name: str) -> list[dict[str, Any]]:
+        return [dict(s) for s in series(receiver, name)]
+
+    wait_until(lambda: any(p.get("http.route") == "/small" for p in points("fastapi_doctor.response.serialize.duration")),
+               timeout=15)
+    wait_until(lambda: any("http.route" not in p for p in points("fastapi_doctor.response.body.size")), timeout=15)
+    for p in points("fastapi_doctor.response.body.size"):
+        assert set(p) in ({"http.route", "http.response.content_encoding"}, {"http.response.content_encoding"})
+        assert not str(p.get("http.route", "")).startswith("/no/")
+    for name in ("fastapi_doctor.response.body.uncompressed_size", "fastapi_doctor.response.serialize.duration"):
+        for p in points(name):
+            assert set(p) <= {"http.route"}
+
+
+# -- the app is unchanged ---------------------------------------------------------------------
+
+SAME_PATHS = {
+    "request_deps:app": ["/deps/kinds", "/deps/cached", "/v1/ping", "/clients/shared", "/missing"],
+    "request_middleware:app": ["/", "/stream", "/missing"],
+    "request_payload:app": ["/report", "/orders/page", "/rows/json", "/stream", "/image", "/small", "/missing"],
+}
+
+
+def observable(url: str, accept: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    with httpx.Client(timeout=30.0) as client, client.stream("GET", url, headers={"accept-encoding": accept}) as r:
+        body = b"".join(r.iter_raw())
+        headers = [(k, v) for k, v in r.headers.multi_items() if k.lower() != "date"]
+        return r.status_code, headers, body
+
+
+def test_responses_are_byte_identical_with_and_without_the_agent(servers):
+    agent_side = {
+        "request_deps:app": [servers["deps"]],
+        "request_middleware:app": [servers["middleware"]],
+        "request_payload:app": [servers["payload"], servers["payload_gzip"]],
+    }
+    bare = {
+        "deps": AppProcess("request_deps:app", wrapper=False),
+        "middleware": AppProcess("request_middleware:app", wrapper=False),
+        "payload": AppProcess("request_payload:app", wrapper=False),
+        "payload_gzip": AppProcess("request_payload:app", wrapper=False, env={"GZIP": "1"}),
+    }
+    start_all(list(bare.values()))
+    try:
+        for key, instrumented in servers.items():
+            plain = bare[key]
+            for path in SAME_PATHS[instrumented.app]:
+                for accept in ("gzip", "identity"):
+                    assert observable(instrumented.url + path, accept) == observable(plain.url + path, accept), (
+                        key, path, accept)
+        assert agent_side  # every app of the module was compared
+    finally:
+        for p in bare.values():
+            p.stop()
+
+
+def test_uninstrument_undoes_every_patch():
+    result = subprocess.run(
+        [str(BIN / "python"), str(APPS / "request_undo.py")], cwd=APPS, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(report["patched_during"].values()), report["patched_during"]
+    assert all(report["restored_after"].values()), report["restored_after"]
+    assert set(report["calls_during"]) >= {
+        "fastapi_doctor.signals.dependencies._AsyncGenTimed", "fastapi_doctor.signals.dependencies._AsyncTimed"}
+    assert report["calls_after"] == report["calls_before"] == ["builtins.function"] * 4
+    assert "fastapi_doctor.signals.middleware_timing._LayerTimer" in report["chain_during"]
+    assert "fastapi_doctor.signals.responses._BodyCounter" in report["chain_during"]
+    assert not [c for c in report["chain_after"] if c.startswith("fastapi_doctor.signals.")]
+    assert [c for c in report["chain_after"] if c.startswith("__main__.")] == ["__main__.Stamp", "__main__.Light"]
+    # Nested dependencies under app.dependency_overrides are timed; the override still applies.
+    assert report["dependency_series"] == ["repository", "session", "settings"]
+    assert report["hooks_during"] == ["DependencySignal._finished", "MiddlewareSignal._finished", "ResponseSignal._finished"]
+    assert report["hooks_after"] == []
+    first = report["responses"][0]
+    assert json.loads(first[2])["clock"] == "fake"
+    assert all(r == first for r in report["responses"]) and report["responses_after"] == [first]
