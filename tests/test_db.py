@@ -126,7 +126,8 @@ def test_pool_metrics_follow_the_pool_under_concurrent_load(serve, database):
 
 
 def test_leaks_are_found_with_their_checkout_line(serve, database, tmp_path):
-    env = db_env(database, POOL_SIZE="2", MAX_OVERFLOW="0", POOL_TIMEOUT="0.5", FASTAPI_DOCTOR_LEAK_SECONDS="1")
+    # Leak after 2 s; left behind 1 s after its request finished.
+    env = db_env(database, POOL_SIZE="2", MAX_OVERFLOW="0", POOL_TIMEOUT="0.5", FASTAPI_DOCTOR_LEAK_SECONDS="2")
     app = serve("db_app:app", env=env)
 
     # Held longer than FASTAPI_DOCTOR_LEAK_SECONDS, while its request still runs.
@@ -137,7 +138,7 @@ def test_leaks_are_found_with_their_checkout_line(serve, database, tmp_path):
         finally:
             httpx.post(app.url + "/gate/open")
         assert held.result().status_code == 200
-    assert f["evidence"]["reason"] == "held_too_long" and f["evidence"]["age_s"] > 1
+    assert f["evidence"]["reason"] == "held_too_long" and f["evidence"]["age_s"] > 2
     assert f["location"] == {"file": "db_app.py", "line": marked_line("hold"), "function": "hold"}
     assert f["evidence"]["pool"] == database["pool"]
 

@@ -411,10 +411,11 @@ class PoolTracker:
                 continue
             age = now - checkout.start
             request = checkout.request
-            if age > self.leak_seconds:
-                self.report_leak(checkout, "held_too_long", age, self._pool_by_id(checkout.pool_id))
-            elif request is not None and request.finished and now - (request.start + request.duration) > self.grace:
+            # Left behind by a finished request is the sharper diagnosis: it wins over the age.
+            if request is not None and request.finished and now - (request.start + request.duration) > self.grace:
                 self.report_leak(checkout, "request_finished", age, self._pool_by_id(checkout.pool_id))
+            elif age > self.leak_seconds:
+                self.report_leak(checkout, "held_too_long", age, self._pool_by_id(checkout.pool_id))
 
     def _pool_by_id(self, pool_id: int) -> Any:
         entry = self._pools.get(pool_id)
