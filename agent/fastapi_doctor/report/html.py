@@ -26,7 +26,7 @@ header p{margin:4px 0 0;color:#b9c0cc}main{padding:16px 24px;max-width:1200px}
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:0 0 16px;padding:12px 16px}
 h2{font-size:16px;margin:0 0 8px}.none{color:#4a7a3a}.count{color:#6b7380;font-weight:normal}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:6px 8px;border-top:1px solid #eef0f3;vertical-align:top}
-th{font-weight:600;color:#4b5563;border-top:none}code{background:#f1f3f6;padding:1px 4px;border-radius:3px}
+td{overflow-wrap:anywhere}th{font-weight:600;color:#4b5563;border-top:none}code{background:#f1f3f6;padding:1px 4px;border-radius:3px}
 .rc{display:inline-block;padding:1px 6px;border-radius:3px;background:#fde8e8;color:#9b1c1c;font-size:12px}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:12px}
 figure.chart{margin:0}figcaption{font-size:13px;color:#4b5563;margin:0 0 4px}figcaption b{color:#1d2330}
