@@ -250,6 +250,30 @@ def test_engine_created_before_instrument_in_code_is_measured(serve, tmp_path):
                              "function": "leak"}
 
 
+def _observable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() != "date"]
+    return response.status_code, headers, response.content
+
+
+def test_failures_inside_the_db_signal_never_change_the_response(serve, tmp_path):
+    paths = ["/items/3", "/n_plus_one?n=12", "/one_query?n=4", "/engine_per_request", "/unclosed", "/leak"]
+    bare = serve("db_app:app", wrapper=False, env={"DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'bare.db'}"})
+    expected = {p: _observable(httpx.get(bare.url + p)) for p in paths}
+    faulty = serve("db_faulty:app", env={"DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'faulty.db'}"})
+    for p in paths:
+        assert _observable(httpx.get(faulty.url + p)) == expected[p], p
+    text = metrics_when(
+        faulty,
+        lambda t: all(
+            metric_value(t, "fastapi_doctor_internal_errors_total", fastapi_doctor_component=c)
+            for c in ("db checkout", "db checkin", "db statements", "db engine", "db pool")
+        ),
+    )
+    logs = faulty.logs()
+    assert logs.count("internal error in db checkout") == 1
+    assert metric_value(text, "fastapi_doctor_internal_errors_total", fastapi_doctor_component="db statements") >= 12
+
+
 def test_pool_name_has_no_credentials_or_query():
     from sqlalchemy import make_url
 
