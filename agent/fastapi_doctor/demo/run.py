@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import fastapi_doctor
 from fastapi_doctor.cli import ReportError, fetch_doctor
-from fastapi_doctor.demo.scenarios import SCENARIOS, Scenario, runbook_fix
+from fastapi_doctor.demo.scenarios import SCENARIOS, Scenario, runbook_fixes
 from fastapi_doctor.report.terminal import render_finding, render_rows
 
 PACKAGE_PARENT = Path(fastapi_doctor.__file__).resolve().parent.parent
@@ -320,8 +320,7 @@ def run_scenario(patient: Patient, scenario: Scenario, index: int, total: int, q
     if found:
         best = max(found, key=lambda f: f.get("count", 1))
         print(f"  FOUND {scenario.root_cause} on {best.get('route') or '(no route)'}", file=out)
-        fix = runbook_fix(scenario.root_cause, REPO_ROOT) or scenario.fix
-        print(render_finding(best, fix), file=out)
+        print(render_finding(best, scenario.fix, runbook_fixes(scenario.root_cause, REPO_ROOT)), file=out)
     elif not is_covered:
         print(f"  MISSING: no {' or '.join(scenario.detectors)} detector runs in this agent", file=out)
     else:

@@ -124,8 +124,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 BY_ROOT_CAUSE = {s.root_cause: s for s in SCENARIOS}
 
 
-def runbook_fix(root_cause: str, repo_root: Path | None = None) -> str | None:
-    """The first paragraph of the runbook's fix section, when the runbook is at hand."""
+def runbook_fixes(root_cause: str, repo_root: Path | None = None, limit: int = 2) -> list[str]:
+    """The headline of each fix in the runbook's "Fixes" section, when the runbook is at hand."""
     candidates = []
     if repo_root is not None:
         candidates.append(repo_root / RUNBOOK_PATH.format(root_cause=root_cause))
@@ -135,23 +135,38 @@ def runbook_fix(root_cause: str, repo_root: Path | None = None) -> str | None:
             text = path.read_text(encoding="utf-8")
         except OSError:
             continue
-        return _fix_section(text)
-    return None
+        return fix_headlines(text)[:limit]
+    return []
 
 
-def _fix_section(markdown: str) -> str | None:
-    lines = markdown.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("#") and "fix" in line.lower():
-            paragraph: list[str] = []
-            for body in lines[i + 1 :]:
-                if body.startswith("#"):
-                    break
-                if not body.strip():
-                    if paragraph:
-                        break
-                    continue
-                paragraph.append(body.strip())
-            if paragraph:
-                return " ".join(paragraph)
-    return None
+def fix_headlines(markdown: str, width: int = 160) -> list[str]:
+    """Paragraphs that open with bold text in the section whose title names fixes, code blocks skipped."""
+    headlines: list[str] = []
+    in_fixes = in_code = False
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph and paragraph[0].startswith("**"):
+            text = " ".join(paragraph).replace("**", "").rstrip(":")
+            headlines.append(text if len(text) <= width else text[: width - 1].rstrip() + "…")
+        paragraph.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            flush()
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        if line.startswith("#"):
+            flush()
+            in_fixes = line.lstrip("#").strip().lower().startswith("fix")
+            continue
+        if not in_fixes:
+            continue
+        if line.strip():
+            paragraph.append(line.strip())
+        else:
+            flush()
+    flush()
+    return headlines

@@ -48,8 +48,10 @@ def render_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_finding(f: dict[str, Any], fix: str | None = None, indent: str = "    ") -> str:
-    """One finding as a block: where, evidence, summary, and the fix when given."""
+def render_finding(
+    f: dict[str, Any], fix: str | None = None, runbook_notes: list[str] | None = None, indent: str = "    "
+) -> str:
+    """One finding as a block: where, evidence, summary, the fix and the runbook's fixes when given."""
     width = max(60, shutil.get_terminal_size((120, 20)).columns - len(indent) - 12)
     rows = [
         ("route", f.get("route") or "-"),
@@ -61,6 +63,8 @@ def render_finding(f: dict[str, Any], fix: str | None = None, indent: str = "   
     if fix:
         rows.append(("fix", fix))
     rows.append(("runbook", f.get("runbook", "")))
+    for note in runbook_notes or ():
+        rows.append(("", f"- {note}"))
     return "\n".join(f"{indent}{name:<9} {value}" for name, value in rows)
 
 
