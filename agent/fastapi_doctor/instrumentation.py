@@ -100,9 +100,11 @@ class FastAPIHooks:
         config = getattr(app, "_telemetry", None)
         if not isinstance(config, dict):
             return
-        if config.get("exclude") is None:
+        # An app that hands FastAPI its own providers gets FastAPI's telemetry as it asked for it: the
+        # agent's sampling and metrics apply to the global providers only.
+        if config.get("exclude") is None and config.get("tracer_provider") is None:
             config["exclude"] = sampling.exclude_unsampled
-        if "metrics" not in user:
+        if "metrics" not in user and config.get("meter_provider") is None:
             # The agent records http.server.request.duration for every request itself.
             config["metrics"] = False
 
