@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from harness import APPS, BIN, AppProcess, OTLPReceiver, metric_value, start_otlp_receiver, wait_until
 
 ROUNDS = 20  # findings need at least 20 calls (signals.dependencies.MIN_CALLS)
@@ -355,3 +357,22 @@ def test_uninstrument_undoes_every_patch():
     first = report["responses"][0]
     assert json.loads(first[2])["clock"] == "fake"
     assert all(r == first for r in report["responses"]) and report["responses_after"] == [first]
+
+
+# -- the decision rule, without a server --------------------------------------------------------
+
+
+@given(
+    values=st.lists(st.floats(min_value=0, max_value=1, allow_nan=False), min_size=1, max_size=300),
+    threshold=st.floats(min_value=0, max_value=1, allow_nan=False),
+)
+def test_window_is_due_exactly_when_the_p50_of_its_samples_is_past_the_threshold(values, threshold):
+    from fastapi_doctor.signals.dependencies import EVERY, MIN_CALLS, WINDOW, Window
+
+    window = Window()
+    for n, value in enumerate(values, 1):
+        due = window.add((value,), value > threshold)
+        recent = sorted(values[max(0, n - WINDOW):n])
+        expected = n >= MIN_CALLS and n % EVERY == 0 and recent[len(recent) // 2] > threshold
+        assert due == expected
+        assert window.p50(0) == recent[len(recent) // 2]

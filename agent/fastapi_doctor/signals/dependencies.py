@@ -12,8 +12,8 @@ FastAPI's dependency cache keep working. ``uninstrument`` puts the original call
 Generator dependencies count their set-up and their teardown, not the time the request spends
 between the two. A dependency's time is kept in the request's state; after the response the
 request hook records ``fastapi_doctor.dependency.duration`` and feeds a small window per
-(dependency, route). Every ``EVERY`` calls (after ``MIN_CALLS``) the window's p50 is compared
-with ``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS`` and with the request time.
+(dependency, route): a finding is due when at least half of its recent builds took longer than
+``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS``, or more than half of their request (and ``SHARE_FLOOR_S``).
 
 Known-expensive objects: an httpx ``Client``/``AsyncClient`` or an aiohttp ``ClientSession``
 created inside a request is a connection pool built per request; the same line doing it
@@ -53,27 +53,41 @@ DURATION_BUCKETS = (
 
 
 class Window:
-    """The last ``WINDOW`` samples of one thing (tuples), and when to look at them again."""
+    """The last ``WINDOW`` samples of one thing (tuples), each flagged when it alone breaks a threshold.
 
-    __slots__ = ("items", "count")
+    The count of flagged samples is kept as they come and go, so deciding costs nothing: a finding
+    is due when at least half of the window is flagged (the p50 is past the threshold), checked every
+    ``EVERY`` samples after ``MIN_CALLS``. Sorting happens only to write the evidence.
+    """
+
+    __slots__ = ("items", "flags", "flagged", "count")
 
     def __init__(self) -> None:
         self.items: list[tuple[float, ...]] = []
+        self.flags: list[bool] = []
+        self.flagged = 0
         self.count = 0
 
-    def add(self, item: tuple[float, ...]) -> bool:
-        """Keep ``item``; True when the thresholds are due for evaluation."""
+    def add(self, item: tuple[float, ...], flag: bool) -> bool:
+        """Keep ``item``; True when a finding is due."""
         count = self.count
         if count < WINDOW:
             self.items.append(item)
+            self.flags.append(flag)
         else:
-            self.items[count % WINDOW] = item
+            at = count % WINDOW
+            if self.flags[at]:
+                self.flagged -= 1
+            self.items[at] = item
+            self.flags[at] = flag
+        if flag:
+            self.flagged += 1
         count += 1
         self.count = count
-        return count >= MIN_CALLS and count % EVERY == 0
+        return count >= MIN_CALLS and count % EVERY == 0 and 2 * self.flagged >= len(self.items)
 
     def p50(self, column: int) -> float:
-        values = sorted(item[column] for item in self.items)
+        values = sorted([item[column] for item in self.items])
         return values[len(values) // 2] if values else 0.0
 
 
@@ -534,21 +548,27 @@ class DependencySignal:
         route = state.route
         duration = state.duration
         record = self._histogram.record
+        slow_s = self._slow_s
         for timer, seconds in samples:
             stats = timer.stats.get(route)
             if stats is None:
                 stats = timer.stats[route] = _Stats(timer.dependency, route)
             record(seconds, stats.attrs)
-            if stats.window.add((seconds, seconds / duration if duration > 0 else 0.0)):
-                self._evaluate(timer, stats)
+            share = seconds / duration if duration > 0 else 0.0
+            flag = seconds > slow_s or (share > 0.5 and seconds >= SHARE_FLOOR_S)
+            if stats.window.add((seconds, share), flag):
+                self._report(timer, stats)
 
-    def _evaluate(self, timer: _Timed, stats: _Stats) -> None:
+    def _report(self, timer: _Timed, stats: _Stats) -> None:
+        try:
+            self._report_slow(timer, stats)
+        except Exception as exc:
+            containment.report("dependency finding", exc)
+
+    def _report_slow(self, timer: _Timed, stats: _Stats) -> None:
         p50 = stats.window.p50(0)
         share = stats.window.p50(1)
         slow = p50 > self._slow_s
-        dominant = share > 0.5 and p50 >= SHARE_FLOOR_S
-        if not (slow or dominant):
-            return
         route = stats.route or "(no route)"
         why = (
             f"above FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS={self._slow_s * 1000:g}"

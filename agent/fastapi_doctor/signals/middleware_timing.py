@@ -14,8 +14,9 @@ middleware of its own gets no timer at all. ``uninstrument`` puts every layer ba
 
 ``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi.middleware`` (the class name,
 or the dispatch function's for ``@app.middleware("http")``). Every ``EVERY`` requests (after
-``MIN_CALLS``) a layer whose p50 self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above
-half of the request time, is a ``slow_middleware`` finding at its dispatch/``__call__``.
+``MIN_CALLS``) a layer whose self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above
+half of the request time (and ``SHARE_FLOOR_S``), in at least half of the recent requests, is a
+``slow_middleware`` finding at its dispatch/``__call__``.
 """
 
 from __future__ import annotations
@@ -294,24 +295,23 @@ class MiddlewareSignal:
         layers = sample.chain.layers
         duration = state.duration
         record = self._histogram.record
+        slow_s = self._slow_s
         at = 0
         for layer in layers:
             own = (t[at] - t[at + 1]) - (t[at + 2] - t[at + 3])
             if own < 0.0:
                 own = 0.0
             record(own, layer.attrs)
-            if layer.window.add((own, own / duration if duration > 0 else 0.0)):
-                self._evaluate(layer)
+            share = own / duration if duration > 0 else 0.0
+            if layer.window.add((own, share), own > slow_s or (share > 0.5 and own >= SHARE_FLOOR_S)):
+                self._report(layer)
             at += 2
 
-    def _evaluate(self, layer: _Layer) -> None:
+    def _report(self, layer: _Layer) -> None:
         try:
             p50 = layer.window.p50(0)
             share = layer.window.p50(1)
             slow = p50 > self._slow_s
-            dominant = share > 0.5 and p50 >= SHARE_FLOOR_S
-            if not (slow or dominant):
-                return
             why = (
                 f"above FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS={self._slow_s * 1000:g}"
                 if slow

@@ -12,9 +12,9 @@ serialisation time.
   ``fastapi_doctor.response.serialize.duration``.
 
 Every ``EVERY`` responses of a route (after ``MIN_CALLS``) it is a ``large_payload`` finding when
-the p50 of its bodies sent uncompressed, in a compressible media type, to clients that accept gzip
-is above ``FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES``, or when serialisation is more than half of the
-request (and at least ``SHARE_FLOOR_S``). The location is the route's endpoint.
+at least half of its recent bodies were sent uncompressed, in a compressible media type, to clients
+that accept gzip, above ``FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES``; or when serialisation took more than
+half of the request (and at least ``SHARE_FLOOR_S``). The location is the route's endpoint.
 """
 
 from __future__ import annotations
@@ -299,19 +299,18 @@ class ResponseSignal:
         ):
             exposed = sent
         duration = state.duration
-        if stats.window.add((sent, exposed, serialize, serialize / duration if duration > 0 else 0.0)):
-            self._evaluate(stats)
+        share = serialize / duration if duration > 0 else 0.0
+        flag = exposed > 0 or (share > 0.5 and serialize >= SHARE_FLOOR_S)
+        if stats.window.add((sent, exposed, serialize, share), flag):
+            self._report(stats)
 
-    def _evaluate(self, stats: _Route) -> None:
+    def _report(self, stats: _Route) -> None:
         try:
             window = stats.window
             exposed = window.p50(1)
             serialize = window.p50(2)
             share = window.p50(3)
             large = exposed > self._large
-            dominant = share > 0.5 and serialize >= SHARE_FLOOR_S
-            if not (large or dominant):
-                return
             route = stats.route or "(no route)"
             n = len(window.items)
             if large:
