@@ -25,6 +25,9 @@ class Scenario:
     bug: str  # what is wrong in the patient's code, in one line
     fix: str  # the fix, in one line
     detectors: tuple[str, ...]  # detectors that can find it (config.DETECTORS)
+    # Functions of the patient a finding may name as its location (the buggy code, or its caller).
+    culprits: tuple[str, ...] = ()
+    twin: str = ""  # the healthy twin when it is not a route
     requests: int = 40  # sick requests per run (as many healthy ones go alongside)
     quick_requests: int = 24
     concurrency: int = 8
@@ -52,6 +55,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         fix="await an async client created once (httpx.AsyncClient in the lifespan), or move the call to a "
         "thread with await anyio.to_thread.run_sync(...)",
         detectors=("eventloop",),
+        culprits=("fetch_quote_blocking", "quote"),
         note="the healthy twin is slow too: while the loop is blocked, every request on it waits",
         requests=16,
         quick_requests=10,
@@ -67,6 +71,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         bug="the get_session_new_engine dependency calls create_async_engine (a new pool) on every request",
         fix="create the engine once in the lifespan and yield sessions from its sessionmaker",
         detectors=("dependencies", "db"),
+        culprits=("get_session_new_engine",),
     ),
     Scenario(
         root_cause="n_plus_one",
@@ -78,6 +83,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         bug="one SELECT of order lines per order, in a loop",
         fix="load the lines with the orders: selectinload(Order.lines), or one IN query",
         detectors=("db",),
+        culprits=("orders_with_lines_n_plus_one",),
     ),
     Scenario(
         root_cause="large_payload",
@@ -89,6 +95,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         bug="the whole catalogue (~800 kB of JSON) in one uncompressed response",
         fix="paginate (/v2/products?page=N), and add GZipMiddleware(minimum_size=1000) for what stays large",
         detectors=("responses", "eventloop"),
+        culprits=("export", "export_all"),
         requests=30,
         quick_requests=20,
         concurrency=4,
@@ -104,6 +111,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         fix="keep middleware light: send audit records from a background task or a queue; prefer pure ASGI "
         "middleware to BaseHTTPMiddleware (compare RequestIdMiddleware, which is not flagged)",
         detectors=("middleware", "eventloop"),
+        culprits=("AuditLogMiddleware.dispatch", "AuditStore.write"),
+        twin="RequestIdMiddleware (pure ASGI) on the same requests",
     ),
     Scenario(
         root_cause="pool_leak",
@@ -115,6 +124,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         bug="open_cart parks its AsyncSession until the user's next visit: the connection stays checked out",
         fix="async with sessions() as session: ... (or a dependency that yields inside async with)",
         detectors=("db",),
+        culprits=("open_cart", "_cart_of"),
         requests=24,
         quick_requests=12,
         wait_s=12.0,
