@@ -352,6 +352,8 @@ def test_uninstrument_undoes_every_patch():
     assert [c for c in report["chain_after"] if c.startswith("__main__.")] == ["__main__.Stamp", "__main__.Light"]
     # Nested dependencies under app.dependency_overrides are timed; the override still applies.
     assert report["dependency_series"] == ["repository", "session", "settings"]
+    assert report["clock_without_override"] == "real"
+    assert report["series_without_override"] == ["real_clock", "repository", "session", "settings"]
     assert report["hooks_during"] == ["DependencySignal._finished", "MiddlewareSignal._finished", "ResponseSignal._finished"]
     assert report["hooks_after"] == []
     first = report["responses"][0]

@@ -124,6 +124,13 @@ def main() -> None:
     )
     hooks = agent.request_metrics.finished_hooks
     hooks_during = sorted(getattr(h, "__qualname__", "?") for h in hooks)
+    # The override goes: the real dependency is called again, and timed.
+    del app.dependency_overrides[real_clock]
+    clock_without_override = json.loads(asyncio.run(serve(1))[0][2])["clock"]
+    series_without_override = sorted(
+        dict(key)["fastapi.dependency"] for key in signals["dependencies"]._histogram.values()
+    )
+    app.dependency_overrides[real_clock] = fake_clock
 
     fastapi_doctor.uninstrument()
     after = {name: get() is before[name] for name, get in PATCH_POINTS.items()}
@@ -139,6 +146,8 @@ def main() -> None:
                 "chain_during": chain_during,
                 "chain_after": chain(app.middleware_stack),
                 "dependency_series": series,
+                "clock_without_override": clock_without_override,
+                "series_without_override": series_without_override,
                 "hooks_during": hooks_during,
                 "hooks_after": sorted(getattr(h, "__qualname__", "?") for h in hooks),
                 "responses": responses,

@@ -6,8 +6,10 @@ sub-dependencies is replaced in place by a timer of the same kind (sync, async, 
 generator; classes and callable instances stay sync or async as FastAPI judges them), so every
 route is covered, also routes and routers added after start-up. FastAPI's per-request cache
 (``use_cache``) decides before the callable is called, so a cached value is not counted as a build.
-A timer hashes and compares equal to the callable it stands for: ``app.dependency_overrides`` and
-FastAPI's dependency cache keep working. ``uninstrument`` puts the original callables back.
+One timer per callable, so FastAPI's dependency cache (keyed by the callable) works as before. A
+dependency named in ``app.dependency_overrides`` keeps its original callable (FastAPI looks the
+override up by it) and gets its timer back when the override goes. ``uninstrument`` puts the
+original callables back.
 
 Generator dependencies count their set-up and their teardown, not the time the request spends
 between the two. A dependency's time is kept in the request's state; after the response the
@@ -193,17 +195,6 @@ class _Timed:
         self.location = location
         self.stats: dict[str | None, _Stats] = {}
 
-    # Same identity for FastAPI's dependency cache and for app.dependency_overrides.
-    def __hash__(self) -> int:
-        return hash(self.__wrapped__)
-
-    def __eq__(self, other: object) -> bool:
-        if other is self:
-            return True
-        if isinstance(other, _Timed):
-            return bool(other.__wrapped__ == self.__wrapped__)
-        return bool(self.__wrapped__ == other)
-
     def __repr__(self) -> str:
         return f"<timed dependency {self.__wrapped__!r}>"
 
@@ -374,6 +365,8 @@ class DependencySignal:
         self._nodes: dict[int, Any] = {}  # id -> every Dependant of the covered trees (kept alive)
         self._utils: Any = None
         self._original_recursion: Any = None
+        self._override_keys: tuple[Any, ...] = ()  # app.dependency_overrides keys last seen
+        self._override_ids: frozenset[int] = frozenset()
         self._timers: dict[int, _Timed | None] = {}  # id(original callable) -> its timer (None: not timed)
         self._originals: list[tuple[Any, Any]] = []  # (Dependant, original call) for the undo
         self._patched_inits: list[tuple[type, Any]] = []  # (class, original __init__ or None)
@@ -416,6 +409,7 @@ class DependencySignal:
         self._originals.clear()
         self._roots.clear()
         self._nodes.clear()
+        self._override_keys, self._override_ids = (), frozenset()
         self._timers.clear()
         for cls, init in reversed(self._patched_inits):
             if init is None:
@@ -441,17 +435,19 @@ class DependencySignal:
             return
         roots = self._roots
         cover = self._cover
-        overridden = self._overridden
+        sync_overrides = self._sync_overrides
+        signal = self
 
         @functools.wraps(original)
         def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
             # Returns FastAPI's own coroutine: no extra frame per request.
+            provider = kwargs.get("dependency_overrides_provider")
+            overrides = getattr(provider, "dependency_overrides", None) if provider is not None else None
+            if overrides or signal._override_keys:
+                sync_overrides(overrides)
             dependant = kwargs.get("dependant")
             if dependant is not None and id(dependant) not in roots:
                 cover(dependant)
-            provider = kwargs.get("dependency_overrides_provider")
-            if provider is not None and getattr(provider, "dependency_overrides", None):
-                overridden()
             return original(*args, **kwargs)
 
         self._routing = fastapi.routing
@@ -459,7 +455,30 @@ class DependencySignal:
         self._utils = fastapi.dependencies.utils
         fastapi.routing.solve_dependencies = solve_dependencies
 
-    def _overridden(self) -> None:
+    def _sync_overrides(self, overrides: Any) -> None:
+        """Dependencies named in ``app.dependency_overrides`` keep their original callable."""
+        try:
+            keys = tuple(overrides) if overrides else ()
+            if keys == self._override_keys:
+                return
+            self._override_keys = keys
+            ids = frozenset(id(k) for k in keys)
+            self._override_ids = ids
+            for dependant, original in self._originals:
+                timer = self._timers.get(id(original))
+                if timer is None:
+                    continue
+                if id(original) in ids:
+                    if dependant.call is timer:
+                        dependant.call = original
+                elif dependant.call is original:
+                    dependant.call = timer
+            if ids:
+                self._watch_rebuilt_trees()
+        except Exception as exc:
+            containment.report("dependency overrides", exc)
+
+    def _watch_rebuilt_trees(self) -> None:
         """With ``app.dependency_overrides`` set, FastAPI builds the dependencies under each route's
         direct ones again on every request (from the signatures): time those as FastAPI meets them."""
         utils = self._utils
@@ -501,15 +520,17 @@ class DependencySignal:
                 timer = self._timer_for(call)
                 if timer is not None:
                     self._originals.append((dependant, call))
-                    dependant.call = timer
+                    if id(call) not in self._override_ids:
+                        dependant.call = timer
         except Exception as exc:
             containment.report("dependency timers", exc)
 
     def _cover_children(self, dependant: Any) -> None:
         try:
+            overridden = self._override_ids
             for child in dependant.dependencies:
                 call = child.call
-                if call is not None and not isinstance(call, _Timed):
+                if call is not None and not isinstance(call, _Timed) and id(call) not in overridden:
                     timer = self._timer_for(call)
                     if timer is not None:
                         child.call = timer
