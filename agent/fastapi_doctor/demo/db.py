@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import Request
 from sqlalchemy import ForeignKey, String, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 PRODUCTS = 2000
