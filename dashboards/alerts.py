@@ -45,13 +45,36 @@ def _where(labels: str = "") -> str:
     return "{{ $labels.job }}/{{ $labels.instance }}" + labels
 
 
+def _blocking_io_share(cfg: Config) -> str:
+    """Share of the loop's blocked time that the agent attributed to blocking calls."""
+    blocked = "fastapi_doctor_eventloop_blocked_time_seconds_total"
+    by_blocking_io = sel(cfg.alert_selector, 'root_cause="blocking_io"')
+    return (f"(sum by (job, instance) (rate({blocked}{by_blocking_io}[{cfg.window}]))\n"
+            f"  / sum by (job, instance) (rate({blocked}{sel(cfg.alert_selector)}[{cfg.window}])))")
+
+
+def _loop_healthy(cfg: Config) -> str:
+    """``unless`` clause: awaited time is not a dependency's or middleware's own while the loop stalls
+    (p99 lag past a blocked episode, or blocked more than ``stalled_share`` of the time)."""
+    t = cfg.thresholds
+    lag = quantile(0.99, "fastapi_doctor_eventloop_lag_seconds", sel(cfg.alert_selector), cfg.window, "job", "instance")
+    blocked = (f"sum by (job, instance) (rate(fastapi_doctor_eventloop_blocked_time_seconds_total"
+               f"{sel(cfg.alert_selector)}[{cfg.window}]))")
+    return (f"\nunless on (job, instance)\n(\n  {lag} > {t.loop_block_seconds:g}\n  or\n"
+            f"  {blocked} > {t.stalled_share:g}\n)")
+
+
 def _findings(cfg: Config, root_cause: str, name: str, what: str) -> Alert:
     s = sel(cfg.alert_selector, f'root_cause="{root_cause}"')
     return Alert(
         name=name,
         root_cause=root_cause,
         severity="info",
-        expr=f"sum by (job, instance, http_route) (increase(fastapi_doctor_findings_total{s}[{cfg.window}])) > 0",
+        # New findings in the window: a count that grew, or a series that did not exist a window ago (a
+        # finding's counter appears at its first report, so its first increase has no sample before it).
+        expr=(f"(sum by (job, instance, http_route) (increase(fastapi_doctor_findings_total{s}[{cfg.window}])) > 0)\n"
+              f"or\n(sum by (job, instance, http_route) (fastapi_doctor_findings_total{s}\n"
+              f"  unless fastapi_doctor_findings_total{s} offset {cfg.window}) > 0)"),
         summary=f"fastapi-doctor reported {what} on {{{{ $labels.http_route }}}}",
         description=(
             _where() + f": the agent reported {{{{ $value | humanize }}}} {root_cause} finding(s) on route "
@@ -75,7 +98,9 @@ def blocking_io(cfg: Config) -> list[Alert]:
         Alert(
             "FastAPIDoctorEventLoopLagHigh", "blocking_io", "critical",
             quantile(0.99, "fastapi_doctor_eventloop_lag_seconds", sel(a), w, "job", "instance")
-            + f" > {t.loop_block_seconds:g}",
+            + f" > {t.loop_block_seconds:g}\nand on (job, instance)\n"
+            # ... and blocking calls make most of the blocked time (not a large serialisation or a GC pause).
+            + _blocking_io_share(cfg) + " >= 0.5",
             "The event loop of {{ $labels.instance }} lags",
             _where() + ": p99 event-loop lag is {{ $value | humanizeDuration }} over the last " + w
             + f" (a blocked episode is {_ms(t.loop_block_seconds)}); the blocked-time panel names the route.",
@@ -101,7 +126,7 @@ def dependency_rebuild(cfg: Config) -> list[Alert]:
             "FastAPIDoctorSlowDependency", "dependency_rebuild", "warning",
             quantile(0.5, "fastapi_doctor_dependency_duration_seconds", sel(a), w,
                      "job", "instance", "http_route", "fastapi_dependency")
-            + f" > {t.slow_dependency_seconds:g}",
+            + f" > {t.slow_dependency_seconds:g}" + _loop_healthy(cfg),
             "Dependency {{ $labels.fastapi_dependency }} is rebuilt expensively on {{ $labels.http_route }}",
             _where() + ": dependency {{ $labels.fastapi_dependency }} takes {{ $value | humanizeDuration }} at p50 "
             "on route {{ $labels.http_route }} over the last " + w
@@ -151,7 +176,7 @@ def slow_middleware(cfg: Config) -> list[Alert]:
         Alert(
             "FastAPIDoctorSlowMiddleware", "slow_middleware", "warning",
             quantile(0.5, "fastapi_doctor_middleware_duration_seconds", sel(a), w, "job", "instance", "fastapi_middleware")
-            + f" > {t.slow_middleware_seconds:g}",
+            + f" > {t.slow_middleware_seconds:g}" + _loop_healthy(cfg),
             "Middleware {{ $labels.fastapi_middleware }} is slow",
             _where() + ": middleware {{ $labels.fastapi_middleware }} spends {{ $value | humanizeDuration }} "
             "of its own time per request at p50 over the last " + w

@@ -49,6 +49,8 @@ class PanelSpec:
     threshold: float | None = None
     kind: str = "timeseries"  # or "table" (instant query over the dashboard's range)
     width: int = 12
+    # The scenario in which the panel must show data, when not its row's ("pathology": any of them).
+    meant_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def rows(cfg: Config) -> list[RowSpec]:
                        "{{root_cause}} {{http_route}}"),),
                 "Findings the agent reported over the dashboard's time range (fastapi_doctor_findings_total). "
                 "The side server's /doctor names the line of code.",
-                kind="table", width=24,
+                kind="table", width=24, meant_for="pathology",
             ),
         )),
         RowSpec("blocking_io: blocking calls in async code", "blocking_io", (

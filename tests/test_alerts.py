@@ -104,7 +104,7 @@ def test_thresholds_are_the_agents_defaults() -> None:
     d = {s.field: s.default for s in agent_config.SETTINGS}
 
     def threshold(alert: str) -> float:
-        m = re.search(r"(>=|>)\s*([0-9.e+-]+)\s*$", by_name[alert])
+        m = re.search(r"\)\s*(>=|>)\s*([0-9.e+-]+)", by_name[alert])  # the first comparison
         assert m, by_name[alert]
         return float(m.group(2))
 
@@ -137,8 +137,11 @@ def test_promtool_tests_fail_when_an_alert_is_wrong(tmp_path: Path) -> None:
         assert result.returncode != 0, result.stdout
         failed = set(re.findall(r"Unit Testing:\s+tests/(\w+)\.yaml\s*\n\s*FAILED", result.stdout + result.stderr))
         failed |= {s for s in tests if f"name: {s}," in result.stdout + result.stderr}
-        assert failed == ({"n_plus_one"} if name == "too-high" else {"healthy", "blocking_io", "dependency_rebuild",
-                          "pool_leak", "slow_middleware", "large_payload", "n_plus_one"}), (name, failed, result.stdout)
+        # Too low: the healthy dependency (12 ms) fires everywhere the loop does not lag; where it lags
+        # (blocking_io, large_payload) dependency time is not trusted and the alert stays silent.
+        expected = {"n_plus_one"} if name == "too-high" else {
+            "healthy", "dependency_rebuild", "pool_leak", "slow_middleware", "n_plus_one"}
+        assert failed == expected, (name, failed, result.stdout)
 
 
 def test_runbook_links_come_from_one_configurable_pattern(tmp_path: Path) -> None:
