@@ -3,8 +3,10 @@
 A stack wrapper interposes a timer before each of the app's own middleware layers (those of
 ``app.user_middleware``: pure ASGI classes, ``BaseHTTPMiddleware`` and ``@app.middleware("http")``,
 Starlette's GZip, CORS, TrustedHost…) and one after the last of them. Each timer measures the time
-inside its layer (T) and the time its layer spent in the ``send`` it was given (S, the outer
-layers' work and the socket). A layer's self-time is ``(T - S)`` of its timer minus ``(T - S)`` of
+inside its layer (T) and the time its layer spent sending body messages through the ``send`` it
+was given (S, the outer layers' work and the socket; ``http.response.start`` is not timed, which
+spares a frame per layer and message: work a layer does on the start message counts to the layer
+inside it). A layer's self-time is ``(T - S)`` of its timer minus ``(T - S)`` of
 the next timer: its code before and after the inner app plus its work in the inner app's ``send``
 (compression of a streamed body counts to GZip, not to the endpoint).
 
@@ -96,46 +98,48 @@ class _LayerTimer:
         if scope["type"] != "http" or not chain.active:
             await self.app(scope, receive, send)
             return
+        token = None
         if self.index == 0:
             state = current_request.get()
             if state is None:
                 await self.app(scope, receive, send)
                 return
-            try:
-                sample: _Sample | None = _Sample(chain)
-                state.signal_data()[_KEY] = sample
-            except Exception as exc:
-                containment.report("middleware timing", exc)
+            sample = _Sample(chain)
+            data = state.data
+            if data is None:
+                state.data = data = {}
+            data[_KEY] = sample
+            token = _current.set(sample)
+        else:
+            found = _current.get()
+            if found is None or found.chain is not chain:
                 await self.app(scope, receive, send)
                 return
-            token = _current.set(sample)
-            try:
-                await self._timed(sample, scope, receive, send)  # type: ignore[arg-type]
-            finally:
-                _current.reset(token)
-            return
-        sample = _current.get()
-        if sample is None or sample.chain is not chain:
-            await self.app(scope, receive, send)
-            return
-        await self._timed(sample, scope, receive, send)
-
-    async def _timed(self, sample: _Sample, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            sample = found
         t = sample.t
         at = 2 * self.index
 
-        async def send_timed(message: Any) -> None:
+        async def timed_body(message: Any) -> None:
             start = perf_counter()
             try:
                 await send(message)
             finally:
                 t[at + 1] += perf_counter() - start
 
+        def send_timed(message: Any) -> Any:
+            # Only body messages are timed (where compression and streaming work happens); the
+            # others go straight to the outer send, without a frame of ours.
+            if message["type"] == "http.response.body":
+                return timed_body(message)
+            return send(message)
+
         start = perf_counter()
         try:
             await self.app(scope, receive, send_timed)
         finally:
             t[at] += perf_counter() - start
+            if token is not None:
+                _current.reset(token)
 
 
 def walk(stack: Any) -> Iterator[tuple[Any, Any]]:
