@@ -354,7 +354,7 @@ def test_uninstrument_removes_every_listener_and_patch(tmp_path):
     assert report["imported_early"] is False
     assert report["during"] == {
         "patched": ["Engine.__init__", "Pool.connect", "SingletonThreadPool.connect"],
-        "listening": 5,
+        "listening": 7,
         "watchdog": True,
         "hooked": True,
         "known_pools": 1,

@@ -4,7 +4,8 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
 
 * class-level pool events (``connect``, ``checkout``, ``checkin``, ``detach`` on ``Pool``: they apply
   to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.db_pool`;
-* ``before_cursor_execute`` on the ``Engine`` class feeds :mod:`~fastapi_doctor.signals.db_queries`;
+* the dialect's ``do_execute`` events (every statement sent to the driver) feed
+  :mod:`~fastapi_doctor.signals.db_queries`;
 * ``Engine.__init__`` is wrapped to know each engine (its pool and a credential-free name) and to
   report an engine created inside a request (``dependency_rebuild``);
 * ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts.
@@ -85,7 +86,7 @@ class DatabaseSignal:
 
     def _install(self) -> None:
         from sqlalchemy import event, exc
-        from sqlalchemy.engine import Engine
+        from sqlalchemy.engine import Dialect, Engine
         from sqlalchemy.pool import Pool
 
         assert self.pools is not None
@@ -95,12 +96,14 @@ class DatabaseSignal:
             (Pool, "checkout", self._on_checkout),
             (Pool, "checkin", self._on_checkin),
             (Pool, "detach", self._on_detach),
+            # Dialect events, not Engine's before_cursor_execute: an Engine-class listener switches every
+            # connection onto SQLAlchemy's event path (about 10 us per statement, measured).
+            (Dialect, "do_execute", self._do_execute),
+            (Dialect, "do_execute_no_params", self._do_execute_no_params),
+            (Dialect, "do_executemany", self._do_execute),
         ):
             event.listen(target, identifier, fn)
             self._listeners.append((target, identifier, fn))
-        # retval=True: called as is, without SQLAlchemy's argument-passing wrapper (returns its input).
-        event.listen(Engine, "before_cursor_execute", self._before_cursor_execute, retval=True)
-        self._listeners.append((Engine, "before_cursor_execute", self._before_cursor_execute))
 
         for cls in _with_own(Pool, "connect"):
             original = cls.__dict__["connect"]
@@ -181,14 +184,18 @@ class DatabaseSignal:
         except Exception as exc:
             pools.deferred.append(("error", "db detach", exc))  # type: ignore[union-attr]
 
-    def _before_cursor_execute(
-        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _executemany: bool
-    ) -> tuple[str, Any]:
+    # A true return value would tell SQLAlchemy the statement was executed here: return None.
+    def _do_execute(self, _cursor: Any, statement: str, _parameters: Any, _context: Any) -> None:
         try:
             self.queries.on_statement(statement)  # type: ignore[union-attr]
         except Exception as exc:
             containment.report("db statements", exc)
-        return statement, parameters
+
+    def _do_execute_no_params(self, _cursor: Any, statement: str, _context: Any) -> None:
+        try:
+            self.queries.on_statement(statement)  # type: ignore[union-attr]
+        except Exception as exc:
+            containment.report("db statements", exc)
 
 
 def _with_own(base: type, attribute: str) -> list[type]:

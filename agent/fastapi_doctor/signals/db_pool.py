@@ -38,14 +38,37 @@ _MAX_HOLDERS = 5
 # -- where the user's code is ---------------------------------------------------------------------
 
 
+# (file, line, function) -> Location: a checkout site is met again and again; building its Location (a relative
+# path) costs more than the walk. Bounded: code objects of the app are few.
+_locations: dict[tuple[str, int, str], Location] = {}
+# filename -> is it the user's code? (a plain dict lookup per frame; the walk crosses ~10 frames)
+_user_files: dict[str, bool] = {}
+
+
+def _is_user_file(filename: str) -> bool:
+    # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
+    user = not filename.startswith("<") and not attribution.is_library_file(filename)
+    if len(_user_files) < 4096:
+        _user_files[filename] = user
+    return user
+
+
 def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
     depth = 0
     while frame is not None and depth < limit:
         code = frame.f_code
         filename = code.co_filename
-        # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
-        if not filename.startswith("<") and not attribution.is_library_file(filename):
-            return Location(attribution.display_path(filename), frame.f_lineno or 0, code.co_qualname)
+        user = _user_files.get(filename)
+        if user is None:
+            user = _is_user_file(filename)
+        if user:
+            key = (filename, frame.f_lineno or 0, code.co_qualname)  # strings: hashes are cached
+            location = _locations.get(key)
+            if location is None:
+                location = Location(attribution.display_path(filename), key[1], key[2])
+                if len(_locations) < 4096:
+                    _locations[key] = location
+            return location
         frame = frame.f_back
         depth += 1
     return None
