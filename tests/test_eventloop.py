@@ -368,3 +368,34 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
         assert client.get("/block").json() == {"ok": True}
     time.sleep(0.2)
     assert eventloop.hub.heartbeats == {} and agent.findings.all()[0].count == 2
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_an_idle_loop_is_told_from_a_blocked_one(agent, kind):
+    """A starved process (the watchdog runs, the loop thread waits in its selector) is not a block, even
+    when the code that started the loop is the user's."""
+    import sys
+
+    import uvloop
+
+    from fastapi_doctor import attribution
+    from fastapi_doctor.signals.eventloop import _loop_busy, attach_running_loop, hub
+
+    seen: dict[str, bool | None] = {}
+
+    async def main() -> None:
+        assert attach_running_loop()
+        hb = hub.heartbeats[asyncio.get_running_loop()]
+        loop_thread = threading.get_ident()
+
+        def look(name: str) -> None:
+            frame = sys._current_frames()[loop_thread]
+            seen[name] = _loop_busy(hb, frame, attribution.capture(frame))
+
+        threading.Timer(0.05, look, args=("idle",)).start()
+        await asyncio.sleep(0.15)
+        threading.Timer(0.05, look, args=("blocked",)).start()
+        time.sleep(0.15)
+
+    (uvloop.run if kind == "uvloop" else asyncio.run)(main())
+    assert seen == {"idle": False, "blocked": True}

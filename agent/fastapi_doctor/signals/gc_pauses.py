@@ -57,13 +57,14 @@ class GCSignal:
         self._attrs: dict[int, dict[str, int]] = {}
 
     def instrument(self, agent: Any) -> None:
-        from fastapi_doctor.signals.eventloop import hub
+        from fastapi_doctor.signals.eventloop import histogram, hub
 
-        self._histogram = agent.meter.create_histogram(
+        self._histogram = histogram(
+            agent,
             "fastapi_doctor.gc.pause",
             unit="s",
             description="Garbage-collection pauses (every thread waits), by generation.",
-            explicit_bucket_boundaries_advisory=PAUSE_BUCKETS,
+            boundaries=PAUSE_BUCKETS,
         )
         self._attrs = {generation: {"gc.generation": generation} for generation in range(3)}
         _pending.clear()

@@ -129,9 +129,14 @@ class ThreadpoolSignal:
         pool = hb.pool
         if limiter is None or pool is None:
             return
+        busy = pool.busy = limiter.borrowed_tokens
+        limit = limiter.total_tokens
+        pool.limit = int(limit)
+        if busy < limit:  # a free thread: nobody waits (the idle path reads two properties)
+            pool.waiting = 0
+            pool.since = None
+            return
         stats = limiter.statistics()
-        pool.busy = stats.borrowed_tokens
-        pool.limit = int(stats.total_tokens)
         waiting = pool.waiting = stats.tasks_waiting
         if waiting <= 0:
             pool.since = None
