@@ -260,6 +260,7 @@ def agent() -> Iterator[Any]:
     from fastapi_doctor.middleware import RequestMetrics
     from fastapi_doctor.signals.eventloop import EventLoopSignal
     from fastapi_doctor.signals.gc_pauses import GCSignal
+    from fastapi_doctor.signals.process import ProcessSignal
     from fastapi_doctor.signals.threadpool import ThreadpoolSignal
 
     settings, errors = config.load(environ={}, overrides={"loop_block_ms": 50, "heartbeat_ms": 20})
@@ -269,7 +270,7 @@ def agent() -> Iterator[Any]:
     agent.meter = MeterProvider(metric_readers=[agent.reader]).get_meter("test")
     agent.request_metrics = RequestMetrics(LeanMetrics("test", "0"))
     agent.running = True
-    agent.signals = [EventLoopSignal(), ThreadpoolSignal(), GCSignal()]
+    agent.signals = [EventLoopSignal(), ThreadpoolSignal(), GCSignal(), ProcessSignal()]
     for signal in agent.signals:
         signal.instrument(agent)
     try:
@@ -347,11 +348,14 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
         with TestClient(app) as client:
             assert client.get("/block").json() == {"ok": True}
             wait_until(lambda: [f for f in agent.findings.all() if f.count == round_ + 1], timeout=5)
+            [limit] = points(agent, "fastapi_doctor.threadpool.limit")  # read on the loop, published here
+            assert limit.value == 40
     [finding] = agent.findings.all()
     assert finding.route == "/block" and finding.count == 2
     assert finding.location.line == marker_line(Path(__file__), "TESTCLIENT-SLEEP")
     wait_until(lambda: not eventloop.hub.heartbeats, timeout=5)  # closed loops are dropped
 
+    assert points(agent, "process.memory.usage")[0].value > 10_000_000
     watchdog = [t for t in threading.enumerate() if t.name == eventloop.WATCHDOG_THREAD_NAME]
     assert len(watchdog) == 1
     for signal in reversed(agent.signals):
@@ -363,6 +367,7 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
     assert agent.fastapi.app_hooks == [] and eventloop.hub.tick_callbacks == []
     assert eventloop.hub.attach_callbacks == [] and not eventloop.hub.active
     assert gc_pauses._callback not in gc.callbacks
+    assert points(agent, "process.memory.usage") == [] and points(agent, "process.thread.count") == []
     # Nothing is watched or reported any more, even on the app whose stack still holds the probe.
     with TestClient(app) as client:
         assert client.get("/block").json() == {"ok": True}
@@ -399,3 +404,19 @@ def test_an_idle_loop_is_told_from_a_blocked_one(agent, kind):
 
     (uvloop.run if kind == "uvloop" else asyncio.run)(main())
     assert seen == {"idle": False, "blocked": True}
+
+
+def test_a_prefork_worker_has_its_own_watchdog(serve):
+    """Under gunicorn the agent starts in the master; threads do not survive the fork into the worker."""
+    from harness import BIN, AppProcess
+
+    app = AppProcess("loop_app:app", env={"FASTAPI_DOCTOR_LOOP_BLOCK_MS": "50"}, command=["-"])
+    app.command = [str(BIN / "opentelemetry-instrument"), str(BIN / "gunicorn"), "loop_app:app", "-w", "1",
+                   "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{app.port}"]
+    app.start()
+    try:
+        assert httpx.get(app.url + "/report", timeout=10).status_code == 200
+        finding = one_finding(app, "/report", "blocking_io")
+        assert finding["location"]["line"] == marker_line(HELPERS, "BLOCKING-SLEEP")
+    finally:
+        app.stop()

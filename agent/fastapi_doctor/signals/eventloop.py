@@ -182,6 +182,13 @@ class LoopHub:
         self._hooks = hooks
         hooks.stack_wrappers.append(self.wrap_stack)
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's loops do not run here; the child's are attached on first use."""
+        self._lock = threading.Lock()
+        self.heartbeats.clear()
+        for probe in list(self._probes):
+            probe._loop = None
+
     def wrap_stack(self, app: Any, stack: Any) -> Any:
         probe = _LoopProbe(stack)
         self._probes.add(probe)
@@ -349,6 +356,16 @@ class EventLoopSignal:
 
     def loop_attached(self, hb: Heartbeat) -> None:
         self._wake.set()
+
+    def after_fork(self) -> None:
+        """A prefork worker: threads do not survive fork, so the child starts its own watchdog."""
+        hub.after_fork()
+        if self._thread is None or self._stop.is_set():
+            return
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
+        self._thread.start()
 
     # -- on the loop ---------------------------------------------------------------------------
 
