@@ -54,14 +54,17 @@ def _blocking_io_share(cfg: Config) -> str:
 
 
 def _loop_healthy(cfg: Config) -> str:
-    """``unless`` clause: awaited time is not a dependency's or middleware's own while the loop stalls
-    (p99 lag past a blocked episode, or blocked more than ``stalled_share`` of the time)."""
+    """``unless`` clause: awaited time is not a dependency's or middleware's own while the loop stalls:
+    p99 lag past a blocked episode, or the loop blocked, or busy serialising responses, more than
+    ``stalled_share`` of the time (serialisation runs on the loop in small steps, not as episodes)."""
     t = cfg.thresholds
     lag = quantile(0.99, "fastapi_doctor_eventloop_lag_seconds", sel(cfg.alert_selector), cfg.window, "job", "instance")
     blocked = (f"sum by (job, instance) (rate(fastapi_doctor_eventloop_blocked_time_seconds_total"
                f"{sel(cfg.alert_selector)}[{cfg.window}]))")
+    serialising = (f"sum by (job, instance) (rate(fastapi_doctor_response_serialize_duration_seconds_sum"
+                   f"{sel(cfg.alert_selector)}[{cfg.window}]))")
     return (f"\nunless on (job, instance)\n(\n  {lag} > {t.loop_block_seconds:g}\n  or\n"
-            f"  {blocked} > {t.stalled_share:g}\n)")
+            f"  {blocked} > {t.stalled_share:g}\n  or\n  {serialising} > {t.stalled_share:g}\n)")
 
 
 def _findings(cfg: Config, root_cause: str, name: str, what: str) -> Alert:

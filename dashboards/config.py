@@ -31,8 +31,8 @@ class Thresholds:
     blocked_share: float = 0.10
     # Share of the pool's connections in use, on average over the window, that is saturation.
     pool_saturation: float = 0.9
-    # Share of wall time the loop is blocked above which time spent awaiting (dependencies, middleware)
-    # is not their own: the stall is counted in it, and the blocking alerts speak instead.
+    # Share of wall time the loop is blocked (or busy serialising responses) above which time spent
+    # awaiting (dependencies, middleware) is not their own: the stall is counted in it.
     stalled_share: float = 0.02
 
 
