@@ -14,7 +14,13 @@ the user's: a pure ASGI class and GZipMiddleware; a small JSON response) is call
 * +all three.
 
 The cost of a signal is its line minus "agent, request-path signals off". On a shared machine the
-absolute numbers move; compare lines of one run.
+absolute numbers move; compare lines of one run. ``--parts`` adds microbenchmarks of each part
+(best of rounds, CPU time), steadier than the whole-app lines:
+
+* a dependency timer (async function, async generator) against the bare callable;
+* the dependencies request hook per dependency built (histogram record and window);
+* two middleware layers with their three timers against the bare chain, and the hook;
+* the responses request hook per response.
 """
 
 from __future__ import annotations
@@ -113,6 +119,146 @@ def child(config: str, n: int, rounds: int) -> None:
     print(json.dumps({"config": config, "us": asyncio.run(run()) * 1e6}))
 
 
+def parts() -> list[tuple[str, float]]:
+    """(part, CPU microseconds) from in-process microbenchmarks of the signals' pieces."""
+    from contextlib import asynccontextmanager
+
+    from fastapi_doctor.context import RequestState, current_request
+    from fastapi_doctor.lean_metrics import LeanMetrics
+    from fastapi_doctor.signals import dependencies as deps
+    from fastapi_doctor.signals import middleware_timing as mw
+    from fastapi_doctor.signals import responses as resp
+
+    lean = LeanMetrics("bench", "0")
+    n = 20000
+    rows: list[tuple[str, float]] = []
+
+    def cpu(fn: Any, rounds: int = 5) -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.process_time()
+            asyncio.run(fn())
+            best = min(best, time.process_time() - start)
+        return best / n * 1e6
+
+    state = RequestState("GET", 0.0, {"type": "http", "headers": []})
+    state.route, state.status, state.duration = "/items/{item_id}", 200, 0.0002
+
+    async def value() -> int:
+        return 1
+
+    async def session() -> Any:
+        yield 1
+
+    timed_value = deps._AsyncTimed(value, "value", None)
+    timed_session = deps._AsyncGenTimed(session, "session", None)
+
+    def calls(fn: Any) -> Any:
+        async def run() -> None:
+            token = current_request.set(state)
+            for _ in range(n):
+                state.data = None
+                await fn()
+            current_request.reset(token)
+
+        return run
+
+    def contexts(fn: Any) -> Any:
+        async def run() -> None:
+            token = current_request.set(state)
+            for _ in range(n):
+                state.data = None
+                async with asynccontextmanager(fn)():
+                    pass
+            current_request.reset(token)
+
+        return run
+
+    rows.append(("dependency timer, async function", cpu(calls(timed_value)) - cpu(calls(value))))
+    rows.append(("dependency timer, async generator", cpu(contexts(timed_session)) - cpu(contexts(session))))
+
+    signal = deps.DependencySignal()
+    signal._histogram = lean.histogram("d", unit="s", description="", boundaries=deps.DURATION_BUCKETS)
+    samples = [(timed_value, 0.00001), (timed_session, 0.00002), (deps._AsyncTimed(value, "v2", None), 0.00001)]
+
+    async def dependency_hook() -> None:
+        for _ in range(n):
+            state.data = {"dependencies": list(samples)}
+            signal._finished(state)
+
+    async def setup_only() -> None:
+        for _ in range(n):
+            state.data = {"dependencies": list(samples)}
+
+    rows.append(("dependencies hook, per dependency built", (cpu(dependency_hook) - cpu(setup_only)) / 3))
+
+    class Layer:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+    class Top(Layer):
+        pass
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    class Spec:
+        def __init__(self, cls: type) -> None:
+            self.cls = cls
+
+    class FakeApp:
+        user_middleware = [Spec(Layer), Spec(Layer)]
+
+    middleware = mw.MiddlewareSignal()
+    middleware._histogram = lean.histogram("m", unit="s", description="", boundaries=deps.DURATION_BUCKETS)
+    middleware._active = True
+    bare_chain = Top(Layer(Layer(endpoint)))
+    timed_chain = middleware._wrap_stack(FakeApp(), Top(Layer(Layer(endpoint))))
+
+    async def nothing(message: Any = None) -> Any:
+        return {"type": "http.request", "body": b""}
+
+    def chain(app: Any, hook: bool) -> Any:
+        async def run() -> None:
+            scope = {"type": "http"}
+            for _ in range(n):
+                state.data = None
+                token = current_request.set(state)
+                await app(scope, nothing, nothing)
+                current_request.reset(token)
+                if hook:
+                    middleware._finished(state)
+
+        return run
+
+    bare = cpu(chain(bare_chain, False))
+    timed = cpu(chain(timed_chain, False))
+    rows.append(("middleware timers, 2 layers (3 timers)", timed - bare))
+    rows.append(("middleware hook, 2 layers", cpu(chain(timed_chain, True)) - timed))
+
+    responses = resp.ResponseSignal()
+    responses._size = lean.histogram("s", unit="By", description="", boundaries=resp.SIZE_BUCKETS)
+    responses._uncompressed = lean.histogram("u", unit="By", description="", boundaries=resp.SIZE_BUCKETS)
+    responses._serialize = lean.histogram("z", unit="s", description="", boundaries=deps.DURATION_BUCKETS)
+    state.body_bytes = 2
+
+    async def response_hook() -> None:
+        for _ in range(n):
+            state.data = {"responses.serialize": 0.00001}
+            responses._finished(state)
+
+    async def response_setup() -> None:
+        for _ in range(n):
+            state.data = {"responses.serialize": 0.00001}
+
+    rows.append(("responses hook, per response", cpu(response_hook) - cpu(response_setup)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -120,6 +266,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3, help="alternations of all configurations")
+    parser.add_argument("--parts", action="store_true", help="also microbenchmark each part")
     args = parser.parse_args()
     if args.quick:
         args.n, args.rounds, args.repeat = 200, 1, 1
@@ -142,6 +289,13 @@ def main() -> None:
     for config in CONFIGS:
         delta = "" if config == "bare" else f"{best[config] - base:+8.1f} us"
         print(f"{config:<{width}}  {best[config]:14.1f}  {delta}")
+    if args.parts:
+        sys.path.insert(0, str(ROOT / "agent"))
+        rows = parts()
+        width = max(len(name) for name, _ in rows)
+        print(f"\n{'part':<{width}}  CPU us")
+        for name, us in rows:
+            print(f"{name:<{width}}  {us:6.2f}")
 
 
 if __name__ == "__main__":
