@@ -250,6 +250,25 @@ def test_engine_created_before_instrument_in_code_is_measured(serve, tmp_path):
                              "function": "leak"}
 
 
+def test_prefork_worker_with_preloaded_app_reports_leaks(tmp_path):
+    """gunicorn --preload: sqlalchemy and the engine load in the master; the worker needs its own watchdog."""
+    from harness import AppProcess
+
+    app = AppProcess("db_app:app", env={"DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
+                                        "FASTAPI_DOCTOR_LEAK_SECONDS": "1"}, command=["-"])
+    app.command = [str(BIN / "opentelemetry-instrument"), str(BIN / "gunicorn"), "db_app:app", "--preload", "-w", "1",
+                   "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{app.port}"]
+    app.start()
+    try:
+        assert httpx.get(app.url + "/leak").status_code == 200
+        # The worker's finding, as logged (with --preload the side server stays the master's).
+        line = f"fastapi-doctor finding [pool_leak] on /leak at db_app.py:{marked_line('leak')} in leak"
+        wait_until(lambda: line in app.logs(), timeout=15)
+        assert "after its request finished" in app.logs()
+    finally:
+        app.stop()
+
+
 def _observable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
     headers = [(k, v) for k, v in response.headers.items() if k.lower() != "date"]
     return response.status_code, headers, response.content

@@ -73,6 +73,10 @@ class DatabaseSignal:
             self.pools.stop()
         self._installed = False
 
+    def after_fork(self) -> None:
+        if self.pools is not None and self._installed:
+            self.pools.after_fork()
+
     # -- installation --------------------------------------------------------------------------
 
     def _on_sqlalchemy(self, _module: ModuleType) -> None:

@@ -515,6 +515,17 @@ class PoolTracker:
             self._watchdog = _Watchdog(self, interval)
             self._watchdog.start()
 
+    def after_fork(self) -> None:
+        """A prefork worker: the parent's checkouts and waiters are not this process's; threads do not
+        survive fork, so the child starts its own watchdog."""
+        self.out.clear()
+        self.deferred.clear()
+        for stats in list(self._stats.values()):
+            stats.pending.clear()
+        if self._watchdog is not None and self.active:
+            self._watchdog = None
+            self.start_watchdog()
+
     def stop(self) -> None:
         self.active = False
         if self._watchdog is not None:
