@@ -44,7 +44,8 @@ SIZE_BUCKETS = (
 _SERIALIZE = "responses.serialize"
 _UNCOMPRESSED = "responses.uncompressed"
 
-ENCODINGS = frozenset({"identity", "gzip", "br", "deflate", "zstd", "compress", "x-gzip"})
+# Values of http.response.content_encoding; anything else is "other" (bounded cardinality).
+ENCODINGS = frozenset({"identity", "gzip", "br", "deflate", "zstd", "compress"})
 
 # Class names of compression middleware (Starlette's and FastAPI's GZip, brotli-asgi, zstd…).
 COMPRESSION_MARKERS = ("gzip", "brotli", "zstd", "compress")
@@ -108,7 +109,9 @@ class _Route:
         attrs = self.by_encoding.get(encoding)
         if attrs is None:
             value = encoding.strip().lower() or "identity"
-            if value not in ENCODINGS:
+            if value == "x-gzip":
+                value = "gzip"
+            elif value not in ENCODINGS:
                 value = "other"
             attrs = {**self.attrs, "http.response.content_encoding": value}
             if len(self.by_encoding) < 16:
