@@ -265,7 +265,7 @@ def attach_running_loop() -> bool:
 
 
 class _Episode:
-    __slots__ = ("ticks", "due", "detected", "end", "lag", "state", "resolved", "samples", "taken", "span_done")
+    __slots__ = ("ticks", "due", "detected", "end", "lag", "state", "samples", "taken", "span_done")
 
     def __init__(self, ticks: int, due: float, detected: float) -> None:
         self.ticks = ticks
@@ -274,7 +274,6 @@ class _Episode:
         self.end: float | None = None
         self.lag: float | None = None
         self.state: RequestState | None = None
-        self.resolved = False  # the request was looked up (lifespan blocks are marked by state None too)
         # (location, call, root_cause, middleware) -> samples
         self.samples: dict[tuple[Location | None, str | None, str, str | None], int] = {}
         self.taken = 0
@@ -455,11 +454,10 @@ class EventLoopSignal:
         frame = sys._current_frames().get(hb.thread_id)
         if frame is None:
             return
-        if not episode.resolved:
-            episode.resolved = True
-            episode.state = _request_on(hb.loop, frame)
         stack = attribution.capture(frame)
         busy = _loop_busy(hb, frame, stack)
+        if busy is not False and episode.state is None:
+            episode.state = _request_on(hb.loop, frame)
         del frame
         if hb.ticks != episode.ticks:
             return  # the loop moved on while we looked: this stack is not the block
