@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the wrapper's default distro. Tests and the benchmark add it to PYTHONPATH where they need it.
 STOCK_OTEL := .cache/stock-otel
 
-.PHONY: demo test test-fast bench dashboards clean
+.PHONY: demo test test-fast test-fastapi-suite bench dashboards clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.test-installed $(STOCK_OTEL)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# FastAPI's own test suite without and with the agent (tests/fastapi_suite/run.py): the agent adds no
+# failure. Downloads the fastapi sdist once into .cache/fastapi-suite/ with its own venv.
+test-fastapi-suite: $(VENV)/.test-installed
+	$(BIN)/python tests/fastapi_suite/run.py
 
 bench: $(VENV)/.test-installed $(STOCK_OTEL)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
