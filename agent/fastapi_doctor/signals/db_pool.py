@@ -102,6 +102,17 @@ def pool_name(url: Any) -> str:
     return f"{backend}:///{database}" if database else f"{backend}://"
 
 
+def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
+    """A histogram recorded on the app's path: the agent's lean one (about 1 us a record, versus
+    7-12 us for the SDK's), else the SDK's."""
+    lean = getattr(agent, "lean", None)
+    if lean is not None:
+        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
+    return agent.meter.create_histogram(
+        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=boundaries
+    )
+
+
 # -- bookkeeping ----------------------------------------------------------------------------------
 
 
@@ -146,23 +157,26 @@ class PoolTracker:
         self.grace = min(1.0, self.leak_seconds / 2)
         self.active = True
         meter = agent.meter
-        self.wait_time = meter.create_histogram(
+        self.wait_time = histogram(
+            agent,
             "db.client.connection.wait_time",
             unit="s",
             description="Time it took to obtain an open connection from the pool.",
-            explicit_bucket_boundaries_advisory=_TIME_BUCKETS,
+            boundaries=_TIME_BUCKETS,
         )
-        self.create_time = meter.create_histogram(
+        self.create_time = histogram(
+            agent,
             "db.client.connection.create_time",
             unit="s",
             description="Time it took to create a new connection.",
-            explicit_bucket_boundaries_advisory=_TIME_BUCKETS,
+            boundaries=_TIME_BUCKETS,
         )
-        self.use_time = meter.create_histogram(
+        self.use_time = histogram(
+            agent,
             "db.client.connection.use_time",
             unit="s",
             description="Time between borrowing a connection and returning it to the pool.",
-            explicit_bucket_boundaries_advisory=_USE_BUCKETS,
+            boundaries=_USE_BUCKETS,
         )
         self.timeouts = meter.create_counter(
             "db.client.connection.timeouts",
@@ -285,16 +299,16 @@ class PoolTracker:
         self.out[id(connection_record)] = checkout
 
     def on_checkin(self, connection_record: Any) -> None:
-        """Checkin or detach. May run inside a garbage-collector callback: no lock, no recording."""
+        """Checkin or detach. May run inside a garbage-collector callback: then no lock, no recording."""
         checkout = self.out.pop(id(connection_record), None)
         if checkout is None:
             return
         now = perf_counter()
         if checkout() is None:
-            # The proxy was garbage collected before anyone closed it.
+            # The proxy was garbage collected before anyone closed it: the watchdog reports it.
             self.deferred.append(("gc", checkout, now))
         else:
-            self.deferred.append(("use", checkout.stats, now - checkout.start))
+            self.use_time.record(now - checkout.start, checkout.stats.attrs)
 
     def wrap_connect(self, original: Any, timeout_error: type[BaseException]) -> Any:
         """``Pool.connect`` measured: callers waiting, time to get a connection, timeouts."""
@@ -418,9 +432,7 @@ class PoolTracker:
         while deferred:
             item = deferred.popleft()
             kind = item[0]
-            if kind == "use":
-                self.use_time.record(item[2], item[1].attrs)
-            elif kind == "gc":
+            if kind == "gc":
                 checkout, returned_at = item[1], item[2]
                 self.use_time.record(returned_at - checkout.start, checkout.stats.attrs)
                 if not checkout.reported:

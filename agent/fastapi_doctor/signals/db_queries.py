@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals.db_pool import user_location
+from fastapi_doctor.signals.db_pool import histogram, user_location
 from fastapi_doctor.sql import fingerprint
 
 _COUNTS = "db.statements"
@@ -24,11 +24,12 @@ class QueryCounter:
     def __init__(self, agent: Any) -> None:
         self.findings = agent.findings
         self.threshold = int(agent.settings.n_plus_one_threshold)
-        self.statements = agent.meter.create_histogram(
+        self.statements = histogram(
+            agent,
             "fastapi_doctor.db.statements",
             unit="{statement}",
             description="SQL statements executed per request (requests that ran at least one).",
-            explicit_bucket_boundaries_advisory=_STATEMENT_BUCKETS,
+            boundaries=_STATEMENT_BUCKETS,
         )
         self._route_attrs: dict[str | None, dict[str, str]] = {}
 
