@@ -89,8 +89,9 @@ class FastAPIHooks:
         # per-request work its `exclude` path still does (measured ~14 us). `exclude` stays set, so
         # the decision holds on FastAPI versions where this key means nothing.
         try:
-            scope = args[0]
-            if scope["type"] == "http" and "fastapi.telemetry" not in scope and not sampling.admit(scope):
+            # uvicorn calls the app once with no argument at start-up (its factory probe).
+            scope = args[0] if args else kwargs.get("scope")
+            if scope is not None and scope["type"] == "http" and "fastapi.telemetry" not in scope and not sampling.admit(scope):
                 scope["fastapi.telemetry"] = None
         except Exception as exc:
             containment.report("fastapi admission", exc)
