@@ -55,6 +55,18 @@ class HeaderASGI:
         await self.app(scope, receive, with_header)
 
 
+class BoundASGI:
+    """Calls its inner app by a reference of its own, not ``.app``: its self-time cannot be known."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.handler = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.handler(scope, receive, send)
+
+
+app.add_middleware(BoundASGI)
 app.add_middleware(LightMiddleware)
 app.add_middleware(HeaderASGI)
 

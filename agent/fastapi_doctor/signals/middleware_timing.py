@@ -11,7 +11,8 @@ the next timer: its code before and after the inner app plus its work in the inn
 (compression of a streamed body counts to GZip, not to the endpoint).
 
 Timers keep ``.app``, so the stack stays walkable. Layers whose inner app is not at ``.app`` end
-the timed chain; the last timed layer is not reported (its inner time is unknown). An app without
+the timed chain; the last timed layer is not reported (its inner time is unknown), nor is a layer
+that turns out to call its inner app by another reference (its inner timer never runs). An app without
 middleware of its own gets no timer at all. ``uninstrument`` puts every layer back.
 
 ``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi.middleware`` (the class name,
@@ -300,8 +301,14 @@ class MiddlewareSignal:
         duration = state.duration
         record = self._histogram.record
         slow_s = self._slow_s
+        # A routed request went through every layer: a timer that never ran means the layer before it
+        # calls its inner app by another attribute than .app; that layer's self-time is unknown.
+        routed = state.route is not None
         at = 0
         for layer in layers:
+            if routed and t[at + 2] == 0.0:
+                at += 2
+                continue
             own = (t[at] - t[at + 1]) - (t[at + 2] - t[at + 3])
             if own < 0.0:
                 own = 0.0

@@ -135,11 +135,12 @@ class _BodyCounter:
             return
         size = 0
 
-        async def send_counted(message: Any) -> None:
+        def send_counted(message: Any) -> Any:
+            # Returns the outer send's awaitable: no frame of ours per message.
             nonlocal size
             if message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_counted)
