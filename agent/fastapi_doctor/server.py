@@ -129,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(status, content_type, body)
             else:
                 self._send(404, "application/json", b'{"error": "not found"}\n')
+        except (ConnectionError, TimeoutError):
+            return  # the client went away (a slow or hostile client): not an error of the agent
         except Exception as exc:
             containment.report("side server", exc)
             self._send(500, "application/json", b'{"error": "internal error"}\n')
