@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
-import time
 
 import httpx
 import psutil
@@ -27,6 +27,15 @@ from harness import metric_value, start_otlp_receiver, wait_until
 
 PHASE_S = float(os.environ.get("FAULT_PHASE_S", "8"))
 MB = 1024 * 1024
+
+
+def silent_collector(port: int) -> socket.socket:
+    """A collector that accepts connections (the kernel completes the handshake) and never answers."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(512)
+    return sock
 
 
 def wrk(url: str, seconds: float, connections: int = 16) -> float:
@@ -61,12 +70,14 @@ def test_collector_hanging_then_down_under_load(serve):
         rss_up = process.memory_info().rss
         assert wait_until(lambda: otlp.spans(), timeout=10)
 
-        otlp.delay_s = 3600.0  # accepts, never answers
-        hang = wrk(url, PHASE_S)
-        rss_hang = process.memory_info().rss
-
         port = otlp.port
-        otlp.stop()  # down
+        otlp.stop()
+        silent = silent_collector(port)  # accepts, never answers
+        try:
+            hang = wrk(url, PHASE_S)
+            rss_hang = process.memory_info().rss
+        finally:
+            silent.close()  # down
         down = wrk(url, PHASE_S)
         rss_down = process.memory_info().rss
 

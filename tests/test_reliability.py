@@ -379,15 +379,23 @@ def test_shutdown_is_bounded_when_the_collector_hangs(serve, otlp):
             "OTEL_METRIC_EXPORT_INTERVAL": "600000",
         },
     )
-    otlp.delay_s = 3600.0
+    from test_faults import silent_collector
+
+    port = otlp.port
+    otlp.stop()
+    silent = silent_collector(port)  # accepts connections, never answers
     for i in range(25):
         httpx.get(f"{app.url}/items/{i}")
     started = time.monotonic()
-    app.stop(timeout=60)
+    try:
+        app.stop(timeout=60)
+    finally:
+        silent.close()
     took = time.monotonic() - started
-    assert app.proc.returncode == 0, app.logs()[-2000:]
+    assert app.proc.returncode in (0, -15), app.logs()[-2000:]  # uvicorn re-raises SIGTERM once shut down
     assert took < SHUTDOWN_TIMEOUT_S + 8, took  # uvicorn's own shutdown and interpreter exit on top
-    assert app.logs().count("telemetry not flushed within") == 1
+    assert app.logs().count("telemetry not flushed") == 1
+    assert "Application shutdown complete" in app.logs()
 
 
 # -- undo ------------------------------------------------------------------------------------------------
@@ -438,7 +446,7 @@ def test_fork_gives_the_child_its_own_side_server_and_uninstrument_undoes_it(tmp
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["parent_port"] == port
     # A forked child: its own side server on the next port (the parent's socket released in the child).
-    assert result["running"]["port"] == port + 1
+    assert port < result["running"]["port"] <= port + 64  # port + 1 unless another process holds it
     assert "fastapi-doctor-server" in result["running"]["threads"]
     # After uninstrument(): the fork hook does nothing.
     assert result["undone"]["port"] is None

@@ -5,8 +5,9 @@
 * After a fork (gunicorn's prefork workers), the child builds fresh OTLP exporters (a gRPC channel
   of the parent is not fork-safe) and stamps its own ``process.pid``; the SDK restarts its export
   threads itself.
-* At exit, pending telemetry is flushed within :data:`SHUTDOWN_TIMEOUT_S`, whatever the collector
-  does: the flush runs on a daemon thread that is abandoned at the deadline.
+* When the app shuts down (ASGI lifespan ``shutdown``: uvicorn re-raises SIGTERM after it, so no
+  ``atexit`` handler runs) and at exit, pending telemetry is flushed within :data:`SHUTDOWN_TIMEOUT_S`,
+  whatever the collector does: the flush runs on a daemon thread that is abandoned at the deadline.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class BoundedSpanProcessor(BatchSpanProcessor):
                 exc,
             )
             super().__init__(exporter, max_queue_size=max_queue_size, schedule_delay_millis=5000,
-                             max_export_batch_size=512)
+                             max_export_batch_size=min(512, max_queue_size))
         queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
         self._doctor_queue = queue if hasattr(queue, "__len__") else None
         self._doctor_capacity = max_queue_size
@@ -132,6 +133,21 @@ class Lifecycle:
         self.before_shutdown = before_shutdown
         self.shut_down = False
 
+    def flush(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+        """Export what is pending (providers stay up), within ``timeout_s``. True when it finished."""
+        if self.shut_down or not self.owned or not self.exporters:
+            return True
+        deadline = time.monotonic() + timeout_s
+
+        def work() -> None:
+            for provider in (self.tracer_provider, self.meter_provider):
+                try:
+                    provider.force_flush(max(0, int((deadline - time.monotonic()) * 1000)))
+                except Exception:
+                    _log.debug("fastapi-doctor: flush failed", exc_info=True)
+
+        return _bounded(work, timeout_s, "flushed at shutdown")
+
     def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
         """Flush and stop, within ``timeout_s``. True when everything finished in time."""
         if self.shut_down:
@@ -160,17 +176,7 @@ class Lifecycle:
             except Exception:
                 _log.debug("fastapi-doctor: meter provider shutdown failed", exc_info=True)
 
-        thread = threading.Thread(target=work, name="fastapi-doctor-shutdown", daemon=True)
-        thread.start()
-        thread.join(timeout_s)
-        if thread.is_alive():
-            _log.warning(
-                "fastapi-doctor: telemetry not flushed within %.1f s at exit (collector slow or down); the rest "
-                "is dropped",
-                timeout_s,
-            )
-            return False
-        return True
+        return _bounded(work, timeout_s, "flushed at exit")
 
     def after_fork(self) -> None:
         for hook in self.on_fork:
@@ -179,6 +185,45 @@ class Lifecycle:
             exporter.recreate()
         if self.owned:
             _stamp_pid(self.resource, (self.tracer_provider, self.meter_provider))
+
+
+_warned = False
+
+
+def _bounded(work: Callable[[], None], timeout_s: float, what: str) -> bool:
+    global _warned
+    thread = threading.Thread(target=work, name="fastapi-doctor-flush", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        if not _warned:
+            _warned = True
+            _log.warning(
+                "fastapi-doctor: telemetry not %s within %.1f s (collector slow or down); the rest is dropped",
+                what,
+                timeout_s,
+            )
+        return False
+    return True
+
+
+def flushing_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a lifespan ``send``: pending telemetry is flushed (bounded, off the loop) before the app
+    reports its shutdown complete, the last moment the process is sure to run code."""
+
+    async def send_flushing(message: Any) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and _current:
+            try:
+                import asyncio
+
+                await asyncio.to_thread(_current.flush)
+            except Exception as exc:
+                from fastapi_doctor import containment
+
+                containment.report("flush at shutdown", exc)
+        await send(message)
+
+    return send_flushing
 
 
 def _stamp_pid(resource: Any, providers: tuple[Any, ...]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry.trace import get_current_span as _get_current_span
 
-from fastapi_doctor import containment, sampling
+from fastapi_doctor import containment, lifecycle, sampling
 from fastapi_doctor.context import RequestState, active_requests, current_request
 from fastapi_doctor.lean_metrics import LeanMetrics
 
@@ -66,6 +66,8 @@ class DoctorMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = lifecycle.flushing_send(send)  # telemetry flushed when the app shuts down
             await self.app(scope, receive, send)
             return
         try:
