@@ -60,6 +60,11 @@ def test_token_accepted(guarded):
     assert doctor.status_code == 200 and doctor.json()["service"] == "test-app"
 
 
+def test_auth_scheme_is_case_insensitive(guarded):
+    for scheme in ("bearer", "BEARER", "BeArEr"):
+        assert _get(guarded, "/doctor", {"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+
+
 @pytest.mark.parametrize(
     "header",
     [

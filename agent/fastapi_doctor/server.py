@@ -90,9 +90,11 @@ class SideApp:
     def authorized(self, header: str | None, path: str) -> bool:
         if self.token is None or (path == "/metrics" and not self.protect_metrics) or path == "/healthz":
             return True
-        if not header or not header.startswith("Bearer ") or header.count(" ") != 1:
+        scheme, _, credentials = (header or "").partition(" ")
+        # The scheme is case-insensitive (RFC 9110 11.1); exactly one space, no other whitespace.
+        if scheme.lower() != "bearer" or not credentials or any(c.isspace() for c in credentials):
             return False
-        return hmac.compare_digest(header[7:].encode("utf-8", "replace"), self.token.encode("utf-8"))
+        return hmac.compare_digest(credentials.encode("utf-8", "replace"), self.token.encode("utf-8"))
 
 
 class _Handler(BaseHTTPRequestHandler):
