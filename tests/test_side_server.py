@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from harness import APPS, BIN, AppProcess, wait_until
+from harness import APPS, BIN, ROOT, AppProcess, wait_until
 
 TOKEN = "s3cret-Token-4242"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
@@ -243,3 +243,12 @@ def test_profiling_off_adds_nothing_to_the_stack():
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["before"]["gate_installed"] is False and result["before"]["gate_in_stack"] is False
+
+
+def test_runbooks_are_served_next_to_the_findings(guarded):
+    for root_cause in ("blocking_io", "pool_leak", "n_plus_one"):
+        page = _get(guarded, f"/runbooks/{root_cause}.md", GOOD)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/markdown")
+        assert page.text == (ROOT / "docs" / "runbooks" / f"{root_cause}.md").read_text()
+    assert _get(guarded, "/runbooks/../../etc/passwd", GOOD).status_code == 404
+    assert _get(guarded, "/runbooks/gremlins.md", GOOD).status_code == 404

@@ -10,6 +10,7 @@ import errno
 import hmac
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from fastapi_doctor import containment
+from fastapi_doctor.config import ROOT_CAUSES
 
 _log = logging.getLogger("fastapi_doctor")
 
@@ -122,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/doctor":
                 body = json.dumps(app.doctor(), indent=2).encode()
                 self._send(200, "application/json", body + b"\n")
+            elif path.startswith("/runbooks/") and path[10:].removesuffix(".md") in ROOT_CAUSES:
+                self._send(200, "text/markdown; charset=utf-8", _runbook(path[10:].removesuffix(".md")))
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             elif path == "/":
@@ -156,6 +160,13 @@ def collect_metrics(registry: CollectorRegistry = REGISTRY) -> list[Any]:
     """The registry's metric families, read under the lock /metrics takes."""
     with _collect_lock:
         return list(registry.collect())
+
+
+def _runbook(root_cause: str) -> bytes:
+    # The runbooks of docs/runbooks/, shipped in the package (agent/fastapi_doctor/runbooks).
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runbooks", f"{root_cause}.md")
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class SideServer:

@@ -470,10 +470,11 @@ def _fetch(url: str, token: str | None = None) -> str | None:
 
 
 def _static(page: str) -> str:
-    """The saved copy does not reload itself: the server it came from is gone."""
+    """The saved copy does not reload itself and links the runbooks on disk: the server is gone."""
     from fastapi_doctor.report.html import REFRESH
 
-    return page.replace(REFRESH, "", 1)
+    runbooks = Path(__file__).resolve().parent.parent / "runbooks"
+    return page.replace(REFRESH, "", 1).replace('href="/runbooks/', f'href="{runbooks.as_uri()}/')
 
 
 def _redact(url: str) -> str:

@@ -60,7 +60,7 @@ def render_findings(findings: list[dict[str, Any]]) -> str:
                 f'<tr class="finding" data-id="{escape(f["id"])}"><td>{escape(f["summary"])}</td>'
                 f'<td><code>{escape(f["route"] or "—")}</code></td><td><code>{escape(where)}</code></td>'
                 f'<td>{_evidence(f["evidence"])}</td><td>{f["count"]}</td>'
-                f'<td><a href="{escape(f["runbook"])}">runbook</a></td></tr>'
+                f'<td><a href="/runbooks/{escape(f["root_cause"])}.md">runbook</a></td></tr>'
             )
         parts.append(
             f'<section class="root-cause" data-root-cause="{root_cause}"><h2>{title} '
