@@ -89,8 +89,11 @@ def test_collector_hanging_then_down_under_load(serve):
 
         back = start_otlp_receiver(port)
         try:
-            httpx.get(url)
-            wait_until(lambda: any(s.attributes.get("http.route") == "/items/{item_id}" for s in back.spans()), timeout=20)
+            def resumed():  # traffic goes on; during an outage the collector is probed every 5 s
+                httpx.get(url)
+                return any(s.attributes.get("http.route") == "/items/{item_id}" for s in back.spans())
+
+            wait_until(resumed, timeout=30, interval=0.2)
             wait_until(lambda: back.metric_points("http.server.request.duration"), timeout=20)
             wait_until(lambda: "works again" in app.logs(), timeout=10)
         finally:

@@ -27,7 +27,8 @@ _log = logging.getLogger("fastapi_doctor")
 
 # Flushing at exit never takes longer than this.
 SHUTDOWN_TIMEOUT_S = 5.0
-# Spans waiting for export (the SDK's default); beyond it the oldest are dropped, and counted.
+# Spans waiting for export by default (the SDK's; OTEL_BSP_MAX_QUEUE_SIZE sets it); beyond it the
+# oldest are dropped, and counted.
 MAX_QUEUE_SIZE = 2048
 
 TRACES = {"signal": "traces"}
@@ -69,7 +70,7 @@ def count_points(metrics_data: Any) -> int:
 class BoundedSpanProcessor(BatchSpanProcessor):
     """The SDK's batch processor, counting the spans it drops when its queue is full."""
 
-    def __init__(self, exporter: SpanExporter, max_queue_size: int = MAX_QUEUE_SIZE) -> None:
+    def __init__(self, exporter: SpanExporter, max_queue_size: int | None = None) -> None:
         try:
             super().__init__(exporter, max_queue_size=max_queue_size)
         except ValueError as exc:  # OTEL_BSP_* values the SDK rejects (it would stop the agent)
@@ -78,11 +79,13 @@ class BoundedSpanProcessor(BatchSpanProcessor):
                 "using the defaults (5000 ms, 512 spans)",
                 exc,
             )
+            max_queue_size = MAX_QUEUE_SIZE
             super().__init__(exporter, max_queue_size=max_queue_size, schedule_delay_millis=5000,
-                             max_export_batch_size=min(512, max_queue_size))
-        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+                             max_export_batch_size=512)
+        inner = getattr(self, "_batch_processor", None)
+        queue = getattr(inner, "_queue", None)
         self._doctor_queue = queue if hasattr(queue, "__len__") else None
-        self._doctor_capacity = max_queue_size
+        self._doctor_capacity = getattr(inner, "_max_queue_size", max_queue_size or MAX_QUEUE_SIZE)
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._doctor_queue

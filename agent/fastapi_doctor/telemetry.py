@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,21 +45,32 @@ _EXPORTER_LOGGERS = (
 
 
 class _Outage:
-    """Logs an export outage once when it starts and once when it ends."""
+    """Logs an export outage once when it starts and once when it ends. While it lasts, each signal
+    tries the collector once per ``PROBE_INTERVAL_S`` and drops the batches in between at once
+    (counted): no serialisation, no gRPC call and no buffer held for a collector that does not answer."""
+
+    PROBE_INTERVAL_S = 5.0
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self.down = False
         self.failed_batches = 0
+        self._next_probe: dict[str, float] = {}
         # Exporter factories by signal, so that a forked child can build its own (lifecycle).
         self.factories: dict[str, Any] = {}
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
 
+    def skip(self, signal: str) -> bool:
+        """True when this batch is to be dropped without trying (the collector is down, no probe due)."""
+        return self.down and time.monotonic() < self._next_probe.get(signal, 0.0)
+
     def result(self, ok: bool, signal: str) -> None:
         with self._lock:
+            if not ok:
+                self._next_probe[signal] = time.monotonic() + self.PROBE_INTERVAL_S
             if ok and self.down:
                 self.down = False
                 _log.warning("fastapi-doctor: OTLP export to %s works again (%s)", self.endpoint, signal)
@@ -94,6 +106,9 @@ class OutageAwareSpanExporter(lifecycle.Recreatable, SpanExporter):
         _wrappers.append(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._outage.skip("traces"):
+            lifecycle.dropped.add(len(spans), lifecycle.TRACES)
+            return SpanExportResult.FAILURE
         try:
             batch = redaction.spans(spans)
         except Exception as exc:  # never export what could not be redacted
@@ -130,6 +145,9 @@ class OutageAwareMetricExporter(lifecycle.Recreatable, MetricExporter):
         _wrappers.append(self)
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        if self._outage.skip("metrics"):
+            lifecycle.dropped.add(lifecycle.count_points(metrics_data), lifecycle.METRICS)
+            return MetricExportResult.FAILURE
         try:
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
