@@ -136,9 +136,12 @@ class Lifecycle:
         self.before_shutdown = before_shutdown
         self.shut_down = False
 
+    def needs_flush(self) -> bool:
+        return not self.shut_down and self.owned and bool(self.exporters)
+
     def flush(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
         """Export what is pending (providers stay up), within ``timeout_s``. True when it finished."""
-        if self.shut_down or not self.owned or not self.exporters:
+        if not self.needs_flush():
             return True
         deadline = time.monotonic() + timeout_s
 
@@ -215,11 +218,19 @@ def flushing_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
     reports its shutdown complete, the last moment the process is sure to run code."""
 
     async def send_flushing(message: Any) -> None:
-        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and _current:
+        current = _current
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and (
+            current is not None and current.needs_flush()
+        ):
             try:
                 import asyncio
 
-                await asyncio.to_thread(_current.flush)
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:  # another event loop (trio): flush here, bounded, at shutdown
+                    current.flush()
+                else:
+                    await asyncio.to_thread(current.flush)
             except Exception as exc:
                 from fastapi_doctor import containment
 
