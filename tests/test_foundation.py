@@ -238,3 +238,22 @@ def test_metrics_page_passes_promtool(serve):
         if not (line.split(" ", 1)[0] in SEMCONV_COUNT_GAUGES and 'should not have "_count" suffix' in line)
     ]
     assert unexpected == [], problems
+
+
+def test_sdk_metrics_and_lean_histograms_both_reach_the_otlp_receiver(serve, otlp):
+    # Exporters key metrics by instrumentation scope: the lean histograms must join the agent's
+    # scope, not replace its SDK instruments (counters, gauges).
+    app = serve(
+        "hello:app",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500"},
+    )
+    httpx.get(app.url + "/items/1")
+    # process.memory.usage is an SDK instrument of the agent's scope; the request duration a lean one.
+    wait_until(lambda: {"process.memory.usage", "http.server.request.duration"} <= otlp.metric_names(), timeout=15)
+
+
+def test_get_findings_in_code():
+    code = ("import fastapi_doctor, fastapi_doctor.findings; "
+            "print(callable(fastapi_doctor.get_findings), fastapi_doctor.get_findings())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True []"

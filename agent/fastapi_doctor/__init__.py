@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi_doctor.version import __version__
 
-__all__ = ["__version__", "instrument", "uninstrument", "findings"]
+__all__ = ["__version__", "instrument", "uninstrument", "get_findings"]
 
 
 def instrument(app: Any = None, **settings: Any) -> None:
@@ -40,7 +40,7 @@ def uninstrument() -> None:
     _agent.stop()
 
 
-def findings() -> list[dict[str, Any]]:
+def get_findings() -> list[dict[str, Any]]:
     """The current findings as dictionaries (the /doctor schema)."""
     from fastapi_doctor import _agent
 

@@ -142,13 +142,20 @@ class LeanMetrics:
         extra = self.metrics()
         if not extra:
             return data
-        scope_metrics = ScopeMetrics(scope=self.scope, metrics=extra, schema_url="")
         if data is None or not data.resource_metrics:
+            scope_metrics = ScopeMetrics(scope=self.scope, metrics=extra, schema_url="")
             return MetricsData(resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[scope_metrics], schema_url="")])
         first, *rest = data.resource_metrics
-        merged = ResourceMetrics(
-            resource=first.resource, scope_metrics=[*first.scope_metrics, scope_metrics], schema_url=first.schema_url
-        )
+        # One entry per instrumentation scope: exporters key by scope, a second entry of the same
+        # scope would replace the SDK's metrics of that scope.
+        scopes = list(first.scope_metrics)
+        for i, sm in enumerate(scopes):
+            if sm.scope.name == self.scope.name and sm.scope.version == self.scope.version:
+                scopes[i] = ScopeMetrics(scope=sm.scope, metrics=[*sm.metrics, *extra], schema_url=sm.schema_url)
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=self.scope, metrics=extra, schema_url=""))
+        merged = ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url)
         return MetricsData(resource_metrics=[merged, *rest])
 
 
