@@ -97,6 +97,12 @@ def test_doctor_page_in_chromium_shows_each_finding_and_the_charts(tmp_path):
             # Three chart points at least (one every 2 s), the load running through them.
             wait_until(lambda: len(re.findall(r'data-series="request_rate" data-points="([3-9]|\d\d+)"',
                                               httpx.get(patient.side_url + "/").text)), timeout=30, interval=0.5)
+            # The findings the running detectors must reach under this load (a busy machine is slower).
+            detectors = patient.doctor()["detectors"]
+            expected = ({"blocking_io"} if "eventloop" in detectors else set()) | (
+                {"n_plus_one", "pool_leak"} if "db" in detectors else set())
+            wait_until(lambda: expected <= {f["root_cause"] for f in patient.doctor()["findings"]},
+                       timeout=60, interval=0.5)
         finally:
             stop.set()
             for t in threads:
