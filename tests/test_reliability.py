@@ -23,6 +23,7 @@ import threading
 import time
 
 import httpx
+import psutil
 import pytest
 from harness import BIN, concurrent_get, free_port, metric_value, wait_until
 
@@ -281,10 +282,13 @@ def test_prefork_every_worker_visible_exporting_from_its_own_pid(server, otlp):
         ports = [servers[pid]["port"] for pid in served]
         assert len(set(ports)) == len(ports)
 
-        # Every request counted exactly once, by the worker that served it, on that worker's port.
+        # Every request counted exactly once, by the worker that served it, on that worker's port; the
+        # process metrics are the worker's own (not the parent's, whose pid psutil had cached).
         total = 0
         for pid, count in served.items():
             text = httpx.get(f"http://127.0.0.1:{servers[pid]['port']}/metrics", timeout=5).text
+            rss = psutil.Process(pid).memory_info().rss
+            assert 0.9 * rss < metric_value(text, "process_memory_usage_bytes") < 1.1 * rss
             got = metric_value(text, "http_server_request_duration_seconds_count", http_route="/pid") or 0
             assert got >= count, (pid, got, count)  # the harness's readiness probes add a few
             total += got

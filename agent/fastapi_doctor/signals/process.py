@@ -97,6 +97,13 @@ class ProcessSignal:
         )
         _current = self
 
+    def after_fork(self) -> None:
+        """In a forked worker: measure this process, not the parent (psutil.Process caches the pid)."""
+        import psutil
+
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)
+
     def uninstrument(self) -> None:
         global _current
         if _current is self:
