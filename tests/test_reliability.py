@@ -294,6 +294,17 @@ def test_prefork_every_worker_visible_exporting_from_its_own_pid(server, otlp):
             total += got
         assert total <= 120 + 4 * 3
 
+        # Findings: each worker finds what happened in it, and shows it on its own port.
+        blocked = _spread_requests(app.url + "/block", 8)
+        for pid in blocked:
+            port = servers[pid]["port"]
+
+            def found(port=port):
+                doc = httpx.get(f"http://127.0.0.1:{port}/doctor", timeout=5).json()
+                return [f for f in doc["findings"] if f["root_cause"] == "blocking_io" and f["route"] == "/block"]
+
+            assert wait_until(found, timeout=15)[0]["location"]["function"] == "block"
+
         # Spans from every worker that served, each stamped with its own pid (exporters re-created after fork).
         def span_pids():
             pids = {s.resource.get("process.pid") for s in otlp.spans() if s.attributes.get("http.route") == "/pid"}

@@ -258,6 +258,25 @@ def _stamp_pid(resource: Any, providers: tuple[Any, ...]) -> None:
 
 _current: Lifecycle | None = None
 
+# Every SDK collection (the periodic OTLP reader's, the side server's Prometheus scrape) runs under this
+# gate, and a fork waits for it: a child must not inherit the SDK's storage locks taken by a thread
+# that does not exist in it (its collections would wait forever). Exports run outside the gate.
+collect_gate = threading.Lock()
+
+
+def gate_collection(reader: Any) -> None:
+    """Run ``reader``'s SDK collection under :data:`collect_gate` (once its provider has set it)."""
+    collect = getattr(reader, "_collect", None)
+    if collect is None or getattr(collect, "_doctor_gated", False):
+        return
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        with collect_gate:
+            return collect(*args, **kwargs)
+
+    gated._doctor_gated = True  # type: ignore[attr-defined]
+    reader._collect = gated
+
 
 def current() -> Lifecycle | None:
     return _current
@@ -271,7 +290,25 @@ def register(lifecycle: Lifecycle) -> None:
     if first:
         atexit.register(_at_exit)
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
+            os.register_at_fork(
+                before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+            )
+
+
+def _fork_locks() -> list[Any]:
+    from fastapi_doctor import server  # the side server's scrape lock, taken before the gate
+
+    return [server._collect_lock, collect_gate]
+
+
+def _before_fork() -> None:
+    for lock in _fork_locks():
+        lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for lock in reversed(_fork_locks()):
+        lock.release()
 
 
 def _at_exit() -> None:
@@ -280,6 +317,11 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global collect_gate
+    from fastapi_doctor import server
+
+    server._collect_lock = threading.Lock()
+    collect_gate = threading.Lock()
     if _current is None:
         return
     try:

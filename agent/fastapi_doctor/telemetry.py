@@ -269,6 +269,8 @@ def build(settings: Settings) -> Pipelines:
         if span_exporter is not None and hasattr(tracer_provider, "add_span_processor"):
             tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
         sampling.configure(_sampling_ratio(settings))
+    for reader in readers:
+        lifecycle.gate_collection(reader)
     lifecycle.create_dropped_counter(metrics.get_meter("fastapi_doctor", __version__))
     lifecycle.register(
         lifecycle.Lifecycle(

@@ -84,3 +84,11 @@ async def ws(websocket: WebSocket) -> None:
             await websocket.close(code=1000)
             return
         await websocket.send_text(text[::-1])
+
+
+@app.get("/block")
+async def block() -> dict[str, int]:
+    import time
+
+    time.sleep(0.3)  # blocks the event loop: a blocking_io finding on the worker that served it
+    return {"pid": os.getpid()}
