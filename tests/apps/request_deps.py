@@ -85,6 +85,22 @@ def shared() -> httpx.AsyncClient:
     return shared_client
 
 
+async def quick_lookup() -> str:  # mark: waits while others block
+    await asyncio.sleep(0.005)
+    return "ok"
+
+
+@app.get("/deps/waits")
+async def waits_route(value: str = Depends(quick_lookup)) -> dict[str, str]:
+    return {"value": value}
+
+
+@app.get("/blocks")
+async def blocks_route() -> dict[str, str]:
+    time.sleep(0.25)  # blocks the loop: every dependency awaiting meanwhile waits too
+    return {"status": "done"}
+
+
 @app.get("/deps/slow")
 async def slow_route(settings: dict[str, str] = Depends(load_settings)) -> dict[str, str]:
     return settings

@@ -39,6 +39,7 @@ from typing import Any
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
+from fastapi_doctor.signals.eventloop import stall_clock, stalled_between
 
 # -- shared by the request-path signals ---------------------------------------------------------
 
@@ -198,13 +199,14 @@ class _Timed:
     def __repr__(self) -> str:
         return f"<timed dependency {self.__wrapped__!r}>"
 
-    def _done(self, state: RequestState, seconds: float) -> None:
+    def _done(self, state: RequestState, seconds: float, build: float | None = None) -> None:
+        """``seconds`` the whole (teardown included); ``build`` up to the value (generators)."""
         try:
             data = state.signal_data()
             samples = data.get(_KEY)
             if samples is None:
                 data[_KEY] = samples = []
-            samples.append((self, seconds))
+            samples.append((self, seconds, seconds if build is None else build))
         except Exception as exc:
             containment.report("dependency timing", exc)
 
@@ -224,22 +226,25 @@ class _SyncTimed(_Timed):
 class _AsyncTimed(_Timed):
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         state = current_request.get()
+        stalled = stall_clock()
         start = perf_counter()
         try:
             return await self.__wrapped__(*args, **kwargs)
         finally:
             if state is not None:
-                self._done(state, perf_counter() - start)
+                # Time the loop was blocked by someone else while this awaited is not this one's.
+                self._done(state, max(perf_counter() - start - stalled_between(stalled), 0.0))
 
 
 class _TimedIterator:
     """Forwards next/send/throw/close to a generator and adds up the time spent inside it."""
 
-    __slots__ = ("gen", "elapsed")
+    __slots__ = ("gen", "elapsed", "build")
 
     def __init__(self, gen: Any) -> None:
         self.gen = gen
         self.elapsed = 0.0
+        self.build: float | None = None  # the time up to the first value
 
     def __iter__(self) -> _TimedIterator:
         return self
@@ -250,6 +255,8 @@ class _TimedIterator:
             return next(self.gen)
         finally:
             self.elapsed += perf_counter() - start
+            if self.build is None:
+                self.build = self.elapsed
 
     def send(self, value: Any) -> Any:
         start = perf_counter()
@@ -284,7 +291,7 @@ class _GenTimed(_Timed):
             # yield from delegates send/throw/close exactly as to the generator itself.
             return (yield from timed)
         finally:
-            self._done(state, timed.elapsed)
+            self._done(state, timed.elapsed, timed.build)
 
 
 class _AsyncGenTimed(_Timed):
@@ -292,39 +299,41 @@ class _AsyncGenTimed(_Timed):
         state = current_request.get()
         agen = self.__wrapped__(*args, **kwargs)
         elapsed = 0.0
+        build: float | None = None
         try:
-            start = perf_counter()
+            stalled, start = stall_clock(), perf_counter()
             try:
                 value = await agen.__anext__()
             finally:
-                elapsed += perf_counter() - start
+                elapsed += perf_counter() - start - stalled_between(stalled)
+                build = elapsed
             while True:
                 try:
                     sent = yield value
                 except GeneratorExit:
-                    start = perf_counter()
+                    stalled, start = stall_clock(), perf_counter()
                     try:
                         await agen.aclose()
                     finally:
-                        elapsed += perf_counter() - start
+                        elapsed += perf_counter() - start - stalled_between(stalled)
                     raise
                 except BaseException as exc:
-                    start = perf_counter()
+                    stalled, start = stall_clock(), perf_counter()
                     try:
                         value = await agen.athrow(exc)
                     finally:
-                        elapsed += perf_counter() - start
+                        elapsed += perf_counter() - start - stalled_between(stalled)
                 else:
-                    start = perf_counter()
+                    stalled, start = stall_clock(), perf_counter()
                     try:
                         value = await agen.asend(sent)
                     finally:
-                        elapsed += perf_counter() - start
+                        elapsed += perf_counter() - start - stalled_between(stalled)
         except StopAsyncIteration:
             return
         finally:
             if state is not None:
-                self._done(state, elapsed)
+                self._done(state, max(elapsed, 0.0), max(build or 0.0, 0.0))
 
 
 _TIMERS: dict[str, type[_Timed]] = {
@@ -570,14 +579,15 @@ class DependencySignal:
         duration = state.duration
         record = self._histogram.record
         slow_s = self._slow_s
-        for timer, seconds in samples:
+        for timer, seconds, build in samples:
             stats = timer.stats.get(route)
             if stats is None:
                 stats = timer.stats[route] = _Stats(timer.dependency, route)
             record(seconds, stats.attrs)
-            share = seconds / duration if duration > 0 else 0.0
-            flag = seconds > slow_s or (share > 0.5 and seconds >= SHARE_FLOOR_S)
-            if stats.window.add((seconds, share), flag):
+            # The finding is about building: a slow teardown (closing a session) is not a rebuild.
+            share = build / duration if duration > 0 else 0.0
+            flag = build > slow_s or (share > 0.5 and build >= SHARE_FLOOR_S)
+            if stats.window.add((build, share), flag):
                 self._report(timer, stats)
 
     def _report(self, timer: _Timed, stats: _Stats) -> None:

@@ -66,6 +66,7 @@ class Heartbeat:
         "pool",
         "python_loop",
         "driver",
+        "stalled",
     )
 
     def __init__(self, loop: Any, thread_id: int, interval: float) -> None:
@@ -86,6 +87,8 @@ class Heartbeat:
         # when the thread's innermost frame is the one that started the loop (``driver``).
         self.python_loop = isinstance(loop, asyncio.BaseEventLoop)
         self.driver: Any = None
+        # Seconds this loop has run late so far (see stall_clock).
+        self.stalled = 0.0
 
     def start(self) -> None:
         self.loop.call_later(self.interval, self.tick)
@@ -101,6 +104,8 @@ class Heartbeat:
                 lag = -1.0  # unknown: the loop was not running
             elif lag < 0.0:
                 lag = 0.0
+            if lag > 0.0:
+                self.stalled += lag
             self.last_tick = now
             self.due = now + self.interval
             self.ticks += 1
@@ -220,6 +225,32 @@ class LoopHub:
 
 
 hub = LoopHub()
+
+
+def stall_clock() -> float:
+    """Seconds the running loop has been late so far, a clock that only moves while it is stalled.
+
+    The difference over an interval is the time the loop could not run anything in it: an async
+    dependency awaiting while another coroutine blocks the loop subtracts it from its own time, so
+    one blocking call is not also blamed on every dependency that was waiting. Continuous: until
+    the late tick runs, the lateness so far is counted from its due time. 0.0 without a heartbeat.
+    """
+    loop = _get_running_loop()
+    hb = hub.heartbeats.get(loop) if loop is not None else None
+    if hb is None:
+        return 0.0
+    pending = _monotonic() - hb.due
+    return hb.stalled + pending if pending > 0.0 else hb.stalled
+
+
+def stalled_between(start_clock: float) -> float:
+    """Seconds the loop was stalled since ``stall_clock()`` read ``start_clock``.
+
+    Lateness is counted from the heartbeat's due time, so up to one heartbeat interval at the start
+    of a stall goes uncounted: when there was a stall, that interval is added (an upper bound).
+    """
+    stalled = stall_clock() - start_clock
+    return stalled + hub.interval if stalled > 0.001 else stalled
 
 
 def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
