@@ -44,12 +44,7 @@ EXPECTED = {
 
 # Agent bugs this suite found that are not fixed yet: reported on every run, never hidden. Remove an
 # entry with its fix.
-KNOWN_BUGS = {
-    "tests/test_dependency_concurrency.py::test_override_installed_by_earlier_dependency_applies_immediately": (
-        "signals/dependencies.py: an entry added to app.dependency_overrides by an earlier dependency of "
-        "the same request is not applied (the original dependency runs)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def log(message: str) -> None:

@@ -199,6 +199,15 @@ class _Timed:
     def __repr__(self) -> str:
         return f"<timed dependency {self.__wrapped__!r}>"
 
+    # Equal to the callable it stands in for, with the same hash: FastAPI looks dependencies up in
+    # app.dependency_overrides by their callable, and an override added at any moment (even by an
+    # earlier dependency of the same request) must find the original behind the timer.
+    def __eq__(self, other: object) -> bool:
+        return other is self or other is self.__wrapped__
+
+    def __hash__(self) -> int:
+        return hash(self.__wrapped__)
+
     def _done(self, state: RequestState, seconds: float, build: float | None = None) -> None:
         """``seconds`` the whole (teardown included); ``build`` up to the value (generators)."""
         try:
