@@ -196,3 +196,11 @@ def test_side_server_routes_and_stop():
     time.sleep(0.05)
     with pytest.raises(OSError):
         urllib.request.urlopen(base + "/healthz", timeout=2)
+
+
+def test_readme_lists_every_setting_with_its_default():
+    from harness import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for env, default, _meaning in config.environment_table():
+        assert f"| `{env}` | `{default}` |" in readme, env
