@@ -38,6 +38,11 @@ class RequestMetrics:
         # Hooks of the signals, run after each request (contained one by one).
         self.finished_hooks: list[RequestHook] = []
 
+    def remove_hook(self, hook: RequestHook) -> None:
+        """Take back a hook added to ``finished_hooks`` (a signal's ``uninstrument``)."""
+        while hook in self.finished_hooks:
+            self.finished_hooks.remove(hook)
+
     def attributes(self, method: str, route: str | None, status: int | None, scheme: str) -> dict[str, Any]:
         key = (method, route, status, scheme)
         attrs = self._attributes.get(key)

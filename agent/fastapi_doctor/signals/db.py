@@ -66,9 +66,7 @@ class DatabaseSignal:
             setattr(owner, name, original)
         self._patched.clear()
         if self.agent is not None and self._finished_hook is not None:
-            hooks = self.agent.request_metrics.finished_hooks
-            if self._finished_hook in hooks:
-                hooks.remove(self._finished_hook)
+            self.agent.request_metrics.remove_hook(self._finished_hook)
         if self.pools is not None:
             self.pools.stop()
         self._installed = False

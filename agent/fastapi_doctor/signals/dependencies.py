@@ -413,9 +413,7 @@ class DependencySignal:
         self._active = False
         agent = self._agent
         if agent is not None and agent.request_metrics is not None:
-            hooks = agent.request_metrics.finished_hooks
-            if self._finished in hooks:
-                hooks.remove(self._finished)
+            agent.request_metrics.remove_hook(self._finished)
         if self._routing is not None and self._original_solve is not None:
             self._routing.solve_dependencies = self._original_solve
         self._routing = self._original_solve = None

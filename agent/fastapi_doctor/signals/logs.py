@@ -396,9 +396,7 @@ class LogsSignal:
         if agent is None:
             return
         if self.request_log is not None:
-            finished = agent.request_metrics.finished_hooks
-            while self.request_log.finished in finished:
-                finished.remove(self.request_log.finished)
+            agent.request_metrics.remove_hook(self.request_log.finished)
         if self.query_log is not None:
             self.query_log.remove()
         if self._hooks is not None and self._app_hook in self._hooks.app_hooks:

@@ -226,9 +226,7 @@ class MiddlewareSignal:
         self._active = False
         agent = self._agent
         if agent is not None and agent.request_metrics is not None:
-            hooks = agent.request_metrics.finished_hooks
-            if self._finished in hooks:
-                hooks.remove(self._finished)
+            agent.request_metrics.remove_hook(self._finished)
         if self._hooks is not None and self._wrap_stack in self._hooks.stack_wrappers:
             self._hooks.stack_wrappers.remove(self._wrap_stack)
         self._hooks = None
