@@ -34,6 +34,7 @@ class RequestState:
         "finished",
         "duration",
         "span",
+        "concurrency",
     )
 
     def __init__(self, method: str, start: float, scope: Any) -> None:
@@ -58,6 +59,8 @@ class RequestState:
         self.duration = 0.0
         # The request's server span when it is recorded (sampled), for span events from other threads.
         self.span: Any = None
+        # Requests in flight when this one was admitted, itself included.
+        self.concurrency = 1
 
     def add_root_cause(self, root_cause: str) -> None:
         if self.root_causes is None:

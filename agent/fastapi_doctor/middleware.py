@@ -110,6 +110,7 @@ class DoctorMiddleware:
         method = scope.get("method", "")
         state = RequestState(method if method in _KNOWN_METHODS else "_OTHER", perf_counter(), scope)
         state.outer_task = asyncio.current_task()
+        state.concurrency = len(active_requests) + 1
         state.mount_prefix = scope.get("app_root_path", scope.get("root_path", "")).rstrip("/")
         admitted = sampling.admitted.get()
         state.sampled = sampling.admit(scope) if self._admits or admitted is None else admitted
@@ -132,7 +133,9 @@ class DoctorMiddleware:
                 hook(state)
             except Exception as exc:
                 containment.report(getattr(hook, "__qualname__", "request hook"), exc)
-        state.scope = None  # do not keep the request alive through the state
+        # Break the task -> coroutine -> state -> task cycle: the request's task and everything it
+        # holds are then freed by reference counting, not left for the cyclic garbage collector.
+        state.scope = state.outer_task = state.inner_task = state.span = None
 
 
 def route_of(scope: dict[str, Any]) -> str | None:

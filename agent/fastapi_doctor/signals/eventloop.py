@@ -67,6 +67,7 @@ class Heartbeat:
         "python_loop",
         "driver",
         "stalled",
+        "wait",
     )
 
     def __init__(self, loop: Any, thread_id: int, interval: float) -> None:
@@ -89,6 +90,9 @@ class Heartbeat:
         self.driver: Any = None
         # Seconds this loop has run late so far (see stall_clock).
         self.stalled = 0.0
+        # Recent lateness of the tick (moving average): how long a callback made ready now waits for
+        # the loop (see queue_wait).
+        self.wait = 0.0
 
     def start(self) -> None:
         self.loop.call_later(self.interval, self.tick)
@@ -106,6 +110,8 @@ class Heartbeat:
                 lag = 0.0
             if lag > 0.0:
                 self.stalled += lag
+            if lag >= 0.0:
+                self.wait += (lag - self.wait) * 0.25
             self.last_tick = now
             self.due = now + self.interval
             self.ticks += 1
@@ -241,6 +247,15 @@ def stall_clock() -> float:
         return 0.0
     pending = _monotonic() - hb.due
     return hb.stalled + pending if pending > 0.0 else hb.stalled
+
+
+def queue_wait() -> float:
+    """Seconds a task made ready now waits for the running loop, from the heartbeat's recent
+    lateness: under load every task switch queues behind the other ready tasks. 0.0 without a
+    heartbeat."""
+    loop = _get_running_loop()
+    hb = hub.heartbeats.get(loop) if loop is not None else None
+    return 0.0 if hb is None else hb.wait
 
 
 def stalled_between(start_clock: float) -> float:

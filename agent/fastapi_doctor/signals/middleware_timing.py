@@ -2,13 +2,22 @@
 
 A stack wrapper interposes a timer before each of the app's own middleware layers (those of
 ``app.user_middleware``: pure ASGI classes, ``BaseHTTPMiddleware`` and ``@app.middleware("http")``,
-Starlette's GZip, CORS, TrustedHost…) and one after the last of them. Each timer measures the time
-inside its layer (T) and the time its layer spent sending body messages through the ``send`` it
-was given (S, the outer layers' work and the socket; ``http.response.start`` is not timed, which
-spares a frame per layer and message: work a layer does on the start message counts to the layer
-inside it). A layer's self-time is ``(T - S)`` of its timer minus ``(T - S)`` of
-the next timer: its code before and after the inner app plus its work in the inner app's ``send``
-(compression of a streamed body counts to GZip, not to the endpoint).
+Starlette's GZip, CORS, TrustedHost…) and one after the last of them.
+
+Timers are plain functions, not coroutines: a coroutine frame in the middleware chain is paid on every
+resume of the request's task (five per request through one ``BaseHTTPMiddleware``), which cost
+35-66 us per request measured on the benchmark app. A timer only takes timestamps: when its layer is
+called, and when its layer emits ``http.response.start`` and the final body message (through a send
+that is a plain function too). A layer's self-time is then
+
+* its work before calling the inner app: inner timer called - its timer called;
+* its work on the response start: its start message - the inner layer's start message;
+* its work on the final body message: its final message - the inner layer's final message
+  (a signing or compressing ``send`` counts to its layer, not to the endpoint);
+
+and a layer that answers without calling the inner app (a CORS preflight, a 401) owns the time to its
+final message. Not counted: work on body chunks before the last one of a streamed response, and work
+after the final message is sent (the client already has its response).
 
 Timers keep ``.app``, so the stack stays walkable. Layers whose inner app is not at ``.app`` end
 the timed chain; the last timed layer is not reported (its inner time is unknown), nor is a layer
@@ -18,21 +27,29 @@ middleware of its own gets no timer at all. ``uninstrument`` puts every layer ba
 ``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi.middleware`` (the class name,
 or the dispatch function's for ``@app.middleware("http")``). Every ``EVERY`` requests (after
 ``MIN_CALLS``) a layer whose self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above
-half of the request time (and ``SHARE_FLOOR_S``), in at least half of the recent requests, is a
-``slow_middleware`` finding at its dispatch/``__call__``.
+half of the request time (and ``SHARE_FLOOR_S``) in a request that was alone in flight, in at least
+half of the recent requests, is a ``slow_middleware`` finding at its dispatch/``__call__``.
+
+Task hops: a ``BaseHTTPMiddleware`` runs the inner app in another task and hops between the two tasks
+three times per request (to start the inner app, for the response start, for the final body), and
+each hop waits for every other ready task of the loop. Under load that wait is most of a fast request,
+and it is queueing, not the layer's work: in a request that was not alone in flight, each hop is
+charged the loop's current queue wait (the heartbeat's recent lateness, ``eventloop.queue_wait``)
+less, and the share rule does not apply.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Iterator
-from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
+from fastapi_doctor.signals import eventloop
 from fastapi_doctor.signals.dependencies import (
     DURATION_BUCKETS,
     SHARE_FLOOR_S,
@@ -49,10 +66,11 @@ _MAX_DEPTH = 64
 class _Layer:
     """One middleware layer: its name, attributes (built once), location and window."""
 
-    __slots__ = ("name", "attrs", "location", "window")
+    __slots__ = ("name", "attrs", "location", "window", "hops")
 
-    def __init__(self, name: str, location: Location | None) -> None:
+    def __init__(self, name: str, location: Location | None, hops: int = 0) -> None:
         self.name = name
+        self.hops = hops  # task switches per request inside the layer (see the module doc)
         self.attrs = {"fastapi.middleware": name}
         self.location = location
         self.window = Window()
@@ -72,20 +90,19 @@ class _Chain:
 
 
 class _Sample:
-    """Per request: T and S of each timer, side by side."""
+    """Per request, per timer: when it was called, when its layer emitted the response start, when
+    its layer emitted the final body message (0.0: did not happen)."""
 
     __slots__ = ("chain", "t")
 
     def __init__(self, chain: _Chain) -> None:
         self.chain = chain
-        self.t = [0.0] * (2 * chain.size)
-
-
-_current: ContextVar[_Sample | None] = ContextVar("fastapi_doctor_middleware_sample", default=None)
+        self.t = [0.0] * (3 * chain.size)
 
 
 class _LayerTimer:
-    """ASGI app placed in front of a layer (``.app`` is the layer)."""
+    """ASGI app placed in front of a layer (``.app`` is the layer). A plain function: no frame of
+    its own in the chain."""
 
     __slots__ = ("app", "chain", "index")
 
@@ -94,53 +111,37 @@ class _LayerTimer:
         self.chain = chain
         self.index = index
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        now = perf_counter()
         chain = self.chain
         if scope["type"] != "http" or not chain.active:
-            await self.app(scope, receive, send)
-            return
-        token = None
+            return self.app(scope, receive, send)
+        state = current_request.get()
+        if state is None:
+            return self.app(scope, receive, send)
+        data = state.data
         if self.index == 0:
-            state = current_request.get()
-            if state is None:
-                await self.app(scope, receive, send)
-                return
             sample = _Sample(chain)
-            data = state.data
             if data is None:
                 state.data = data = {}
             data[_KEY] = sample
-            token = _current.set(sample)
         else:
-            found = _current.get()
-            if found is None or found.chain is not chain:
-                await self.app(scope, receive, send)
-                return
-            sample = found
+            sample = data.get(_KEY) if data is not None else None
+            if sample is None or sample.chain is not chain:
+                return self.app(scope, receive, send)
         t = sample.t
-        at = 2 * self.index
-
-        async def timed_body(message: Any) -> None:
-            start = perf_counter()
-            try:
-                await send(message)
-            finally:
-                t[at + 1] += perf_counter() - start
+        at = 3 * self.index
+        t[at] = now
 
         def send_timed(message: Any) -> Any:
-            # Only body messages are timed (where compression and streaming work happens); the
-            # others go straight to the outer send, without a frame of ours.
-            if message["type"] == "http.response.body":
-                return timed_body(message)
+            kind = message["type"]
+            if kind == "http.response.start":
+                t[at + 1] = perf_counter()
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                t[at + 2] = perf_counter()
             return send(message)
 
-        start = perf_counter()
-        try:
-            await self.app(scope, receive, send_timed)
-        finally:
-            t[at] += perf_counter() - start
-            if token is not None:
-                _current.reset(token)
+        return self.app(scope, receive, send_timed)
 
 
 def walk(stack: Any) -> Iterator[tuple[Any, Any]]:
@@ -190,6 +191,15 @@ def layer_code(layer: Any) -> types.CodeType | None:
     if isinstance(call, types.FunctionType):
         return call.__code__
     return None
+
+
+_HOPS = 3
+
+
+def _hops_tasks(layer: Any) -> bool:
+    base = sys.modules.get("starlette.middleware.base")
+    cls = getattr(base, "BaseHTTPMiddleware", None)
+    return isinstance(cls, type) and isinstance(layer, cls)
 
 
 def _is_user_layer(layer: Any, middleware: Any) -> bool:
@@ -281,7 +291,7 @@ class MiddlewareSignal:
             code = layer_code(layer)
             if code is not None:
                 attribution.register_code(code, "middleware", name)
-            chain.layers.append(_Layer(name, location_of(code)))
+            chain.layers.append(_Layer(name, location_of(code), _HOPS if _hops_tasks(layer) else 0))
         self._chains.append(chain)
         return new_top
 
@@ -299,22 +309,38 @@ class MiddlewareSignal:
         duration = state.duration
         record = self._histogram.record
         slow_s = self._slow_s
+        # Share of the request only counts when the request was alone in flight (see the module doc).
+        alone = state.concurrency <= 1
+        wait = 0.0 if alone else eventloop.queue_wait()
         # A routed request went through every layer: a timer that never ran means the layer before it
         # calls its inner app by another attribute than .app; that layer's self-time is unknown.
         routed = state.route is not None
         at = 0
         for layer in layers:
-            if routed and t[at + 2] == 0.0:
-                at += 2
-                continue
-            own = (t[at] - t[at + 1]) - (t[at + 2] - t[at + 3])
+            called, started, ended = t[at], t[at + 1], t[at + 2]
+            inner_called, inner_started, inner_ended = t[at + 3], t[at + 4], t[at + 5]
+            at += 3
+            if called == 0.0:
+                break  # an earlier layer answered: no later layer ran
+            if inner_called == 0.0:
+                if routed:
+                    continue
+                own = (ended or started or called) - called  # answered without the inner app
+            else:
+                own = inner_called - called
+                if started and inner_started:
+                    own += started - inner_started
+                if ended and inner_ended:
+                    own += ended - inner_ended
+            if layer.hops and wait:
+                own -= layer.hops * wait
             if own < 0.0:
                 own = 0.0
             record(own, layer.attrs)
             share = own / duration if duration > 0 else 0.0
-            if layer.window.add((own, share), own > slow_s or (share > 0.5 and own >= SHARE_FLOOR_S)):
+            slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
+            if layer.window.add((own, share), slow):
                 self._report(layer)
-            at += 2
 
     def _report(self, layer: _Layer) -> None:
         try:
