@@ -251,7 +251,7 @@ def build(settings: Settings) -> Pipelines:
     if owned:
         # Shut down at exit by lifecycle (bounded), not by the SDK's own unbounded atexit handlers.
         tracer_provider = TracerProvider(
-            resource=res, sampler=sampling.sampler(_sampling_ratio(settings)), shutdown_on_exit=False
+            resource=res, sampler=sampling.sampler(_sampling_ratio(settings), settings.traces_per_second), shutdown_on_exit=False
         )
         if span_exporter is not None:
             tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
@@ -268,7 +268,7 @@ def build(settings: Settings) -> Pipelines:
                 meter_provider.add_metric_reader(reader)
         if span_exporter is not None and hasattr(tracer_provider, "add_span_processor"):
             tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
-        sampling.configure(_sampling_ratio(settings))
+        sampling.configure(_sampling_ratio(settings), settings.traces_per_second)
     for reader in readers:
         lifecycle.gate_collection(reader)
     lifecycle.create_dropped_counter(metrics.get_meter("fastapi_doctor", __version__))
