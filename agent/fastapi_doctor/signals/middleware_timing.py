@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import sys
 import types
+from array import array
 from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
@@ -89,15 +90,36 @@ class _Chain:
         self.undo: list[tuple[Any, Any]] = []  # (parent, timer) to splice out
 
 
-class _Sample:
+def _new_sample(size: int) -> array[float]:
     """Per request, per timer: when it was called, when its layer emitted the response start, when
-    its layer emitted the final body message (0.0: did not happen)."""
+    its layer emitted the final body message (0.0: did not happen). An ``array``, not a list: it is
+    not tracked by the garbage collector (see ``_TimedSend``)."""
+    return array("d", bytes(24 * size))
 
-    __slots__ = ("chain", "t")
 
-    def __init__(self, chain: _Chain) -> None:
-        self.chain = chain
-        self.t = [0.0] * (3 * chain.size)
+class _TimedSend:
+    """The ``send`` a timer gives its layer: notes when the layer emits the response start and the
+    final body message, and returns the outer send's awaitable (no frame of its own).
+
+    One small object per layer and request rather than a closure (a function and its cells): objects
+    the garbage collector tracks, allocated while requests overlap, decide how often it runs (see
+    docs/performance.md), so the request path allocates as few as it can.
+    """
+
+    __slots__ = ("send", "t", "at")
+
+    def __init__(self, send: Any, t: array[float], at: int) -> None:
+        self.send = send
+        self.t = t
+        self.at = at
+
+    def __call__(self, message: Any) -> Any:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.t[self.at + 1] = perf_counter()
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.t[self.at + 2] = perf_counter()
+        return self.send(message)
 
 
 class _LayerTimer:
@@ -121,27 +143,18 @@ class _LayerTimer:
             return self.app(scope, receive, send)
         data = state.data
         if self.index == 0:
-            sample = _Sample(chain)
+            t = _new_sample(chain.size)
             if data is None:
                 state.data = data = {}
-            data[_KEY] = sample
+            data[_KEY] = chain
+            data[chain] = t
         else:
-            sample = data.get(_KEY) if data is not None else None
-            if sample is None or sample.chain is not chain:
+            t = data.get(chain) if data is not None else None
+            if t is None:
                 return self.app(scope, receive, send)
-        t = sample.t
         at = 3 * self.index
         t[at] = now
-
-        def send_timed(message: Any) -> Any:
-            kind = message["type"]
-            if kind == "http.response.start":
-                t[at + 1] = perf_counter()
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                t[at + 2] = perf_counter()
-            return send(message)
-
-        return self.app(scope, receive, send_timed)
+        return self.app(scope, receive, _TimedSend(send, t, at))
 
 
 def walk(stack: Any) -> Iterator[tuple[Any, Any]]:
@@ -301,11 +314,11 @@ class MiddlewareSignal:
         data = state.data
         if not data:
             return
-        sample = data.get(_KEY)
-        if sample is None:
+        chain = data.get(_KEY)
+        if chain is None:
             return
-        t = sample.t
-        layers = sample.chain.layers
+        t = data[chain]
+        layers = chain.layers
         duration = state.duration
         record = self._histogram.record
         slow_s = self._slow_s
