@@ -152,9 +152,30 @@ def test_admission_follows_the_callers_flag_then_the_ratio():
     assert _excluded(_scope(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")) is True
     assert _excluded(_scope()) is False
     assert _excluded({"type": "websocket", "headers": []}) is False
-    sampling.configure(0.25)
+    sampling.configure(0.25, traces_per_second=0)  # no limit
     decisions = [contextvars.Context().run(sampling.admit, _scope()) for _ in range(4000)]
     assert 800 < sum(decisions) < 1200
+
+
+def test_traces_per_second_caps_the_ratio_but_not_the_callers_flag(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(sampling, "_monotonic", lambda: now[0])
+    sampling.configure(0.5, traces_per_second=10)
+
+    def admitted(n: int, traceparent: bytes | None = None) -> int:
+        return sum(contextvars.Context().run(sampling.admit, _scope(traceparent)) for _ in range(n))
+
+    assert admitted(1000) == 10  # a burst of a full second's worth, then nothing
+    assert admitted(1000) == 0
+    caller = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert admitted(50, caller) == 50  # the caller's trace is followed, limit or not
+    now[0] += 0.5
+    assert admitted(1000) == 5
+    now[0] += 60
+    assert admitted(1000) == 10  # the bucket holds one second's worth, not a minute's
+    sampling.configure(1.0, traces_per_second=10)
+    assert admitted(100) == 100  # ratio 1 traces every request
+    sampling.configure(0.1, traces_per_second=10)
 
 
 def test_a_decision_taken_earlier_in_the_request_holds():

@@ -8,6 +8,10 @@ time as ordinary cumulative histogram points: the Prometheus reader and the OTLP
 exactly like SDK metrics (same names, units, attributes, scope). Exemplars are not kept.
 
 Recording takes no lock: increments from several threads may, very rarely, lose a count.
+
+Callers build their attribute mappings once (per route, per layer) and pass the same object on every
+call: a series is found by the mapping's identity first, without building a key (no allocation on
+the request path); the mapping is kept referenced by the cache, and must not be changed after use.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 MAX_SERIES = 2000
+_MAX_BY_IDENTITY = 4 * MAX_SERIES  # callers that pass fresh mappings fall back to the key path
 _OVERFLOW_KEY = (("otel.metric.overflow", True),)
 
 
@@ -54,13 +59,16 @@ class LeanHistogram:
         self.description = description
         self.boundaries = tuple(float(b) for b in boundaries)
         self._cells: dict[tuple[tuple[str, Any], ...], _Cell] = {}
+        # id(mapping) -> (mapping, cell); holding the mapping keeps its id from being reused.
+        self._by_identity: dict[int, tuple[Any, _Cell]] = {}
         self._lock = threading.Lock()  # only when a new series appears
 
     def record(self, value: float, attributes: Mapping[str, Any] | None = None) -> None:
-        key = tuple(attributes.items()) if attributes else ()
-        cell = self._cells.get(key)
-        if cell is None:
-            cell = self._new_cell(key, attributes or {})
+        known = self._by_identity.get(id(attributes))
+        if known is not None and known[0] is attributes:
+            cell = known[1]
+        else:
+            cell = self._cell_of(attributes)
         cell.counts[bisect_left(self.boundaries, value)] += 1
         cell.sum += value
         cell.count += 1
@@ -68,6 +76,15 @@ class LeanHistogram:
             cell.min = value
         if value > cell.max:
             cell.max = value
+
+    def _cell_of(self, attributes: Mapping[str, Any] | None) -> _Cell:
+        key = tuple(attributes.items()) if attributes else ()
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._new_cell(key, attributes or {})
+        if attributes is not None and len(self._by_identity) < _MAX_BY_IDENTITY:
+            self._by_identity[id(attributes)] = (attributes, cell)
+        return cell
 
     def _new_cell(self, key: tuple[tuple[str, Any], ...], attributes: Mapping[str, Any]) -> _Cell:
         with self._lock:
