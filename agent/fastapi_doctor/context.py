@@ -12,6 +12,19 @@ current_request: ContextVar[RequestState | None] = ContextVar("fastapi_doctor_re
 active_requests: dict[int, RequestState] = {}
 
 
+class _Admissions:
+    """Requests admitted so far (all apps of the process); a request that sees the same count when it
+    finishes, and none in flight when it started, ran alone."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+admissions = _Admissions()
+
+
 class RequestState:
     """What the agent knows of one HTTP request. Never holds bodies, headers or query strings."""
 
@@ -34,7 +47,8 @@ class RequestState:
         "finished",
         "duration",
         "span",
-        "concurrency",
+        "alone",
+        "admission",
     )
 
     def __init__(self, method: str, start: float, scope: Any) -> None:
@@ -59,8 +73,10 @@ class RequestState:
         self.duration = 0.0
         # The request's server span when it is recorded (sampled), for span events from other threads.
         self.span: Any = None
-        # Requests in flight when this one was admitted, itself included.
-        self.concurrency = 1
+        # No other request was in flight at any moment of this one (set when it finishes): its
+        # timings hold no waiting for the loop behind other requests.
+        self.alone = False
+        self.admission = 0  # admissions.value when this request was admitted
 
     def add_root_cause(self, root_cause: str) -> None:
         if self.root_causes is None:

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.trace import get_current_span as _get_current_span
 
 from fastapi_doctor import containment, lifecycle, sampling
-from fastapi_doctor.context import RequestState, active_requests, current_request
+from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
 from fastapi_doctor.lean_metrics import LeanMetrics
 
 _KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"})
@@ -88,6 +88,7 @@ class DoctorMiddleware:
             await self.app(scope, receive, _MeasuredSend(state, send))
         finally:
             state.duration = perf_counter() - state.start
+            state.alone = state.admission == admissions.value
             state.finished = True
             active_requests.pop(id(state), None)
             current_request.reset(token)
@@ -97,7 +98,9 @@ class DoctorMiddleware:
         method = scope.get("method", "")
         state = RequestState(method if method in _KNOWN_METHODS else "_OTHER", perf_counter(), scope)
         state.outer_task = asyncio.current_task()
-        state.concurrency = len(active_requests) + 1
+        admissions.value += 1
+        # Alone so far (none in flight); still alone at the end if nobody was admitted meanwhile.
+        state.admission = admissions.value if not active_requests else -1
         state.mount_prefix = scope.get("app_root_path", scope.get("root_path", "")).rstrip("/")
         admitted = sampling.admitted.get()
         state.sampled = sampling.admit(scope) if self._admits or admitted is None else admitted

@@ -27,7 +27,8 @@ middleware of its own gets no timer at all. ``uninstrument`` puts every layer ba
 ``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi.middleware`` (the class name,
 or the dispatch function's for ``@app.middleware("http")``). Every ``EVERY`` requests (after
 ``MIN_CALLS``) a layer whose self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above
-half of the request time (and ``SHARE_FLOOR_S``) in a request that was alone in flight, in at least
+half of the request time (and ``SHARE_FLOOR_S``) in a request that ran alone (no other in flight at
+any moment of it), in at least
 half of the recent requests, is a ``slow_middleware`` finding at its dispatch/``__call__``.
 
 Task hops: a ``BaseHTTPMiddleware`` runs the inner app in another task and hops between the two tasks
@@ -323,7 +324,7 @@ class MiddlewareSignal:
         record = self._histogram.record
         slow_s = self._slow_s
         # Share of the request only counts when the request was alone in flight (see the module doc).
-        alone = state.concurrency <= 1
+        alone = state.alone
         wait = 0.0 if alone else eventloop.queue_wait()
         # A routed request went through every layer: a timer that never ran means the layer before it
         # calls its inner app by another attribute than .app; that layer's self-time is unknown.
