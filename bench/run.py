@@ -1,12 +1,14 @@
 """Overhead benchmark: the same app bare, under the stock ``opentelemetry-instrument`` (with
 opentelemetry-distro) and under fastapi-doctor, started in alternation (A B C A B C …).
 
-    make bench                      # full run (about 10 minutes)
+    make bench                      # full run (about 20 minutes)
     make bench BENCH_ARGS=--quick   # a few seconds per part: checks that it works, measures nothing
 
 Server pinned to core 0, load generator to core 1 (taskset, when the machine has two cores).
-Both instrumented runs export OTLP/gRPC to the same local receiver. Prints a table and writes JSON
-under bench/results/.
+Both instrumented runs export OTLP/gRPC to the same local receiver. Then p99 at half the bare
+capacity (open loop, after a warm-up), RSS growth over 200k requests on 1,000 raw paths, and what
+each detector costs (``detector_cost.py``, in process). Prints a table and writes JSON under
+bench/results/.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import free_port, start_otlp_receiver  # noqa: E402
 
+import detector_cost  # noqa: E402 - bench/ is this script's directory
+
 BIN = Path(sys.executable).parent
 STOCK_OTEL = ROOT / ".cache" / "stock-otel"
 WARM_S = 20.0  # open-loop warm-up before the p99 is measured (see p99_at_half_capacity)
 ROUTES = {"hello": "/hello", "deps_db_mw": "/items/7"}
-DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "logs")
 
 
 @dataclass
@@ -263,10 +266,9 @@ def main() -> int:
 
         rss = rss_growth(env_by_config["doctor"], server_cpu, load_cpu, 20_000 if args.quick else 200_000)
 
-        detectors: dict[str, float] = {}
+        detectors: dict[str, dict[str, float]] = {}
         if not args.skip_detectors:
-            detectors = detector_costs(receiver.endpoint, server_cpu, load_cpu, 1 if args.quick else 3,
-                                       args.seconds)
+            detectors = detector_cost.measure(quick=args.quick)
     finally:
         receiver.stop()
 
@@ -277,7 +279,7 @@ def main() -> int:
         "ratios": ratios(summary),
         "p99_at_half_bare_capacity_ms": latency,
         "rss_growth": rss,
-        "detector_cost_us_per_request": detectors,
+        "detector_cost_us_per_request": detectors,  # best CPU us/request per config, in process
         "runs": [asdict(r) for r in runs],
     }
     print()
@@ -365,27 +367,6 @@ def rss_growth(env: dict[str, str], server_cpu: str | None, load_cpu: str | None
             "growth_mb": (after - before) / 2**20}
 
 
-def detector_costs(endpoint: str, server_cpu: str | None, load_cpu: str | None, rounds: int,
-                   seconds: float) -> dict[str, float]:
-    """CPU microseconds per request each detector costs on the dependencies+DB+middleware route:
-    all detectors on minus that one off, alternating, medians over rounds."""
-    base_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "bench"}
-    samples: dict[str, list[float]] = {d: [] for d in ("all", *DETECTORS)}
-    for _ in range(rounds):
-        for name in samples:
-            env = dict(base_env)
-            if name != "all":
-                env["FASTAPI_DOCTOR_DISABLED_DETECTORS"] = name
-            server = Server("doctor", env)
-            server.start(server_cpu)
-            try:
-                samples[name].append(measure(server, "deps_db_mw", seconds, load_cpu).cpu_us_per_req)
-            finally:
-                server.stop()
-    all_on = statistics.median(samples["all"])
-    return {"all_on_us_per_req": all_on, **{d: all_on - statistics.median(samples[d]) for d in DETECTORS}}
-
-
 def render(report: dict) -> str:
     lines = ["config   route        req/s    p50 ms   p99 ms   CPU us/req   RSS MB"]
     for key, v in report["summary"].items():
@@ -403,9 +384,8 @@ def render(report: dict) -> str:
     rss = report["rss_growth"]
     lines.append(f"RSS growth over {rss['requests']:,} requests on 1,000 raw paths: {rss['growth_mb']:.1f} MB")
     if report["detector_cost_us_per_request"]:
-        lines.append("per-detector cost (CPU us/request, all on minus one off):")
-        for name, cost in report["detector_cost_us_per_request"].items():
-            lines.append(f"  {name:18} {cost:6.1f}")
+        lines.append("")
+        lines.append(detector_cost.render(report["detector_cost_us_per_request"]))
     return "\n".join(lines)
 
 
