@@ -108,7 +108,7 @@ class Heartbeat:
                 lag = -1.0  # unknown: the loop was not running
             elif lag < 0.0:
                 lag = 0.0
-            if lag > 0.0:
+            if lag > STALL_FLOOR_S:
                 self.stalled += lag
             if lag >= 0.0:
                 self.wait += (lag - self.wait) * 0.25
@@ -232,6 +232,11 @@ class LoopHub:
 
 hub = LoopHub()
 
+# Lateness of a tick below this is not a stall: uvloop's timers have a resolution of 1 ms, and on a
+# busy machine a tick runs a few ms late without anything blocking the loop. Counted as a stall, that
+# jitter zeroed the time of dependencies awaiting across it (a 30 ms teardown read as 0).
+STALL_FLOOR_S = 0.005
+
 
 def stall_clock() -> float:
     """Seconds the running loop has been late so far, a clock that only moves while it is stalled.
@@ -246,7 +251,7 @@ def stall_clock() -> float:
     if hb is None:
         return 0.0
     pending = _monotonic() - hb.due
-    return hb.stalled + pending if pending > 0.0 else hb.stalled
+    return hb.stalled + pending if pending > STALL_FLOOR_S else hb.stalled
 
 
 def queue_wait() -> float:
@@ -265,7 +270,7 @@ def stalled_between(start_clock: float) -> float:
     of a stall goes uncounted: when there was a stall, that interval is added (an upper bound).
     """
     stalled = stall_clock() - start_clock
-    return stalled + hub.interval if stalled > 0.001 else stalled
+    return stalled + hub.interval if stalled > 0.0 else stalled
 
 
 def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
