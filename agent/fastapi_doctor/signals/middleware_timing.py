@@ -36,7 +36,9 @@ three times per request (to start the inner app, for the response start, for the
 each hop waits for every other ready task of the loop. Under load that wait is most of a fast request,
 and it is queueing, not the layer's work: in a request that was not alone in flight, each hop is
 charged the loop's current queue wait (the heartbeat's recent lateness, ``eventloop.queue_wait``)
-less, and the share rule does not apply.
+less, and the share rule does not apply. A sample that would count as slow is also charged the
+garbage collector's pauses inside its segments less (``gc_pauses.overlap``): under load one full
+collection can sit in the task switches of a whole window of requests.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals import eventloop
+from fastapi_doctor.signals import eventloop, gc_pauses
 from fastapi_doctor.signals.dependencies import (
     DURATION_BUCKETS,
     SHARE_FLOOR_S,
@@ -210,6 +212,20 @@ def layer_code(layer: Any) -> types.CodeType | None:
 _HOPS = 3
 
 
+def _gc_overlap(called: float, inner_called: float, started: float, inner_started: float, ended: float,
+                inner_ended: float) -> float:
+    """Seconds of garbage-collector pauses inside a layer's timed segments (``perf_counter`` and the
+    pauses' ``monotonic`` are both CLOCK_MONOTONIC on Linux)."""
+    if inner_called == 0.0:
+        return gc_pauses.overlap(called, ended or started or called)
+    paused = gc_pauses.overlap(called, inner_called)
+    if started and inner_started:
+        paused += gc_pauses.overlap(inner_started, started)
+    if ended and inner_ended:
+        paused += gc_pauses.overlap(inner_ended, ended)
+    return paused
+
+
 def _hops_tasks(layer: Any) -> bool:
     base = sys.modules.get("starlette.middleware.base")
     cls = getattr(base, "BaseHTTPMiddleware", None)
@@ -348,11 +364,20 @@ class MiddlewareSignal:
                     own += ended - inner_ended
             if layer.hops and wait:
                 own -= layer.hops * wait
+            share = own / duration if duration > 0 else 0.0
+            slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
+            if slow:
+                # Only where it would count (the common path pays nothing): a collector's pause
+                # inside the layer's segments is no work of the layer's. Under load one full
+                # collection (~30 ms) can sit in the task switches of a whole window of requests.
+                paused = _gc_overlap(called, inner_called, started, inner_started, ended, inner_ended)
+                if paused:
+                    own -= paused
+                    share = own / duration if duration > 0 else 0.0
+                    slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
             if own < 0.0:
                 own = 0.0
             record(own, layer.attrs)
-            share = own / duration if duration > 0 else 0.0
-            slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
             if layer.window.add((own, share), slow):
                 self._report(layer)
 
