@@ -282,9 +282,11 @@ def test_light_middleware_under_load_is_not_reported(serve):
     else:
         sent = asyncio.run(load(app.url + "/", clients=32, seconds=5.0))
 
-    _, count = sum_and_count(app, "fastapi_doctor_middleware_duration_seconds", at_least=sent // 2,
+    _, count = sum_and_count(app, "fastapi_doctor_middleware_duration_seconds", at_least=64,
                              fastapi_middleware="StampMiddleware")
-    assert count >= sent // 2  # the detector measured the load
+    # The detector measured the load: a full window of timed requests, and no more than the default
+    # FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND (50) a second, plus its burst, over the ~5 s run.
+    assert 64 <= count <= 50 * 7 + 50 and count < sent // 4, (count, sent)
     assert app.findings("slow_middleware") == []
 
 

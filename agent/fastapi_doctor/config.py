@@ -166,6 +166,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a number of milliseconds > 0", "A dependency whose p50 is above this is rebuilt too expensively."),
     Setting("slow_middleware_ms", "FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS", 25.0, _positive_float,
             "a number of milliseconds > 0", "A middleware layer whose self-time p50 is above this is slow."),
+    Setting("middleware_timed_per_second", "FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND", 50.0, _non_negative_float,
+            "a number >= 0 (0: every request)",
+            "At most this many requests per second and process have their middleware layers timed (0: every request)."),
     Setting("leak_seconds", "FASTAPI_DOCTOR_LEAK_SECONDS", 30.0, _positive_float, "a number of seconds > 0",
             "A pool connection checked out longer than this is a leak."),
     Setting("large_response_bytes", "FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES", 262144, _positive_int,
@@ -232,6 +235,7 @@ class Settings:
     threadpool_wait_seconds: float = 2.0
     slow_dependency_ms: float = 25.0
     slow_middleware_ms: float = 25.0
+    middleware_timed_per_second: float = 50.0
     leak_seconds: float = 30.0
     large_response_bytes: int = 262144
     n_plus_one_threshold: int = 10

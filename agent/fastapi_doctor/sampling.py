@@ -42,9 +42,9 @@ _random = random.random
 _monotonic = time.monotonic
 
 
-class _TokenBucket:
-    """``rate`` traces per second, bursts up to ``max(rate, 1)``; ``rate`` 0 is no limit. No lock:
-    two threads taking the last token at once may start one trace too many."""
+class TokenBucket:
+    """``rate`` per second, bursts up to ``max(rate, 1)``; ``rate`` 0 is no limit. No lock: two
+    threads taking the last token at once may take one too many."""
 
     __slots__ = ("rate", "capacity", "tokens", "at")
 
@@ -69,14 +69,14 @@ class _TokenBucket:
         return False
 
 
-_bucket = _TokenBucket(10.0)
+_bucket = TokenBucket(10.0)
 
 
 def configure(ratio: float, traces_per_second: float | None = None) -> None:
     global _ratio, _bucket
     _ratio = ratio
     if traces_per_second is not None:
-        _bucket = _TokenBucket(traces_per_second)
+        _bucket = TokenBucket(traces_per_second)
 
 
 def admit(scope: Any) -> bool:
