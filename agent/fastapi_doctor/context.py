@@ -49,6 +49,7 @@ class RequestState:
         "span",
         "alone",
         "admission",
+        "serialize_s",
     )
 
     def __init__(self, method: str, start: float, scope: Any) -> None:
@@ -77,6 +78,8 @@ class RequestState:
         # timings hold no waiting for the loop behind other requests.
         self.alone = False
         self.admission = 0  # admissions.value when this request was admitted
+        # Seconds spent serialising the response (FastAPI's serialize_response, the response's render).
+        self.serialize_s = 0.0
 
     def add_root_cause(self, root_cause: str) -> None:
         if self.root_causes is None:

@@ -41,7 +41,6 @@ SIZE_BUCKETS = (
     256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 67108864,
 )
 
-_SERIALIZE = "responses.serialize"
 _UNCOMPRESSED = "responses.uncompressed"
 
 # Values of http.response.content_encoding; anything else is "other" (bounded cardinality).
@@ -147,14 +146,6 @@ class _BodyCounter:
         finally:
             data = state.signal_data()
             data[_UNCOMPRESSED] = data.get(_UNCOMPRESSED, 0) + size
-
-
-def _add_serialize(state: RequestState, seconds: float) -> None:
-    try:
-        data = state.signal_data()
-        data[_SERIALIZE] = data.get(_SERIALIZE, 0.0) + seconds
-    except Exception as exc:
-        containment.report("serialisation timing", exc)
 
 
 class ResponseSignal:
@@ -282,16 +273,15 @@ class ResponseSignal:
         attrs = stats.size_attrs(encoding)
         self._size.record(sent, attrs)
         stats.encoding = attrs["http.response.content_encoding"]
-        serialize = 0.0
         data = state.data
         if data:
             uncompressed = data.get(_UNCOMPRESSED)
             if uncompressed is not None:
                 self._uncompressed.record(uncompressed, stats.attrs)
                 stats.compression = True
-            serialize = data.get(_SERIALIZE, 0.0)
-            if serialize:
-                self._serialize.record(serialize, stats.attrs)
+        serialize = state.serialize_s
+        if serialize:
+            self._serialize.record(serialize, stats.attrs)
         exposed = 0
         if (
             sent > self._large
@@ -367,7 +357,7 @@ def _timed_serialize(original: Any) -> Any:
         try:
             return await original(*args, **kwargs)
         finally:
-            _add_serialize(state, perf_counter() - start)
+            state.serialize_s += perf_counter() - start
 
     return serialize_response
 
@@ -382,6 +372,6 @@ def _timed_render(original: Any) -> Any:
         try:
             return original(self, content)  # type: ignore[no-any-return]
         finally:
-            _add_serialize(state, perf_counter() - start)
+            state.serialize_s += perf_counter() - start
 
     return render
