@@ -57,9 +57,9 @@ from time import perf_counter
 from typing import Any
 
 from fastapi_doctor import attribution, containment
-from fastapi_doctor.sampling import TokenBucket
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
+from fastapi_doctor.sampling import TokenBucket
 from fastapi_doctor.signals import eventloop, gc_pauses
 from fastapi_doctor.signals.dependencies import (
     DURATION_BUCKETS,
