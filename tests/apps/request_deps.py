@@ -101,6 +101,12 @@ async def blocks_route() -> dict[str, str]:
     return {"status": "done"}
 
 
+@app.get("/busy")
+async def busy_route() -> dict[str, str]:
+    time.sleep(0.02)  # a stretch of work on the loop shorter than a heartbeat: the others wait, briefly
+    return {"status": "done"}
+
+
 @app.get("/deps/slow")
 async def slow_route(settings: dict[str, str] = Depends(load_settings)) -> dict[str, str]:
     return settings
@@ -113,6 +119,11 @@ async def cached_route(user: str = Depends(current_user), trail: str = Depends(a
 
 @app.get("/deps/teardown")
 async def teardown_route(s: str = Depends(session)) -> dict[str, str]:
+    return {"s": s}
+
+
+@app.get("/deps/teardown-among-others")
+async def teardown_among_others_route(s: str = Depends(session)) -> dict[str, str]:
     return {"s": s}
 
 

@@ -108,8 +108,7 @@ class Heartbeat:
                 lag = -1.0  # unknown: the loop was not running
             elif lag < 0.0:
                 lag = 0.0
-            if lag > STALL_FLOOR_S:
-                self.stalled += lag
+            self.stalled += stall_of(lag, self.interval)
             if lag >= 0.0:
                 self.wait += (lag - self.wait) * 0.25
             self.last_tick = now
@@ -238,20 +237,35 @@ hub = LoopHub()
 STALL_FLOOR_S = 0.005
 
 
-def stall_clock() -> float:
-    """Seconds the running loop has been late so far, a clock that only moves while it is stalled.
+def stall_of(lag: float, interval: float) -> float:
+    """Seconds of stall a tick ``lag`` seconds late stands for.
 
-    The difference over an interval is the time the loop could not run anything in it: an async
-    dependency awaiting while another coroutine blocks the loop subtracts it from its own time, so
-    one blocking call is not also blamed on every dependency that was waiting. Continuous: until
-    the late tick runs, the lateness so far is counted from its due time. 0.0 without a heartbeat.
+    The heartbeat sees a stall only from its due time: a block that began up to one ``interval``
+    before goes uncounted. A lateness of at least one interval is a block, and that interval is
+    added (an upper bound), so a dependency awaiting through another request's blocking call is not
+    charged its start. A shorter lateness is taken as it is: it is as likely a callback of another
+    request or a thread holding the GIL for a few ms, and adding a whole interval to it zeroed the
+    time of a dependency awaiting 30 ms (a CI flake).
+    """
+    if lag <= STALL_FLOOR_S:
+        return 0.0
+    return lag + interval if lag >= interval else lag
+
+
+def stall_clock() -> float:
+    """Seconds the running loop has been stalled so far, a clock that only moves while it is.
+
+    The difference over an interval (``stalled_between``) is the time the loop could not run
+    anything in it: an async dependency awaiting while another coroutine blocks the loop subtracts
+    it from its own time, so one blocking call is not also blamed on every dependency that was
+    waiting. Continuous: until the late tick runs, the lateness so far is counted from its due
+    time. 0.0 without a heartbeat.
     """
     loop = _get_running_loop()
     hb = hub.heartbeats.get(loop) if loop is not None else None
     if hb is None:
         return 0.0
-    pending = _monotonic() - hb.due
-    return hb.stalled + pending if pending > STALL_FLOOR_S else hb.stalled
+    return hb.stalled + stall_of(_monotonic() - hb.due, hb.interval)
 
 
 def queue_wait() -> float:
@@ -264,13 +278,8 @@ def queue_wait() -> float:
 
 
 def stalled_between(start_clock: float) -> float:
-    """Seconds the loop was stalled since ``stall_clock()`` read ``start_clock``.
-
-    Lateness is counted from the heartbeat's due time, so up to one heartbeat interval at the start
-    of a stall goes uncounted: when there was a stall, that interval is added (an upper bound).
-    """
-    stalled = stall_clock() - start_clock
-    return stalled + hub.interval if stalled > 0.0 else stalled
+    """Seconds the loop was stalled since ``stall_clock()`` read ``start_clock``."""
+    return stall_clock() - start_clock
 
 
 def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
