@@ -71,6 +71,7 @@ class Patient:
                 "OTEL_SERVICE_NAME": "patient",
                 "PATIENT_DATABASE_URL": database_url,
                 "PYTHONUNBUFFERED": "1",
+                "PYTHONFAULTHANDLER": "1",  # dump_threads: every thread's stack on SIGABRT
             }
         )
         self.env = env
@@ -116,6 +117,17 @@ class Patient:
         except OSError:
             return ""
         return "\n".join(lines[-last:])
+
+    def dump_threads(self) -> str:
+        """Abort the patient, which prints every thread's stack (faulthandler): where it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.logs()
+        try:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=5)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+        return self.logs(last=300)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -278,6 +290,17 @@ def _poll_findings(side_url: str, token: str | None = None) -> dict[str, Any] | 
         return None
 
 
+def _final_findings(side_url: str, token: str | None = None, tries: int = 4) -> dict[str, Any]:
+    """The /doctor document for the verdict, asked a few times: on a loaded machine one answer can take
+    longer than a poll's timeout (a CI run lost its whole verdict to one). Raises ``ReportError``."""
+    for _ in range(tries - 1):
+        try:
+            return fetch_doctor(side_url, token, timeout=10.0)
+        except ReportError:
+            time.sleep(1.0)
+    return fetch_doctor(side_url, token, timeout=10.0)
+
+
 @dataclass
 class Verdict:
     scenario: Scenario
@@ -365,9 +388,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"  patient up in {time.monotonic() - started:.1f} s", file=out)
         verdicts = [run_scenario(patient, s, i, len(scenarios), quick, out) for i, s in enumerate(scenarios, 1)]
         time.sleep(1.0)  # late findings (and the last chart point) before the verdict
-        doc = _poll_findings(patient.side_url, patient.token)
-        if doc is None:
-            print(f"fastapi-doctor demo: the agent stopped answering\n{patient.logs()}", file=sys.stderr)
+        try:
+            doc = _final_findings(patient.side_url, patient.token)
+        except ReportError as exc:
+            print(f"fastapi-doctor demo: the agent stopped answering ({exc})\n{patient.dump_threads()}",
+                  file=sys.stderr)
             return 2
         page = _fetch(patient.side_url + "/", patient.token)
         code = summarise(verdicts, doc, scenarios, page, args, started, out)
