@@ -294,7 +294,8 @@ def main() -> int:
 
 def p99_at_half_capacity(env_by_config: dict[str, dict[str, str]], rate: float, server_cpu: str | None,
                          load_cpu: str | None, quick: bool, rounds: int) -> dict[str, float]:
-    """Median over alternating rounds of the open-loop p99 (ms) at ``rate``, bare and fastapi-doctor.
+    """Median over alternating rounds of the open-loop p99 (ms) at ``rate``: bare, fastapi-doctor,
+    and fastapi-doctor with FASTAPI_DOCTOR_GC_FREEZE=false (what the freeze is worth).
 
     Each server first takes the same rate for WARM_S: the tail at this load is the garbage
     collector's full collections (tens of ms each), which start once start-up's objects have filled
@@ -304,10 +305,15 @@ def p99_at_half_capacity(env_by_config: dict[str, dict[str, str]], rate: float, 
     if load_cpu is not None:
         os.sched_setaffinity(0, {int(load_cpu)})  # the Python load generator runs in this process
     warm_s, measure_s = (1.0, 2.0) if quick else (WARM_S, 10.0)
-    samples: dict[str, list[float]] = {"bare": [], "doctor": []}
+    envs = {
+        "bare": env_by_config["bare"],
+        "doctor": env_by_config["doctor"],
+        "doctor_gc_freeze_off": {**env_by_config["doctor"], "FASTAPI_DOCTOR_GC_FREEZE": "false"},
+    }
+    samples: dict[str, list[float]] = {config: [] for config in envs}
     for _ in range(rounds):
-        for config in samples:
-            server = Server(config, env_by_config[config])
+        for config, env in envs.items():
+            server = Server(config, env)
             server.start(server_cpu)
             try:
                 url = f"http://127.0.0.1:{server.port}/hello"
@@ -381,6 +387,9 @@ def render(report: dict) -> str:
     if lat:
         lines.append(f"p99 at half the bare capacity: bare {lat['bare']:.2f} ms, doctor {lat['doctor']:.2f} ms "
                      f"({lat['doctor'] / lat['bare']:.2f}x)")
+        if "doctor_gc_freeze_off" in lat:
+            off = lat["doctor_gc_freeze_off"]
+            lines.append(f"  doctor with FASTAPI_DOCTOR_GC_FREEZE=false {off:.2f} ms ({off / lat['bare']:.2f}x)")
     rss = report["rss_growth"]
     lines.append(f"RSS growth over {rss['requests']:,} requests on 1,000 raw paths: {rss['growth_mb']:.1f} MB")
     if report["detector_cost_us_per_request"]:

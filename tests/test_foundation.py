@@ -192,6 +192,16 @@ def test_failures_inside_the_agent_never_change_the_response(serve):
     assert metric_value(text, "fastapi_doctor_internal_errors_total", fastapi_doctor_component="request metrics") == 11
 
 
+def test_objects_from_before_the_app_are_frozen_and_the_apps_are_not(serve):
+    # Under the wrapper the agent starts before the app is imported: what exists then (the interpreter,
+    # OpenTelemetry, gRPC, the agent) is moved out of the collector's reach; the app's objects are not.
+    info = httpx.get(serve("hello:app").url + "/gc").json()
+    assert info["frozen"] > 10_000
+    assert info["app_collectable"] is True and info["fastapi_collectable"] is True
+    left_alone = httpx.get(serve("hello:app", env={"FASTAPI_DOCTOR_GC_FREEZE": "false"}).url + "/gc").json()
+    assert left_alone["frozen"] == 0
+
+
 def test_agent_disabled_runs_the_app_untouched(serve):
     app = serve("hello:app", env={"FASTAPI_DOCTOR_ENABLED": "false"})
     info = httpx.get(app.url + "/modules").json()

@@ -175,6 +175,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a whole number of bytes > 0", "Uncompressed bodies above this are large payloads."),
     Setting("n_plus_one_threshold", "FASTAPI_DOCTOR_N_PLUS_ONE_THRESHOLD", 10, _positive_int,
             "a whole number > 0", "Executions of one statement fingerprint in one request that make an N+1."),
+    Setting("gc_freeze", "FASTAPI_DOCTOR_GC_FREEZE", True, _bool, "true or false",
+            "Under the wrapper, freeze the objects that exist before the app is imported (gc.freeze()): "
+            "full collections then walk only the app's objects."),
     Setting("max_findings", "FASTAPI_DOCTOR_MAX_FINDINGS", 500, _positive_int, "a whole number > 0",
             "At most this many distinct findings are kept; the oldest is evicted."),
     Setting("disabled_detectors", "FASTAPI_DOCTOR_DISABLED_DETECTORS", frozenset(), _names(DETECTORS),
@@ -239,6 +242,7 @@ class Settings:
     leak_seconds: float = 30.0
     large_response_bytes: int = 262144
     n_plus_one_threshold: int = 10
+    gc_freeze: bool = True
     max_findings: int = 500
     disabled_detectors: frozenset[str] = frozenset()
     library_modules: tuple[str, ...] = ()

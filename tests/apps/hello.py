@@ -19,6 +19,18 @@ async def item(item_id: int) -> dict[str, int]:
     return {"id": item_id}
 
 
+@app.get("/gc")
+async def collector() -> dict[str, object]:
+    import gc
+
+    return {
+        "frozen": gc.get_freeze_count(),
+        # The app's objects stay within the collector's reach (gc.get_objects() leaves out frozen ones).
+        "app_collectable": any(o is app for o in gc.get_objects()),
+        "fastapi_collectable": any(o is FastAPI for o in gc.get_objects()),
+    }
+
+
 @app.get("/modules")
 async def modules() -> dict[str, object]:
     import fastapi.applications
