@@ -306,6 +306,17 @@ def test_agent_settings_reach_the_environment(tmp_path: Path) -> None:
     assert {k for k in environ if k.startswith("FASTAPI_DOCTOR_")} <= known
 
 
+def test_schema_names_every_agent_setting() -> None:
+    # agent.settings takes any FASTAPI_DOCTOR_ variable but the token (a Secret, authTokenSecret);
+    # a setting added to the agent and not here would be refused by `helm install`.
+    from fastapi_doctor import config
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    allowed = set(schema["properties"]["agent"]["properties"]["settings"]["propertyNames"]["enum"])
+    settings = {s.env.removeprefix("FASTAPI_DOCTOR_") for s in config.SETTINGS if s.env.startswith("FASTAPI_DOCTOR_")}
+    assert allowed == settings - {"AUTH_TOKEN"}
+
+
 # -- values.yaml and its schema -------------------------------------------------------------------------
 
 
