@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -101,12 +103,6 @@ async def blocks_route() -> dict[str, str]:
     return {"status": "done"}
 
 
-@app.get("/busy")
-async def busy_route() -> dict[str, str]:
-    time.sleep(0.02)  # a stretch of work on the loop shorter than a heartbeat: the others wait, briefly
-    return {"status": "done"}
-
-
 @app.get("/deps/slow")
 async def slow_route(settings: dict[str, str] = Depends(load_settings)) -> dict[str, str]:
     return settings
@@ -122,8 +118,14 @@ async def teardown_route(s: str = Depends(session)) -> dict[str, str]:
     return {"s": s}
 
 
-@app.get("/deps/teardown-among-others")
-async def teardown_among_others_route(s: str = Depends(session)) -> dict[str, str]:
+# A C call holds the GIL from start to end: sorting this takes tens of ms on this machine.
+_UNSORTED = [random.random() for _ in range(300_000)]
+
+
+@app.get("/deps/teardown-beside-a-busy-thread")
+async def teardown_beside_a_busy_thread_route(s: str = Depends(session)) -> dict[str, str]:
+    # A thread of the app's holds the GIL while the session's teardown awaits: the loop runs late.
+    threading.Thread(target=sorted, args=(_UNSORTED,), daemon=True).start()
     return {"s": s}
 
 

@@ -240,16 +240,17 @@ STALL_FLOOR_S = 0.005
 def stall_of(lag: float, interval: float) -> float:
     """Seconds of stall a tick ``lag`` seconds late stands for.
 
-    The heartbeat sees a stall only from its due time: a block that began up to one ``interval``
-    before goes uncounted. A lateness of at least one interval is a block, and that interval is
-    added (an upper bound), so a dependency awaiting through another request's blocking call is not
-    charged its start. A shorter lateness is taken as it is: it is as likely a callback of another
-    request or a thread holding the GIL for a few ms, and adding a whole interval to it zeroed the
-    time of a dependency awaiting 30 ms (a CI flake).
+    The heartbeat sees a stall only from its due time: whatever held the loop may have begun up to
+    one ``interval`` before. That interval is added (an upper bound) when the lateness is at least an
+    interval long, or when other requests were in flight: then the loop was most likely running their
+    code, and a dependency awaiting meanwhile is not charged it (another request's blocking call, or
+    its serialisation in small steps). A shorter lateness with one request in flight is taken as it
+    is: the process was descheduled, or another thread held the GIL, for about that long. Adding a
+    whole interval there zeroed the time of a lone dependency awaiting 30 ms (a CI flake).
     """
     if lag <= STALL_FLOOR_S:
         return 0.0
-    return lag + interval if lag >= interval else lag
+    return lag + interval if lag >= interval or len(active_requests) > 1 else lag
 
 
 def stall_clock() -> float:
