@@ -145,9 +145,18 @@ def test_slow_dependency_is_found_and_the_cached_one_is_not(servers):
         assert count == ROUNDS, dependency
 
 
+def hit_one_at_a_time(app: AppProcess, path: str) -> None:
+    """ROUNDS requests, each alone: a dependency's teardown runs after the response is sent, so the
+    next request waits until it (30 ms here) is done rather than overlapping it."""
+    with httpx.Client(timeout=30.0) as client:
+        for _ in range(ROUNDS):
+            assert client.get(app.url + path).status_code == 200
+            time.sleep(0.15)
+
+
 def test_generator_dependency_teardown_counts_but_is_not_a_rebuild(servers):
     app = servers["deps"]
-    hit(app, "/deps/teardown")
+    hit_one_at_a_time(app, "/deps/teardown")
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
                                  fastapi_dependency="session", http_route="/deps/teardown")
     assert count == ROUNDS and total / count >= 0.028  # the 30 ms is spent after the yield
@@ -162,12 +171,7 @@ def test_a_lone_dependency_keeps_its_time_while_another_thread_holds_the_gil(ser
     # subtracted as it is; counted as another request's block plus the 50 ms heartbeat interval
     # before it, it zeroed the teardown's time (read ~0 before the change, checked).
     app = servers["deps"]
-    with httpx.Client(timeout=30.0) as client:
-        for _ in range(ROUNDS):
-            assert client.get(app.url + "/deps/teardown-beside-a-busy-thread").status_code == 200
-            # The teardown runs after the response is sent: let it (and the sort) end, so the next
-            # request does not overlap it and each request is alone, as the case is meant.
-            time.sleep(0.15)
+    hit_one_at_a_time(app, "/deps/teardown-beside-a-busy-thread")
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
                                  fastapi_dependency="session", http_route="/deps/teardown-beside-a-busy-thread")
     assert count == ROUNDS and total / count >= 0.025, total / count
