@@ -38,11 +38,14 @@ def mark_line(app_file: str, mark: str) -> int:
     return next(n for n, line in enumerate(lines, 1) if line.endswith(f"# mark: {mark}"))
 
 
-def hit(app: AppProcess, path: str, n: int = ROUNDS, **kwargs: Any) -> httpx.Response:
+def hit(app: AppProcess, path: str, n: int = ROUNDS, pause_s: float = 0.0, **kwargs: Any) -> httpx.Response:
+    """``n`` GETs one after the other; ``pause_s`` between them lets work that runs after a response
+    is sent (a dependency's teardown) end before the next request, so each request is alone."""
     with httpx.Client(timeout=30.0) as client:
         for _ in range(n):
             response = client.get(app.url + path, **kwargs)
             assert response.status_code == 200, (path, response.status_code, response.text[:200])
+            time.sleep(pause_s)
     return response
 
 
@@ -145,18 +148,9 @@ def test_slow_dependency_is_found_and_the_cached_one_is_not(servers):
         assert count == ROUNDS, dependency
 
 
-def hit_one_at_a_time(app: AppProcess, path: str) -> None:
-    """ROUNDS requests, each alone: a dependency's teardown runs after the response is sent, so the
-    next request waits until it (30 ms here) is done rather than overlapping it."""
-    with httpx.Client(timeout=30.0) as client:
-        for _ in range(ROUNDS):
-            assert client.get(app.url + path).status_code == 200
-            time.sleep(0.15)
-
-
 def test_generator_dependency_teardown_counts_but_is_not_a_rebuild(servers):
     app = servers["deps"]
-    hit_one_at_a_time(app, "/deps/teardown")
+    hit(app, "/deps/teardown", pause_s=0.15)  # each teardown (30 ms) alone
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
                                  fastapi_dependency="session", http_route="/deps/teardown")
     assert count == ROUNDS and total / count >= 0.028  # the 30 ms is spent after the yield
@@ -171,7 +165,7 @@ def test_a_lone_dependency_keeps_its_time_while_another_thread_holds_the_gil(ser
     # subtracted as it is; counted as another request's block plus the 50 ms heartbeat interval
     # before it, it zeroed the teardown's time (read ~0 before the change, checked).
     app = servers["deps"]
-    hit_one_at_a_time(app, "/deps/teardown-beside-a-busy-thread")
+    hit(app, "/deps/teardown-beside-a-busy-thread", pause_s=0.15)
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
                                  fastapi_dependency="session", http_route="/deps/teardown-beside-a-busy-thread")
     assert count == ROUNDS and total / count >= 0.025, total / count
