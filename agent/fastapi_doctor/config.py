@@ -214,7 +214,7 @@ SETTINGS: tuple[Setting, ...] = (
             ", ".join(SAMPLERS), "Head sampler (the ratio applies to the traceidratio ones)."),
     Setting("traces_sampler_arg", "OTEL_TRACES_SAMPLER_ARG", 0.1, _ratio, "a ratio from 0 to 1",
             "Share of requests whose traces are recorded (head sampling)."),
-    Setting("traces_per_second", "FASTAPI_DOCTOR_TRACES_PER_SECOND", 10.0, _non_negative_float,
+    Setting("traces_per_second", "FASTAPI_DOCTOR_TRACES_PER_SECOND", 2.0, _non_negative_float,
             "a number >= 0 (0: no limit)",
             "At most this many requests per second and process start a trace (below it the ratio decides; ratio 1 traces all)."),
     Setting("otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", None, _host, "a URL such as http://localhost:4317",
@@ -260,7 +260,7 @@ class Settings:
     prometheus_port: int = 9464
     traces_sampler: str = "parentbased_traceidratio"
     traces_sampler_arg: float = 0.1
-    traces_per_second: float = 10.0
+    traces_per_second: float = 2.0
     otlp_endpoint: str | None = None
     otlp_timeout_s: float = 5.0
     metric_export_interval_ms: float = 60000.0

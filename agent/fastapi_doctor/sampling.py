@@ -34,10 +34,12 @@ from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
+from fastapi_doctor.config import Settings
+
 # The decision for the request this task serves: True, False, or None outside requests.
 admitted: ContextVar[bool | None] = ContextVar("fastapi_doctor_admitted", default=None)
 
-_ratio = 0.1
+_ratio = Settings.traces_sampler_arg
 _random = random.random
 _monotonic = time.monotonic
 
@@ -69,7 +71,7 @@ class TokenBucket:
         return False
 
 
-_bucket = TokenBucket(10.0)
+_bucket = TokenBucket(Settings.traces_per_second)
 
 
 def configure(ratio: float, traces_per_second: float | None = None) -> None:
