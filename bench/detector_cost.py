@@ -14,8 +14,8 @@ run to run, more than a detector costs), the configurations in alternation, best
 * ``+<detector>``: that detector alone on top of ``core``;
 * ``all detectors``: every detector, traces off;
 * ``traced request``: ``core`` with every request traced (ratio 1, no per-second limit): the extra
-  cost of one sampled request. At the default (ratio 0.1, at most 10 traces a second) it is paid at
-  most ten times a second.
+  cost of one sampled request. At the default (ratio 0.1, at most 2 traces a second) it is paid at
+  most twice a second.
 
 A detector's cost is its line minus ``core``. Spans are exported to no collector here (the
 exporter is not configured): export costs are in the server benchmark (``bench/run.py``).
