@@ -7,11 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import BIN, ROOT, metric_value, wait_until
+from harness import BIN, ROOT, concurrent_get, metric_value, wait_until
 
 STOCK_OTEL = ROOT / ".cache" / "stock-otel"
 
@@ -100,6 +101,25 @@ def test_head_sampling_at_admission_follows_ratio_and_traceparent(serve, otlp):
     # Every request is still measured.
     text = app.metrics_text()
     assert metric_value(text, "http_server_request_duration_seconds_count", http_route="/items/{item_id}") == 21
+
+
+def test_default_sampling_starts_at_most_two_traces_a_second_under_load(serve, otlp):
+    # Defaults: ratio 0.1, at most FASTAPI_DOCTOR_TRACES_PER_SECOND (2) requests a second start a
+    # trace (docs/performance.md, decision 2). The ratio alone would trace a tenth of the load.
+    app = serve("hello:app", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"})
+    started = time.monotonic()
+    responses = concurrent_get(app.url + "/items/1", 2000, concurrency=16)
+    elapsed = time.monotonic() - started
+    assert all(r.status_code == 200 for r in responses)
+    wait_until(lambda: [s for s in otlp.spans() if s.scope == "fastapi"])
+    time.sleep(1.0)  # the last batch (every 200 ms here)
+    traces = {s.trace_id for s in otlp.spans() if s.scope == "fastapi"}
+    # The bucket starts full (2 tokens) and refills 2 a second.
+    assert int(elapsed) <= len(traces) <= 2 + 2 * (elapsed + 1), (len(traces), elapsed)
+    assert len(traces) * 5 < 2000 * 0.1  # the limit, not the ratio, decided
+    # Every request is still measured.
+    text = app.metrics_text()
+    assert metric_value(text, "http_server_request_duration_seconds_count", http_route="/items/{item_id}") == 2000
 
 
 def test_instrument_in_code_without_wrapper(serve):
