@@ -223,6 +223,8 @@ class Agent:
             "detectors": [s.name for s in self.signals],
             "findings": [f.as_dict() for f in findings],
             "evicted": self.findings.evicted,
+            # What made the event loop late that is not the app's code (pauses, the agent's cost).
+            "stalls": {k: v for s in self.signals if hasattr(s, "stalls") for k, v in s.stalls().items()},
         }
 
 

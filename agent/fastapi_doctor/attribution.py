@@ -1,8 +1,11 @@
 """From a stack to the user's line of code and the root cause it points to.
 
 Stacks are reduced to code locations at once (file, line, function): no local variables are read
-or kept. Library frames (fastapi, starlette, anyio, asyncio, uvicorn, site-packages, the standard
-library and the agent itself) are skipped to reach the user's code.
+or kept. Frames that are not the user's code are skipped to reach it: libraries (fastapi, starlette,
+anyio, asyncio, uvicorn, site-packages, the standard library), the agent itself, code generated at run
+time (any ``<...>`` file name: ``<string>`` of dataclasses' ``__init__``, SQLAlchemy's ``<sqlalchemy
+generated ...>`` wrappers, ``<frozen ...>``) and console-script entry points (``bin/uvicorn``). One walker,
+:func:`user_frame`, serves every signal; :func:`first_user_frame` is the same test over a captured stack.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ DEFAULT_LIBRARY_MODULES = (
 
 _AGENT_DIR = os.path.dirname(os.path.abspath(__file__))
 _AGENT_DEMO_DIR = os.path.join(_AGENT_DIR, "demo")
+# Code whose time is the agent's own cost, never the app's blame: the agent and the OpenTelemetry
+# SDK, API, exporters and instrumentations it runs.
+_AGENT_MODULES = ("opentelemetry",)
 
 # Functions whose frames mean "the response is being serialised": a block there is a large payload.
 SERIALISATION_FUNCTIONS = frozenset(
@@ -55,9 +61,17 @@ SERIALISATION_FUNCTIONS = frozenset(
 )
 
 
+# Who a file belongs to.
+USER, LIBRARY, STDLIB, AGENT = "user", "library", "stdlib", "agent"
+
+
 class _LibraryIndex:
     def __init__(self) -> None:
         self._prefixes: tuple[str, ...] = ()
+        self._site: tuple[str, ...] = ()
+        self._stdlib: tuple[str, ...] = ()
+        self._agent: tuple[str, ...] = ()
+        self._scripts: tuple[str, ...] = ()
         self.configure(())
 
     def configure(self, extra_modules: Iterable[str]) -> None:
@@ -66,24 +80,46 @@ class _LibraryIndex:
         for key in ("stdlib", "platstdlib", "purelib", "platlib"):
             if paths.get(key):
                 prefixes.append(os.path.realpath(paths[key]) + os.sep)
+        site: list[str] = [os.path.realpath(paths[key]) + os.sep for key in ("purelib", "platlib") if paths.get(key)]
         for site_dir in sys.path:
             if site_dir.endswith(("site-packages", "dist-packages")):
-                prefixes.append(os.path.realpath(site_dir) + os.sep)
+                site.append(os.path.realpath(site_dir) + os.sep)
+        prefixes.extend(site)
         for name in (*DEFAULT_LIBRARY_MODULES, *extra_modules):
             prefixes.extend(_module_dirs(name))
         prefixes.append(_AGENT_DIR + os.sep)
         self._prefixes = tuple(dict.fromkeys(prefixes))
-        self.is_library.cache_clear()
+        self._site = tuple(dict.fromkeys(site))
+        # The standard library: where ``os`` lives (a venv's platstdlib holds its site-packages too).
+        self._stdlib = (os.path.dirname(os.path.realpath(os.__file__)) + os.sep,)
+        self._agent = tuple(
+            dict.fromkeys([_AGENT_DIR + os.sep, *(d for name in _AGENT_MODULES for d in _module_dirs(name))])
+        )
+        # Console-script entry points (bin/uvicorn, bin/gunicorn): generated launchers, not the app.
+        scripts = [paths.get("scripts"), os.path.join(sys.prefix, "bin"), os.path.join(sys.base_prefix, "bin")]
+        self._scripts = tuple(dict.fromkeys(os.path.realpath(d) + os.sep for d in scripts if d))
+        self.owner.cache_clear()
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one index per process, filenames are few
-    def is_library(self, filename: str) -> bool:
+    def owner(self, filename: str) -> str:
+        """USER, LIBRARY, STDLIB or AGENT for a code object's file name."""
         if filename.startswith("<"):
-            # <frozen ...>, <string>: the interpreter's own code
-            return filename.startswith("<frozen")
+            # <frozen ...>, <string> (dataclasses' generated __init__), <sqlalchemy generated ...>:
+            # code made at run time by the interpreter or a library, never the line the user wrote.
+            return STDLIB if filename.startswith("<frozen") else LIBRARY
         path = os.path.realpath(filename)
         if path.startswith(_AGENT_DEMO_DIR + os.sep):
-            return False  # the demo patient is user code
-        return path.startswith(self._prefixes)
+            return USER  # the demo patient is user code
+        if path.startswith(self._agent):
+            return AGENT
+        if path.startswith(self._stdlib) and not path.startswith(self._site):
+            return STDLIB
+        if path.startswith(self._prefixes) or path.startswith(self._scripts):
+            return LIBRARY
+        return USER
+
+    def is_library(self, filename: str) -> bool:
+        return self.owner(filename) != USER
 
 
 def _module_dirs(name: str) -> list[str]:
@@ -108,7 +144,16 @@ def configure(extra_library_modules: Iterable[str]) -> None:
 
 
 def is_library_file(filename: str) -> bool:
-    return _index.is_library(filename)
+    """Not the user's code (see the module's docstring)."""
+    return _index.owner(filename) != USER
+
+
+def is_user_file(filename: str) -> bool:
+    return _index.owner(filename) == USER
+
+
+def owner(filename: str) -> str:
+    return _index.owner(filename)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,23 +199,63 @@ def location(info: FrameInfo) -> Location:
 
 def first_user_frame(stack: Iterable[FrameInfo]) -> FrameInfo | None:
     """The innermost frame of the user's code in a stack given innermost first."""
+    owner_of = _index.owner
     for info in stack:
-        if not _index.is_library(info.filename):
+        if owner_of(info.filename) == USER:
             return info
     return None
 
 
-def caller_location(skip: int = 1, limit: int = 64) -> Location | None:
-    """Cheap walk from the caller to the first frame of user code (no traceback is built)."""
-    frame: types.FrameType | None = sys._getframe(skip + 1)
+def first_owner(stack: Iterable[FrameInfo]) -> tuple[str, FrameInfo | None]:
+    """Whose code is running: the owner of the innermost frame outside the standard library.
+
+    ``json.dumps`` called by the agent's log formatter is the agent's; called by Starlette's
+    ``JSONResponse.render``, a library's. (STDLIB, None) when only the standard library is running.
+    """
+    owner_of = _index.owner
+    for info in stack:
+        who = owner_of(info.filename)
+        if who != STDLIB:
+            return who, info
+    return STDLIB, None
+
+
+def user_frame(frame: types.FrameType | None, limit: int = 64) -> types.FrameType | None:
+    """The innermost frame of the user's code from ``frame`` outwards (a live frame; no traceback
+    is built). The one walker every signal uses."""
+    owner_of = _index.owner
     depth = 0
     while frame is not None and depth < limit:
-        code = frame.f_code
-        if not _index.is_library(code.co_filename):
-            return Location(display_path(code.co_filename), frame.f_lineno or 0, code.co_qualname)
+        if owner_of(frame.f_code.co_filename) == USER:
+            return frame
         frame = frame.f_back
         depth += 1
     return None
+
+
+# (file, line, function) -> Location: the same site is met again and again (a checkout, a statement);
+# building its Location (a relative path) costs more than the walk. Bounded: the app's lines are few.
+_locations: dict[tuple[str, int, str], Location] = {}
+
+
+def frame_location(frame: types.FrameType | None, limit: int = 64) -> Location | None:
+    """The user's line from ``frame`` outwards (see :func:`user_frame`), as a shared Location."""
+    found = user_frame(frame, limit)
+    if found is None:
+        return None
+    code = found.f_code
+    key = (code.co_filename, found.f_lineno or 0, code.co_qualname)
+    location = _locations.get(key)
+    if location is None:
+        location = Location(display_path(key[0]), key[1], key[2])
+        if len(_locations) < 4096:
+            _locations[key] = location
+    return location
+
+
+def caller_location(skip: int = 1, limit: int = 64) -> Location | None:
+    """Cheap walk from the caller to the first frame of user code (no traceback is built)."""
+    return frame_location(sys._getframe(skip + 1), limit)
 
 
 # --- what call a frame is stuck in -------------------------------------------------------------
@@ -271,14 +356,20 @@ def classify(stack: tuple[FrameInfo, ...]) -> tuple[str, str | None]:
     """(root_cause, middleware name) for a stack that blocked the loop, innermost first.
 
     The first part of the app met walking outwards decides: serialisation means a large payload,
-    a middleware layer's own code means slow middleware, anything else blocking I/O.
+    a middleware layer's own code means slow middleware, anything else blocking I/O. A library's
+    middleware (CORSMiddleware) around the user's code met first is not the blame: that code is the
+    app's (an endpoint or dependency the hooks did not register), and it runs inside every layer.
     """
+    owner_of = _index.owner
+    user_seen = False
     for info in stack:
         if (info.module, info.code.co_name) in SERIALISATION_FUNCTIONS:
             return "large_payload", None
         role = _code_roles.get(info.code)
         if role is not None:
-            if role[0] == "middleware":
+            if role[0] == "middleware" and not (user_seen and owner_of(info.filename) != USER):
                 return "slow_middleware", role[1]
             return "blocking_io", None
+        if not user_seen:
+            user_seen = owner_of(info.filename) == USER
     return "blocking_io", None

@@ -166,6 +166,35 @@ def render_charts(history: dict[str, Any] | None) -> str:
     )
 
 
+def render_stalls(stalls: dict[str, Any] | None) -> str:
+    """Lines for what made the event loop late that is not the app's code (``doc["stalls"]``)."""
+    lines = []
+    paused = (stalls or {}).get("paused")
+    if paused:
+        line = (
+            f'The process was paused {paused["episodes"]} time(s), {paused["seconds"]:.2f} s in all: the event loop '
+            "was late because nothing in the process ran (stopped, CPU-throttled or not scheduled), not because "
+            "of the app's code."
+        )
+        if paused.get("throttled_periods"):
+            line += (
+                f' Its cgroup was CPU-throttled {paused["throttled_periods"]} time(s), '
+                f'{paused["throttled_seconds"]:.2f} s: raise the CPU limit or lower the load per replica.'
+            )
+        lines.append(f'<li data-stall="paused">{escape(line)}</li>')
+    agent = (stalls or {}).get("agent")
+    if agent:
+        line = (
+            f'The agent and OpenTelemetry blocked the event loop {agent["episodes"]} time(s), {agent["seconds"]:.2f} s '
+            f'({agent["share"]:.1%} of the time, over its budget of {agent["budget_share"]:.0%}): lower the traces '
+            "sampled (OTEL_TRACES_SAMPLER_ARG, FASTAPI_DOCTOR_TRACES_PER_SECOND)."
+        )
+        lines.append(f'<li data-stall="agent">{escape(line)}</li>')
+    if not lines:
+        return ""
+    return '<section class="stalls"><h2>Not the app\'s code</h2><ul>' + "".join(lines) + "</ul></section>"
+
+
 def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> str:
     findings = doc.get("findings", [])
     return (
@@ -175,5 +204,5 @@ def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> s
         f"<header><h1>fastapi-doctor — {escape(str(doc.get('service', '')))}</h1>"
         f"<p>{len(findings)} finding(s) · generated {escape(str(doc.get('generated_at', '')))} · "
         f"pid {escape(str(doc.get('pid', '')))}</p></header><main>"
-        f"{render_charts(history)}{render_findings(findings)}</main></body></html>"
+        f"{render_charts(history)}{render_stalls(doc.get('stalls'))}{render_findings(findings)}</main></body></html>"
     )

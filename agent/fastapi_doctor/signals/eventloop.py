@@ -11,8 +11,23 @@ Two parts, as in aiodebug's hang inspection:
   due time, it samples the loop thread's stack (``sys._current_frames()``) every few milliseconds until
   the loop ticks again, reducing each sample at once to code locations. At the end of the episode the
   most frequent (user line, call, root cause) wins: serialisation means ``large_payload``, a middleware's
-  own code ``slow_middleware``, anything else ``blocking_io``. An episode that was mostly a garbage
-  collection pause is not blamed on the code that happened to be running.
+  own code ``slow_middleware``, anything else ``blocking_io``.
+
+An episode is blamed on the app's code only on evidence (:func:`judge`):
+
+* the process ran: the loop thread's own CPU clock and the process's, read on each tick, and the
+  watchdog's own wake-ups. When neither the loop thread nor the watchdog could run (SIGSTOP, a CPU
+  limit's CFS throttling, a VM or container paused, steal) the process was paused: counted in
+  ``fastapi_doctor.process.paused`` with the cgroup's throttling, never the line it stopped at;
+* one call held the loop: the loop thread did not run (it waited in that call) or, when it ran, the
+  same line was seen in at least two samples (a busy loop running many short callbacks is not one
+  blocking call);
+* not the agent's or OpenTelemetry's code: their stalls are the agent's cost
+  (``fastapi_doctor.agent.loop_stalls``), never the app's blame;
+* not a garbage collection pause (gc_pauses);
+* not start-up: nothing before the app's first request (importing the app, the lifespan), and an
+  occurrence becomes a finding only when it recurs (the same root cause, route and line twice): the
+  first ``/openapi.json``, a route's first call warming a cache, are once per process.
 
 The heartbeat machinery (:data:`hub`) is shared with the threadpool and GC signals, which read anyio's
 limiter and drain GC pauses on the loop's tick.
@@ -29,13 +44,17 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from collections import deque
+
 from fastapi_doctor import attribution, containment
-from fastapi_doctor.context import RequestState, active_requests, current_request
+from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals import gc_pauses
+from fastapi_doctor.signals import gc_pauses, process
 
 _get_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
+_thread_time = time.thread_time
+_process_time = time.process_time
 # The task running on each loop (asyncio and uvloop both run asyncio.Task, which maintains it).
 _current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
 
@@ -68,6 +87,11 @@ class Heartbeat:
         "driver",
         "stalled",
         "wait",
+        "cpu",
+        "process_cpu",
+        "window",
+        "window_cpu",
+        "window_process_cpu",
     )
 
     def __init__(self, loop: Any, thread_id: int, interval: float) -> None:
@@ -93,6 +117,13 @@ class Heartbeat:
         # Recent lateness of the tick (moving average): how long a callback made ready now waits for
         # the loop (see queue_wait).
         self.wait = 0.0
+        # CPU clocks of the loop thread and of the process at the last tick, and over the window
+        # between the last two ticks: did the loop (the process) run while it was late?
+        self.cpu = _thread_time()
+        self.process_cpu = _process_time()
+        self.window = 0.0
+        self.window_cpu = 0.0
+        self.window_process_cpu = 0.0
 
     def start(self) -> None:
         self.loop.call_later(self.interval, self.tick)
@@ -102,6 +133,13 @@ class Heartbeat:
             return
         try:
             now = _monotonic()
+            cpu = _thread_time()
+            process_cpu = _process_time()
+            self.window = now - self.last_tick
+            self.window_cpu = cpu - self.cpu
+            self.window_process_cpu = process_cpu - self.process_cpu
+            self.cpu = cpu
+            self.process_cpu = process_cpu
             lag = now - self.due
             if self.paused:
                 self.paused = False
@@ -325,11 +363,80 @@ def attach_running_loop() -> bool:
     return loop is not None and loop in hub.heartbeats
 
 
+# --- what held the loop: the evidence ---------------------------------------------------------
+
+PAUSED, CONTENDED, STUCK, BUSY = "paused", "contended", "stuck", "busy"
+# The share of a late tick's lateness that decides "ran" / "watched" (see judge).
+EVIDENCE_SHARE = 0.5
+# A watchdog wake-up later than this is a stretch the watchdog could not watch.
+WATCHDOG_GAP_FLOOR_S = 0.005
+# Stalls of the loop in the agent's (or OpenTelemetry's) own code are shown on the doctor page once
+# they add up to more than this share of the time the watchdog has run.
+AGENT_STALL_BUDGET = 0.01
+# Root-cause slot of a sample whose running code was the agent's (never a finding).
+_AGENT_COST = "agent"
+
+
+def judge(lag: float, window: float, loop_cpu: float | None, process_cpu: float | None, missed: float, watch: float) -> str:
+    """What held the event loop for ``lag`` seconds past its tick, from facts about that stretch.
+
+    ``window``: seconds between the late tick and the one before it; ``loop_cpu``/``process_cpu``:
+    CPU time the loop thread/the whole process used in that window (None: not measured);
+    ``missed``: seconds the watchdog itself could not run while it should have watched the loop
+    (``watch`` seconds: from the threshold to the tick).
+
+    * BUSY: the loop thread ran on a CPU for at least half the lateness (Python or C code, one call
+      or many callbacks; the samples must show which).
+    * STUCK: it did not run but the watchdog did: the loop thread waited in one call (a sleep,
+      blocking I/O, a lock) while the watchdog watched it.
+    * PAUSED: neither the loop thread, nor the watchdog, nor the process ran: the process was
+      stopped or not scheduled (SIGSTOP, CFS throttling under a CPU limit, a paused VM, steal).
+    * CONTENDED: the loop and the watchdog waited while another thread of the process held the
+      interpreter.
+    """
+    if loop_cpu is None:
+        return BUSY
+    # A lower bound of the CPU the loop thread used while late: all of the window before the due
+    # time may have been CPU.
+    late_cpu = loop_cpu - max(window - lag, 0.0)
+    if late_cpu >= EVIDENCE_SHARE * lag:
+        return BUSY
+    if missed < EVIDENCE_SHARE * watch:
+        return STUCK
+    if process_cpu is not None and process_cpu < EVIDENCE_SHARE * lag:
+        return PAUSED
+    return CONTENDED
+
+
+def _overlap(intervals: Any, start: float, end: float) -> float:
+    """Seconds of ``intervals`` ((start, end) pairs) inside [start, end]."""
+    total = 0.0
+    for lo, hi in list(intervals):
+        lo, hi = max(lo, start), min(hi, end)
+        if hi > lo:
+            total += hi - lo
+    return total
+
+
 # --- blocked episodes ----------------------------------------------------------------------------
 
 
 class _Episode:
-    __slots__ = ("ticks", "due", "detected", "end", "lag", "state", "samples", "taken", "span_done")
+    __slots__ = (
+        "ticks",
+        "due",
+        "detected",
+        "end",
+        "lag",
+        "state",
+        "samples",
+        "taken",
+        "span_done",
+        "serving",
+        "window",
+        "cpu",
+        "process_cpu",
+    )
 
     def __init__(self, ticks: int, due: float, detected: float) -> None:
         self.ticks = ticks
@@ -342,6 +449,12 @@ class _Episode:
         self.samples: dict[tuple[Location | None, str | None, str, str | None], int] = {}
         self.taken = 0
         self.span_done = False
+        # The app had admitted a request: not start-up.
+        self.serving = admissions.value > 0
+        # The late tick's window and CPU clocks (set by the tick that ends the episode).
+        self.window = 0.0
+        self.cpu: float | None = None
+        self.process_cpu: float | None = None
 
 
 _LIFESPAN = ("starlette.routing", "lifespan")
@@ -363,6 +476,17 @@ class EventLoopSignal:
         # Route template -> where its endpoint is defined (the location of a large payload).
         self._endpoints: dict[str, Location] = {}
         self.episodes_seen = 0  # attributed episodes, for tests and the report
+        # The first occurrence of each (root cause, route, line): reported when it recurs.
+        self._held: dict[tuple[str, str | None, Location | None], tuple[str, dict[str, Any]]] = {}
+        # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, cpu,
+        # process cpu), appended on the loop, judged by the watchdog.
+        self._unseen: deque[tuple[float, float, float, float, float, float]] = deque(maxlen=64)
+        # Stretches the watchdog could not run (planned wake-up, actual), for judge().
+        self._gaps: deque[tuple[float, float]] = deque(maxlen=256)
+        self.started = _monotonic()
+        self.paused_total = [0, 0.0]  # episodes, seconds
+        self.agent_total = [0, 0.0]
+        self._throttled: tuple[int, float] | None = None  # the cgroup's throttling at instrument()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -391,6 +515,28 @@ class EventLoopSignal:
             unit="s",
             description="Time the event loop spent blocked in those episodes.",
         )
+        self.paused = meter.create_counter(
+            "fastapi_doctor.process.paused",
+            unit="{episode}",
+            description="Times the event loop was late because the process did not run at all (stopped, CPU-throttled, not scheduled).",
+        )
+        self.paused_time = meter.create_counter(
+            "fastapi_doctor.process.paused_time",
+            unit="s",
+            description="Lateness of the event loop in those pauses.",
+        )
+        self.agent_stalls = meter.create_counter(
+            "fastapi_doctor.agent.loop_stalls",
+            unit="{episode}",
+            description="Blocked episodes of the event loop spent in the agent's or OpenTelemetry's own code (the agent's cost).",
+        )
+        self.agent_stall_time = meter.create_counter(
+            "fastapi_doctor.agent.loop_stall_time",
+            unit="s",
+            description="Time the event loop spent blocked in the agent's or OpenTelemetry's own code.",
+        )
+        self.started = _monotonic()
+        self._throttled = process.cgroup_throttling()
         self._stop.clear()
         hub.tick_callbacks.append(self._on_tick)
         hub.acquire(self, agent)
@@ -439,6 +585,10 @@ class EventLoopSignal:
         if episode is not None and episode.end is None:
             episode.end = now
             episode.lag = lag if lag >= 0.0 else now - episode.due
+            if lag >= 0.0:
+                episode.window, episode.cpu, episode.process_cpu = hb.window, hb.window_cpu, hb.window_process_cpu
+        elif lag >= self.block_s:
+            self._unseen.append((now - lag, now, lag, hb.window, hb.window_cpu, hb.window_process_cpu))
 
     # -- the app's parts, so a stack can be classified ------------------------------------------
 
@@ -474,13 +624,22 @@ class EventLoopSignal:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            begun = _monotonic()
             try:
                 timeout = self._check()
             except Exception as exc:
                 containment.report("eventloop watchdog", exc)
                 timeout = 1.0
-            self._wake.wait(timeout)
+            planned = _monotonic()
+            if planned - begun > WATCHDOG_GAP_FLOOR_S:
+                self._gaps.append((begun, planned))  # stopped (or kept from the GIL) while checking
+            planned += timeout
+            woken = self._wake.wait(timeout)
             self._wake.clear()
+            if not woken:
+                late = _monotonic() - planned
+                if late > WATCHDOG_GAP_FLOOR_S:
+                    self._gaps.append((planned, planned + late))
 
     def _check(self) -> float:
         now = _monotonic()
@@ -512,6 +671,10 @@ class EventLoopSignal:
             else:
                 self._sample(hb, episode)
                 wake = min(wake, now + self.sample_s)
+        while self._unseen:
+            due, end, lag, window, cpu, process_cpu = self._unseen.popleft()
+            if self._verdict(due, end, lag, window, cpu, process_cpu) == PAUSED:
+                self._paused(lag)
         return max(wake - _monotonic(), 0.001)
 
     def _sample(self, hb: Heartbeat, episode: _Episode) -> None:
@@ -531,6 +694,12 @@ class EventLoopSignal:
             return  # the loop is idle in its selector: the process was starved (or paused), not blocked
         if any((info.module, info.code.co_name) == _LIFESPAN for info in stack):
             return  # start-up or shut-down code: it delays start-up, not requests
+        owner, running = attribution.first_owner(stack)
+        if owner == attribution.AGENT and running is not None:
+            # The agent's or OpenTelemetry's code is running (on the app's behalf or not): its cost.
+            key = (None, f"{running.module}.{running.code.co_qualname}", _AGENT_COST, None)
+            episode.samples[key] = episode.samples.get(key, 0) + 1
+            return
         root_cause, middleware = attribution.classify(stack)
         call: str | None = None
         location: Location | None = None
@@ -571,6 +740,17 @@ class EventLoopSignal:
         started_ns = time.time_ns() - int((_monotonic() - episode.due) * 1e9)
         span.add_event("fastapi_doctor.eventloop.blocked", attributes, timestamp=started_ns)
 
+    def _verdict(self, due: float, end: float, lag: float, window: float, cpu: float | None, process_cpu: float | None) -> str:
+        watch_from = due + self.block_s
+        missed = _overlap(self._gaps, watch_from, end)
+        return judge(lag, window, cpu, process_cpu, missed, max(end - watch_from, self.sample_s))
+
+    def _paused(self, lag: float) -> None:
+        self.paused.add(1)
+        self.paused_time.add(lag)
+        self.paused_total[0] += 1
+        self.paused_total[1] += lag
+
     def _finish(self, hb: Heartbeat, episode: _Episode) -> None:
         blocked = episode.lag if episode.lag is not None else hb.last_tick - episode.due
         if blocked <= 0.0:
@@ -578,16 +758,32 @@ class EventLoopSignal:
         end = episode.end if episode.end is not None else hb.last_tick
         state = episode.state
         route = state.route if state is not None else None
+        verdict = self._verdict(episode.due, end, blocked, episode.window, episode.cpu, episode.process_cpu)
+        if verdict == PAUSED:
+            self._paused(blocked)  # whatever line the process stopped at is not to blame
+            return
         # A pause of the collector holds the GIL: the code it interrupted is not to blame.
         gc_time = gc_pauses.overlap(episode.due - hb.interval, end)
-        if gc_time >= 0.5 * blocked:
-            self._count(route, None, blocked)
+        if gc_time >= 0.5 * blocked or not episode.serving or verdict == CONTENDED:
+            # Nor is start-up (before the first request), nor another thread holding the interpreter.
+            self._count(route if episode.serving else None, None, blocked)
             return
         if not episode.samples:
             return
         key = max(episode.samples.items(), key=lambda kv: (kv[1], kv[0][0] is not None))[0]
         samples = episode.samples[key]
         location, call, root_cause, middleware = key
+        # One call held the loop: the loop thread waited in it (every sample is that call), or it
+        # ran and two samples saw the same line. One sample of a busy loop is a moment, not a cause.
+        if samples < (1 if verdict == STUCK else 2):
+            self._count(route, None, blocked)
+            return
+        if root_cause == _AGENT_COST:
+            self.agent_stalls.add(1)
+            self.agent_stall_time.add(blocked)
+            self.agent_total[0] += 1
+            self.agent_total[1] += blocked
+            return
         self._count(route, root_cause, blocked)
         self.episodes_seen += 1
         if location is None and route is not None:
@@ -614,7 +810,36 @@ class EventLoopSignal:
             evidence["middleware"] = middleware
         where = f"{state.method} {route}" if state is not None and route else "a request" if state else "a task outside any request"
         summary = _summary(root_cause, call, middleware, location, where, blocked_ms)
+        # Once is not a recurring problem (a route's first call warming a cache, the first
+        # /openapi.json): the first occurrence is held and reported when the same one recurs.
+        if stats[0] < 2:
+            if len(self._held) > 2 * self.agent.settings.max_findings:
+                self._held.clear()
+            self._held[stat_key] = (summary, evidence)
+            return
+        held = self._held.pop(stat_key, None)
+        if held is not None:
+            self.agent.findings.report(root_cause, route=route, summary=held[0], evidence=held[1], location=location)
         self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location)
+
+    def stalls(self) -> dict[str, Any]:
+        """What made the loop late that is not the app's code, for the doctor page (numbers only)."""
+        out: dict[str, Any] = {}
+        if self.paused_total[0]:
+            out["paused"] = {"episodes": self.paused_total[0], "seconds": round(self.paused_total[1], 3)}
+            throttled = process.cgroup_throttling()
+            if throttled is not None and self._throttled is not None:
+                out["paused"]["throttled_periods"] = throttled[0] - self._throttled[0]
+                out["paused"]["throttled_seconds"] = round(throttled[1] - self._throttled[1], 3)
+        elapsed = max(_monotonic() - self.started, 1e-9)
+        if self.agent_total[1] > AGENT_STALL_BUDGET * elapsed:
+            out["agent"] = {
+                "episodes": self.agent_total[0],
+                "seconds": round(self.agent_total[1], 3),
+                "budget_share": AGENT_STALL_BUDGET,
+                "share": round(self.agent_total[1] / elapsed, 4),
+            }
+        return out
 
     def _count(self, route: str | None, root_cause: str | None, blocked: float) -> None:
         key = (route, root_cause)

@@ -1,14 +1,77 @@
-"""The process: CPU utilisation, resident memory, open file descriptors and threads, through psutil.
+"""The process: CPU utilisation, resident memory, open file descriptors and threads, through psutil;
+and the CPU throttling of its cgroup (a container's CPU limit).
 
 Names follow OpenTelemetry's process semantic conventions (as ``opentelemetry-instrumentation-system-
-metrics`` does). Every value is read by an observable gauge on the collection cycle (a scrape or an OTLP
-export), never per request.
+metrics`` does); the cgroup's throttling, which has none, is ``fastapi_doctor.cgroup.cpu.*``. Every
+value is read by an observable instrument on the collection cycle (a scrape or an OTLP export), never
+per request.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
+
+# cpu.stat of the process's cgroup: v2 (the unified hierarchy), then v1's cpu controller; the paths
+# from /proc/self/cgroup first, then the mount's root (a container sees its own cgroup there).
+_CGROUP_ROOTS = {"": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"), "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct")}
+
+
+def cgroup_cpu_stat_paths(proc_cgroup: str = "/proc/self/cgroup") -> list[str]:
+    """Where the process's cgroup keeps its CPU throttling counters, most specific first."""
+    paths: list[str] = []
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        kind = "" if controllers == "" else "cpu" if "cpu" in controllers.split(",") else None
+        if kind is None:
+            continue
+        for root in _CGROUP_ROOTS[kind]:
+            paths.append(os.path.join(root, path.lstrip("/"), "cpu.stat"))
+    for roots in _CGROUP_ROOTS.values():
+        paths.extend(os.path.join(root, "cpu.stat") for root in roots)
+    return list(dict.fromkeys(os.path.normpath(p) for p in paths))
+
+
+_cpu_stat: list[str | None] = []  # the file found, once per process ([None]: there is none)
+
+
+def cgroup_throttling() -> tuple[int, float] | None:
+    """(periods throttled, seconds throttled) of the process's cgroup so far; None without one.
+
+    The kernel counts a CFS period in which the cgroup used up its CPU quota and was stopped until
+    the next one (``nr_throttled``) and the time it stayed stopped (``throttled_usec`` on cgroup v2,
+    ``throttled_time`` in ns on v1).
+    """
+    if not _cpu_stat:
+        found = None
+        for path in cgroup_cpu_stat_paths():
+            if _read_cpu_stat(path) is not None:
+                found = path
+                break
+        _cpu_stat.append(found)
+    path = _cpu_stat[0]
+    return None if path is None else _read_cpu_stat(path)
+
+
+def _read_cpu_stat(path: str) -> tuple[int, float] | None:
+    try:
+        with open(path) as f:
+            fields = dict(line.split(None, 1) for line in f.read().splitlines() if " " in line)
+    except (OSError, ValueError):
+        return None
+    try:
+        periods = int(fields["nr_throttled"])
+        if "throttled_usec" in fields:
+            return periods, int(fields["throttled_usec"]) / 1e6
+        return periods, int(fields["throttled_time"]) / 1e9
+    except (KeyError, ValueError):
+        return None
 
 _current: ProcessSignal | None = None
 
@@ -47,8 +110,25 @@ def _threads(signal: ProcessSignal) -> float:
     return float(signal.process.num_threads())
 
 
+def _throttled_periods(_signal: ProcessSignal) -> float | None:
+    throttled = cgroup_throttling()
+    return None if throttled is None else float(throttled[0])
+
+
+def _throttled_time(_signal: ProcessSignal) -> float | None:
+    throttled = cgroup_throttling()
+    return None if throttled is None else throttled[1]
+
+
 # Module-level callbacks: a second instrument() in the same process gets the same instruments back.
-_CALLBACKS = {"cpu": _observe(_cpu), "memory": _observe(_memory), "fds": _observe(_fds), "threads": _observe(_threads)}
+_CALLBACKS = {
+    "cpu": _observe(_cpu),
+    "memory": _observe(_memory),
+    "fds": _observe(_fds),
+    "threads": _observe(_threads),
+    "throttled": _observe(_throttled_periods),
+    "throttled_time": _observe(_throttled_time),
+}
 
 
 class ProcessSignal:
@@ -95,6 +175,18 @@ class ProcessSignal:
             unit="{thread}",
             description="Threads of the process.",
         )
+        meter.create_observable_counter(
+            "fastapi_doctor.cgroup.cpu.throttled",
+            callbacks=[_CALLBACKS["throttled"]],
+            unit="{period}",
+            description="CFS periods in which the process's cgroup used up its CPU quota and was stopped (cpu.stat nr_throttled).",
+        )
+        meter.create_observable_counter(
+            "fastapi_doctor.cgroup.cpu.throttled_time",
+            callbacks=[_CALLBACKS["throttled_time"]],
+            unit="s",
+            description="Time the process's cgroup was stopped by its CPU quota (cpu.stat throttled_usec / throttled_time).",
+        )
         _current = self
 
     def after_fork(self) -> None:
@@ -103,6 +195,7 @@ class ProcessSignal:
 
         self.process = psutil.Process()
         self.process.cpu_percent(None)
+        _cpu_stat.clear()  # the worker may sit in another cgroup
 
     def uninstrument(self) -> None:
         global _current
