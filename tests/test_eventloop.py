@@ -1,7 +1,9 @@
 """Event loop, threadpool, GC and process signals: blocked loops are found with the line that blocks.
 
 Real servers (uvicorn on asyncio and on uvloop) run tests/apps/loop_app.py, whose blocking helpers live in
-another module (loop_helpers.py), so a finding must point at the helper's line, not at the route.
+another module (loop_helpers.py), so a finding must point at the helper's line, not at the route. A block
+is a finding once it recurs (twice): each test calls a blocking route twice. What is not the app's code
+is never its blame: start-up (startup_app.py), a paused process, the agent's and OpenTelemetry's code.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def test_blocking_calls_are_found_with_the_helpers_line(serve, otlp, loop):
         },
     )
     assert httpx.get(app.url + "/report", timeout=10).json() == {"report": "report"}
+    time.sleep(0.3)  # once is not yet a finding (a first call may be warming up): the same block twice is
+    assert [f for f in app.findings() if f["route"] == "/report"] == []
+    assert httpx.get(app.url + "/report", timeout=10).json() == {"report": "report"}
 
     finding = one_finding(app, "/report", "blocking_io")
     assert finding["location"] == {
@@ -85,35 +90,37 @@ def test_blocking_calls_are_found_with_the_helpers_line(serve, otlp, loop):
         "line": marker_line(HELPERS, "BLOCKING-SLEEP"),
         "function": "fetch_report",
     }
-    assert finding["count"] == 1
+    assert finding["count"] == 2
     evidence = finding["evidence"]
     assert evidence["call"] == "time.sleep"
     assert evidence["threshold_ms"] == 50.0
     # The heartbeat's lateness measures the block from below: a 300 ms sleep is at least 200 ms late.
     assert 200 <= evidence["blocked_ms"] <= 5000
-    assert evidence["samples"] >= 1 and evidence["episodes"] == 1
+    assert evidence["samples"] >= 1 and evidence["episodes"] == 2
     assert "time.sleep blocked the event loop" in finding["summary"] and "GET /report" in finding["summary"]
 
     # A CPU-bound helper (pure Python, holding the GIL in slices) is found at its loop.
-    assert httpx.get(app.url + "/checksum", timeout=10).status_code == 200
+    for _ in range(2):
+        assert httpx.get(app.url + "/checksum", timeout=10).status_code == 200
     cpu = one_finding(app, "/checksum", "blocking_io")
     assert cpu["location"]["file"] == "loop_helpers.py" and cpu["location"]["function"] == "checksum"
     assert def_line(HELPERS, "checksum") < cpu["location"]["line"] <= marker_line(HELPERS, "CPU-LOOP")
 
     # A block inside a middleware's own code is the middleware's, at the helper it calls.
-    assert httpx.get(app.url + "/audited", timeout=10).status_code == 200
+    for _ in range(2):
+        assert httpx.get(app.url + "/audited", timeout=10).status_code == 200
     slow = one_finding(app, "/audited", "slow_middleware")
     assert slow["location"]["line"] == marker_line(HELPERS, "MIDDLEWARE-SLEEP")
     assert slow["evidence"]["middleware"] == "audit" and slow["evidence"]["call"] == "time.sleep"
     assert not [f for f in app.findings("blocking_io") if f["route"] == "/audited"]
 
     text = app.metrics_text()
-    assert lag_above(text, "0.1") >= 3  # the three blocks, seen by the lag histogram
-    assert metric_value(text, "fastapi_doctor_eventloop_blocked_total", http_route="/report", root_cause="blocking_io") == 1
+    assert lag_above(text, "0.1") >= 6  # the six blocks, seen by the lag histogram
+    assert metric_value(text, "fastapi_doctor_eventloop_blocked_total", http_route="/report", root_cause="blocking_io") == 2
     blocked_s = metric_value(
         text, "fastapi_doctor_eventloop_blocked_time_seconds_total", http_route="/report", root_cause="blocking_io"
     )
-    assert blocked_s == pytest.approx(evidence["blocked_ms"] / 1000, abs=0.001)
+    assert blocked_s >= evidence["blocked_ms"] / 1000 + 0.2
 
     # Exact attribute sets (the cardinality contract): a route template and a root cause, nothing else.
     assert {"http_route": "/report", "root_cause": "blocking_io"} in series_labels(text, "fastapi_doctor_eventloop_blocked_total")
@@ -129,7 +136,7 @@ def test_blocking_calls_are_found_with_the_helpers_line(serve, otlp, loop):
             if name == "fastapi_doctor.eventloop.blocked"
         ]
 
-    [event] = wait_until(report_span_events)
+    event = wait_until(report_span_events)[0]  # each sampled request's span has its episode
     assert event["fastapi_doctor.root_cause"] == "blocking_io"
     assert event["fastapi_doctor.call"] == "time.sleep"
     assert event["code.line.number"] == marker_line(HELPERS, "BLOCKING-SLEEP")
@@ -138,8 +145,9 @@ def test_blocking_calls_are_found_with_the_helpers_line(serve, otlp, loop):
 
 def test_serialising_a_large_response_is_large_payload_not_blocking_io(serve):
     app = serve("loop_app:app", env={"FASTAPI_DOCTOR_LOOP_BLOCK_MS": "50"})
-    response = httpx.get(app.url + "/export", timeout=30)
-    assert len(response.content) > 2_000_000
+    for _ in range(2):
+        response = httpx.get(app.url + "/export", timeout=30)
+        assert len(response.content) > 2_000_000
 
     finding = one_finding(app, "/export", "large_payload")
     assert finding["evidence"]["call"] in (
@@ -211,8 +219,9 @@ def test_a_long_gc_pause_is_not_blamed_on_the_code_it_interrupted(serve, gc_dete
         env["FASTAPI_DOCTOR_DISABLED_DETECTORS"] = "gc"
     app = serve("loop_app:app", env=env)
     assert httpx.post(app.url + "/gc/heap", timeout=60).json() == {"objects": 1_000_000}
-    time.sleep(0.2)
-    assert httpx.post(app.url + "/gc/collect", timeout=60).status_code == 200
+    for _ in range(2):  # twice: a block that recurs is a finding, unless a collection caused it
+        time.sleep(0.2)
+        assert httpx.post(app.url + "/gc/collect", timeout=60).status_code == 200
     time.sleep(0.3)
     text = app.metrics_text()
     assert lag_above(text, "0.05") >= 1  # the collection did stall the loop
@@ -294,34 +303,54 @@ def points(agent: Any, name: str) -> list[Any]:
 
 
 def test_time_sleep_in_the_loop_is_reported_once_and_await_never(agent):
+    import fastapi
+    from fastapi.testclient import TestClient
+
     from fastapi_doctor.signals.eventloop import attach_running_loop
 
+    agent._on_fastapi(fastapi)
+    app = fastapi.FastAPI()
+
+    @app.get("/block")
+    async def block() -> dict[str, bool]:
+        time.sleep(0.2)  # ROUTE-SLEEP
+        await asyncio.sleep(0.15)  # the loop ticks; the watchdog closes the episode
+        return {"ok": True}
+
+    @app.get("/cooperative")
+    async def cooperative_route() -> dict[str, bool]:
+        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.15)
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/cooperative").json() == {"ok": True}
+            assert client.get("/block").json() == {"ok": True}
+    [finding] = wait_until(lambda: [f for f in agent.findings.all() if f.count == 3], timeout=5)
+    assert agent.findings.all() == [finding]  # exactly once, and the cooperative route never
+    assert finding.root_cause == "blocking_io" and finding.route == "/block"
+    assert finding.location.line == marker_line(Path(__file__), "ROUTE-SLEEP")
+    assert finding.evidence["call"] == "time.sleep" and finding.evidence["episodes"] == 3
+    assert 100 <= finding.evidence["blocked_ms"] <= 2000
+
+    # Outside any request (a background task), the same: a finding once it recurs.
     async def blocking() -> None:
         assert attach_running_loop()
         await asyncio.sleep(0.1)
         time.sleep(0.2)  # IN-PROCESS-SLEEP
         await asyncio.sleep(0.3)  # the loop ticks; the watchdog closes the episode
 
-    async def cooperative() -> None:
-        assert attach_running_loop()
-        await asyncio.sleep(0.1)
-        await asyncio.sleep(0.2)
-        await asyncio.sleep(0.3)
-
-    asyncio.run(cooperative())
-    assert agent.findings.all() == []
-
     asyncio.run(blocking())
-    [finding] = agent.findings.all()
-    assert finding.root_cause == "blocking_io" and finding.count == 1 and finding.route is None
-    assert finding.location.line == marker_line(Path(__file__), "IN-PROCESS-SLEEP")
-    assert finding.location.function.endswith("blocking")
-    assert finding.evidence["call"] == "time.sleep"
-    assert 100 <= finding.evidence["blocked_ms"] <= 2000
-    assert "outside any request" in finding.summary
+    assert [f.route for f in agent.findings.all()] == ["/block"]
+    asyncio.run(blocking())
+    outside = wait_until(lambda: [f for f in agent.findings.all() if f.route is None], timeout=5)[0]
+    assert outside.count == 2 and outside.location.function.endswith("blocking")
+    assert outside.location.line == marker_line(Path(__file__), "IN-PROCESS-SLEEP")
+    assert "outside any request" in outside.summary
 
-    [blocked] = points(agent, "fastapi_doctor.eventloop.blocked")
-    assert dict(blocked.attributes) == {"root_cause": "blocking_io"} and blocked.value == 1
+    blocked = {tuple(sorted(p.attributes.items())): p.value for p in points(agent, "fastapi_doctor.eventloop.blocked")}
+    assert blocked == {(("http.route", "/block"), ("root_cause", "blocking_io")): 3, (("root_cause", "blocking_io"),): 2}
     [lag] = points(agent, "fastapi_doctor.eventloop.lag")
     assert lag.count >= 10 and lag.max >= 0.1
 
@@ -342,10 +371,11 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
         time.sleep(0.15)  # TESTCLIENT-SLEEP
         return {"ok": True}
 
+    watchdog_signal = agent.signals[0]
     for round_ in range(2):  # each TestClient runs the app on a new loop in its own thread
         with TestClient(app) as client:
             assert client.get("/block").json() == {"ok": True}
-            wait_until(lambda: [f for f in agent.findings.all() if f.count == round_ + 1], timeout=5)
+            wait_until(lambda: watchdog_signal.episodes_seen == round_ + 1, timeout=5)
             [limit] = points(agent, "fastapi_doctor.threadpool.limit")  # read on the loop, published here
             assert limit.value == 40
     [finding] = agent.findings.all()
@@ -413,7 +443,8 @@ def test_a_prefork_worker_has_its_own_watchdog(serve):
                    "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{app.port}"]
     app.start()
     try:
-        assert httpx.get(app.url + "/report", timeout=10).status_code == 200
+        for _ in range(2):
+            assert httpx.get(app.url + "/report", timeout=10).status_code == 200
         finding = one_finding(app, "/report", "blocking_io")
         assert finding["location"]["line"] == marker_line(HELPERS, "BLOCKING-SLEEP")
     finally:

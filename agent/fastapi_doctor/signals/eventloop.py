@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import sys
 import threading
 import time
@@ -55,6 +56,27 @@ _get_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
 _thread_time = time.thread_time
 _process_time = time.process_time
+_pread = os.pread
+
+
+def _open_schedstat() -> int | None:
+    """The calling thread's scheduler statistics (Linux): time on a CPU and time waiting for one."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _sched(fd: int | None) -> tuple[float, float | None]:
+    """(seconds on a CPU, seconds ready but waiting for a CPU) of the thread ``fd`` was opened in;
+    without schedstat, the calling thread's CPU clock and None."""
+    if fd is not None:
+        try:
+            fields = _pread(fd, 64, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
+    return _thread_time(), None
 # The task running on each loop (asyncio and uvloop both run asyncio.Task, which maintains it).
 _current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
 
@@ -87,10 +109,13 @@ class Heartbeat:
         "driver",
         "stalled",
         "wait",
+        "sched_fd",
         "cpu",
+        "runq",
         "process_cpu",
         "window",
         "window_cpu",
+        "window_runq",
         "window_process_cpu",
     )
 
@@ -117,29 +142,42 @@ class Heartbeat:
         # Recent lateness of the tick (moving average): how long a callback made ready now waits for
         # the loop (see queue_wait).
         self.wait = 0.0
-        # CPU clocks of the loop thread and of the process at the last tick, and over the window
-        # between the last two ticks: did the loop (the process) run while it was late?
-        self.cpu = _thread_time()
+        # The loop thread's time on a CPU and waiting for one, and the process's CPU clock, at the
+        # last tick and over the window between the last two ticks: did the loop (the process) run
+        # while it was late, or wait for a CPU? (created on the loop thread, by hub.attach)
+        self.sched_fd = _open_schedstat()
+        self.cpu, self.runq = _sched(self.sched_fd)
         self.process_cpu = _process_time()
         self.window = 0.0
         self.window_cpu = 0.0
+        self.window_runq: float | None = None
         self.window_process_cpu = 0.0
 
     def start(self) -> None:
         self.loop.call_later(self.interval, self.tick)
+
+    def close(self) -> None:
+        """Stop ticking and let go of the schedstat file."""
+        self.stopped = True
+        fd, self.sched_fd = self.sched_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def tick(self) -> None:
         if self.stopped:
             return
         try:
             now = _monotonic()
-            cpu = _thread_time()
+            cpu, runq = _sched(self.sched_fd)
             process_cpu = _process_time()
             self.window = now - self.last_tick
             self.window_cpu = cpu - self.cpu
+            self.window_runq = runq - self.runq if runq is not None and self.runq is not None else None
             self.window_process_cpu = process_cpu - self.process_cpu
-            self.cpu = cpu
-            self.process_cpu = process_cpu
+            self.cpu, self.runq, self.process_cpu = cpu, runq, process_cpu
             lag = now - self.due
             if self.paused:
                 self.paused = False
@@ -217,7 +255,7 @@ class LoopHub:
             self.active = False
             hooks, self._hooks = self._hooks, None
             for hb in self.heartbeats.values():
-                hb.stopped = True  # its next tick does not reschedule
+                hb.close()  # its next tick does not reschedule
             self.heartbeats.clear()
             for probe in list(self._probes):
                 probe._loop = None  # a later instrument() starts again on the next call
@@ -233,6 +271,8 @@ class LoopHub:
     def after_fork(self) -> None:
         """In a forked child: the parent's loops do not run here; the child's are attached on first use."""
         self._lock = threading.Lock()
+        for hb in self.heartbeats.values():
+            hb.close()
         self.heartbeats.clear()
         for probe in list(self._probes):
             probe._loop = None
@@ -365,9 +405,13 @@ def attach_running_loop() -> bool:
 
 # --- what held the loop: the evidence ---------------------------------------------------------
 
-PAUSED, CONTENDED, STUCK, BUSY = "paused", "contended", "stuck", "busy"
+PAUSED, CONTENDED, STUCK, HELD, BUSY, STARVED = "paused", "contended", "stuck", "held", "busy", "starved"
 # The share of a late tick's lateness that decides "ran" / "watched" (see judge).
 EVIDENCE_SHARE = 0.5
+# Below this share of the lateness on a CPU, the loop thread did not run: it was stopped.
+STOPPED_SHARE = 0.1
+# Samples that must show the same line for each verdict to blame it (absent: never blamed).
+SAMPLES_NEEDED = {STUCK: 1, HELD: 1, BUSY: 2, STARVED: 2}
 # A watchdog wake-up later than this is a stretch the watchdog could not watch.
 WATCHDOG_GAP_FLOOR_S = 0.005
 # Stalls of the loop in the agent's (or OpenTelemetry's) own code are shown on the doctor page once
@@ -377,45 +421,73 @@ AGENT_STALL_BUDGET = 0.01
 _AGENT_COST = "agent"
 
 
-def judge(lag: float, window: float, loop_cpu: float | None, process_cpu: float | None, missed: float, watch: float) -> str:
+def judge(
+    lag: float,
+    window: float,
+    loop_cpu: float | None,
+    loop_runq: float | None,
+    process_cpu: float | None,
+    missed: float,
+    longest_missed: float,
+    watch: float,
+) -> str:
     """What held the event loop for ``lag`` seconds past its tick, from facts about that stretch.
 
-    ``window``: seconds between the late tick and the one before it; ``loop_cpu``/``process_cpu``:
-    CPU time the loop thread/the whole process used in that window (None: not measured);
-    ``missed``: seconds the watchdog itself could not run while it should have watched the loop
+    ``window``: seconds between the late tick and the one before it; ``loop_cpu``/``loop_runq``: time
+    the loop thread spent on a CPU/ready but waiting for one in that window, ``process_cpu`` the
+    whole process's CPU time (None: not measured); ``missed``/``longest_missed``: seconds in all/in
+    one stretch the watchdog itself could not run while it should have been watching the loop
     (``watch`` seconds: from the threshold to the tick).
 
-    * BUSY: the loop thread ran on a CPU for at least half the lateness (Python or C code, one call
-      or many callbacks; the samples must show which).
-    * STUCK: it did not run but the watchdog did: the loop thread waited in one call (a sleep,
-      blocking I/O, a lock) while the watchdog watched it.
-    * PAUSED: neither the loop thread, nor the watchdog, nor the process ran: the process was
-      stopped or not scheduled (SIGSTOP, CFS throttling under a CPU limit, a paused VM, steal).
-    * CONTENDED: the loop and the watchdog waited while another thread of the process held the
-      interpreter.
+    * PAUSED: for one stretch of at least half the lateness the watchdog could not run, and
+      neither the loop thread (under a tenth of it on a CPU) nor another thread ran: the process
+      was stopped or not scheduled (SIGSTOP, CFS throttling under a CPU limit, a paused VM,
+      steal). Not the app's code.
+    * HELD: the watchdog could not run for that long while the loop thread did run: one call held
+      the interpreter (C code that keeps the GIL, a collection); the first sample after it shows
+      the line that made the call.
+    * CONTENDED: the loop and the watchdog waited while other threads of the process used the CPU
+      (one of them held the interpreter). Not the loop's code.
+    * BUSY: the loop thread ran for most of it, and let the watchdog run: one call in Python, or
+      many callbacks; only samples that agree show one line.
+    * STARVED: the loop thread was ready to run but waited for a CPU (a busy machine): where it
+      was preempted is not a cause (a socket write, more often than not); only a line of the app
+      that most samples agree on is.
+    * STUCK: the loop thread slept (neither on a CPU nor ready): it waited in one call (a sleep,
+      blocking I/O, a lock); one sample shows that call.
     """
     if loop_cpu is None:
         return BUSY
-    # A lower bound of the CPU the loop thread used while late: all of the window before the due
-    # time may have been CPU.
-    late_cpu = loop_cpu - max(window - lag, 0.0)
-    if late_cpu >= EVIDENCE_SHARE * lag:
+    enough = EVIDENCE_SHARE * lag
+    # Lower bounds of what happened while late: all of the window before the due time may have
+    # been spent on a CPU, or waiting for one.
+    before = max(window - lag, 0.0)
+    late_cpu = loop_cpu - before
+    others = process_cpu - loop_cpu if process_cpu is not None else 0.0
+    if longest_missed >= enough:
+        if late_cpu >= STOPPED_SHARE * lag:
+            return HELD
+        return PAUSED if others < enough else CONTENDED
+    if late_cpu >= enough:
         return BUSY
-    if missed < EVIDENCE_SHARE * watch:
-        return STUCK
-    if process_cpu is not None and process_cpu < EVIDENCE_SHARE * lag:
-        return PAUSED
-    return CONTENDED
+    if others >= enough:
+        return CONTENDED
+    if loop_runq is not None:
+        slept = window - loop_cpu - loop_runq  # neither on a CPU nor ready: waiting in a call
+        return STUCK if slept >= enough else STARVED
+    # Without the scheduler's statistics: stuck only when the watchdog ran on time throughout.
+    return STUCK if missed < EVIDENCE_SHARE * watch else STARVED
 
 
-def _overlap(intervals: Any, start: float, end: float) -> float:
-    """Seconds of ``intervals`` ((start, end) pairs) inside [start, end]."""
-    total = 0.0
+def _overlap(intervals: Any, start: float, end: float) -> tuple[float, float]:
+    """Seconds of ``intervals`` ((start, end) pairs) inside [start, end]: in all, and the longest."""
+    total = longest = 0.0
     for lo, hi in list(intervals):
         lo, hi = max(lo, start), min(hi, end)
         if hi > lo:
             total += hi - lo
-    return total
+            longest = max(longest, hi - lo)
+    return total, longest
 
 
 # --- blocked episodes ----------------------------------------------------------------------------
@@ -435,6 +507,7 @@ class _Episode:
         "serving",
         "window",
         "cpu",
+        "runq",
         "process_cpu",
     )
 
@@ -454,6 +527,7 @@ class _Episode:
         # The late tick's window and CPU clocks (set by the tick that ends the episode).
         self.window = 0.0
         self.cpu: float | None = None
+        self.runq: float | None = None
         self.process_cpu: float | None = None
 
 
@@ -472,15 +546,15 @@ class EventLoopSignal:
         self.block_s = 0.1
         self.sample_s = 0.02
         self._attrs: dict[tuple[str | None, str | None], dict[str, str]] = {}
-        self._stats: dict[tuple[str, str | None, Location | None], list[float]] = {}
+        self._stats: dict[tuple[str, str | None, tuple[str, str] | None], list[float]] = {}
         # Route template -> where its endpoint is defined (the location of a large payload).
         self._endpoints: dict[str, Location] = {}
         self.episodes_seen = 0  # attributed episodes, for tests and the report
         # The first occurrence of each (root cause, route, line): reported when it recurs.
-        self._held: dict[tuple[str, str | None, Location | None], tuple[str, dict[str, Any]]] = {}
+        self._held: dict[tuple[str, str | None, tuple[str, str] | None], tuple[str, dict[str, Any]]] = {}
         # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, cpu,
         # process cpu), appended on the loop, judged by the watchdog.
-        self._unseen: deque[tuple[float, float, float, float, float, float]] = deque(maxlen=64)
+        self._unseen: deque[tuple[float, float, float, float, float, float | None, float]] = deque(maxlen=64)
         # Stretches the watchdog could not run (planned wake-up, actual), for judge().
         self._gaps: deque[tuple[float, float]] = deque(maxlen=256)
         self.started = _monotonic()
@@ -586,9 +660,10 @@ class EventLoopSignal:
             episode.end = now
             episode.lag = lag if lag >= 0.0 else now - episode.due
             if lag >= 0.0:
-                episode.window, episode.cpu, episode.process_cpu = hb.window, hb.window_cpu, hb.window_process_cpu
+                episode.window, episode.cpu, episode.runq = hb.window, hb.window_cpu, hb.window_runq
+                episode.process_cpu = hb.window_process_cpu
         elif lag >= self.block_s:
-            self._unseen.append((now - lag, now, lag, hb.window, hb.window_cpu, hb.window_process_cpu))
+            self._unseen.append((now - lag, now, lag, hb.window, hb.window_cpu, hb.window_runq, hb.window_process_cpu))
 
     # -- the app's parts, so a stack can be classified ------------------------------------------
 
@@ -647,6 +722,7 @@ class EventLoopSignal:
         for loop, hb in list(hub.heartbeats.items()):
             if hb.stopped or loop.is_closed():
                 hub.heartbeats.pop(loop, None)
+                hb.close()
                 continue
             if not loop.is_running():
                 hb.paused = True
@@ -672,8 +748,8 @@ class EventLoopSignal:
                 self._sample(hb, episode)
                 wake = min(wake, now + self.sample_s)
         while self._unseen:
-            due, end, lag, window, cpu, process_cpu = self._unseen.popleft()
-            if self._verdict(due, end, lag, window, cpu, process_cpu) == PAUSED:
+            due, end, lag, window, cpu, runq, process_cpu = self._unseen.popleft()
+            if self._verdict(due, end, lag, window, cpu, runq, process_cpu) == PAUSED:
                 self._paused(lag)
         return max(wake - _monotonic(), 0.001)
 
@@ -740,10 +816,12 @@ class EventLoopSignal:
         started_ns = time.time_ns() - int((_monotonic() - episode.due) * 1e9)
         span.add_event("fastapi_doctor.eventloop.blocked", attributes, timestamp=started_ns)
 
-    def _verdict(self, due: float, end: float, lag: float, window: float, cpu: float | None, process_cpu: float | None) -> str:
+    def _verdict(
+        self, due: float, end: float, lag: float, window: float, cpu: float | None, runq: float | None, process_cpu: float | None
+    ) -> str:
         watch_from = due + self.block_s
-        missed = _overlap(self._gaps, watch_from, end)
-        return judge(lag, window, cpu, process_cpu, missed, max(end - watch_from, self.sample_s))
+        missed, longest = _overlap(self._gaps, watch_from, end)
+        return judge(lag, window, cpu, runq, process_cpu, missed, longest, max(end - watch_from, self.sample_s))
 
     def _paused(self, lag: float) -> None:
         self.paused.add(1)
@@ -758,13 +836,16 @@ class EventLoopSignal:
         end = episode.end if episode.end is not None else hb.last_tick
         state = episode.state
         route = state.route if state is not None else None
-        verdict = self._verdict(episode.due, end, blocked, episode.window, episode.cpu, episode.process_cpu)
+        verdict = self._verdict(episode.due, end, blocked, episode.window, episode.cpu, episode.runq, episode.process_cpu)
+        import os
+        if os.environ.get("D3_DEBUG"):
+            print("D3", verdict, round(blocked,3), round(episode.window,3), episode.cpu, episode.runq, episode.process_cpu, _overlap(self._gaps, episode.due + self.block_s, end), episode.serving, episode.samples, flush=True)
         if verdict == PAUSED:
             self._paused(blocked)  # whatever line the process stopped at is not to blame
             return
         # A pause of the collector holds the GIL: the code it interrupted is not to blame.
         gc_time = gc_pauses.overlap(episode.due - hb.interval, end)
-        if gc_time >= 0.5 * blocked or not episode.serving or verdict == CONTENDED:
+        if gc_time >= 0.5 * blocked or not episode.serving or verdict not in SAMPLES_NEEDED:
             # Nor is start-up (before the first request), nor another thread holding the interpreter.
             self._count(route if episode.serving else None, None, blocked)
             return
@@ -775,9 +856,19 @@ class EventLoopSignal:
         location, call, root_cause, middleware = key
         # One call held the loop: the loop thread waited in it (every sample is that call), or it
         # ran and two samples saw the same line. One sample of a busy loop is a moment, not a cause.
-        if samples < (1 if verdict == STUCK else 2):
+        # Library code with no line of the app's around it (Starlette, uvicorn): only what samples
+        # agree on, and never on a starved loop (where it was preempted is not a cause).
+        needed = SAMPLES_NEEDED[verdict]
+        if location is None and root_cause == "blocking_io":
+            needed = 2 if verdict != STARVED else episode.taken + 1
+        if samples < needed or (needed > 1 and 2 * samples < sum(episode.samples.values())):
             self._count(route, None, blocked)
             return
+        if root_cause == "large_payload" and state is not None and state.finished:
+            if state.body_bytes < self.agent.settings.large_response_bytes:
+                # A small body is not a large payload: its serialisation was slow for another reason.
+                self._count(route, None, blocked)
+                return
         if root_cause == _AGENT_COST:
             self.agent_stalls.add(1)
             self.agent_stall_time.add(blocked)
@@ -789,7 +880,8 @@ class EventLoopSignal:
         if location is None and route is not None:
             location = self._endpoints.get(route)
         blocked_ms = round(blocked * 1000.0, 1)
-        stat_key = (root_cause, route, location)
+        # One function blocking is one problem, whichever of its lines the samples caught most.
+        stat_key = (root_cause, route, (location.file, location.function) if location is not None else None)
         stats = self._stats.get(stat_key)
         if stats is None:
             if len(self._stats) > 2 * self.agent.settings.max_findings:
