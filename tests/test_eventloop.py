@@ -180,6 +180,120 @@ def test_healthy_async_routes_under_load_make_no_finding(serve):
     assert metric_value(text, "fastapi_doctor_eventloop_blocked_total") is None
 
 
+def test_a_blocking_call_made_by_generated_code_names_the_users_line(serve):
+    """A dataclass's generated __init__ ("<string>") runs the blocking default factory: the line is the
+    user's that built the object, not the generated code's."""
+    app = serve("loop_app:app", env={"FASTAPI_DOCTOR_LOOP_BLOCK_MS": "50"})
+    for _ in range(2):
+        assert httpx.post(app.url + "/receipts", timeout=10).json() == {"number": 1}
+    finding = one_finding(app, "/receipts", "blocking_io")
+    assert finding["location"] == {
+        "file": "loop_app.py",
+        "line": marker_line(APPS / "loop_app.py", "RECEIPT-INIT"),
+        "function": "print_receipt",
+    }
+
+
+def test_start_up_and_work_done_once_are_not_findings(serve):
+    """startup_app: importing a large API, the lifespan's start-up work, the first /openapi.json and a
+    route's first call warming a cache each block the loop once; only the route that blocks on every
+    call is a finding."""
+    from harness import AppProcess
+
+    app = AppProcess("startup_app:app", env={"FASTAPI_DOCTOR_LOOP_BLOCK_MS": "50"}).start(timeout=60)
+    try:
+        _start_up_and_once(app)
+    finally:
+        app.stop()
+
+
+def _start_up_and_once(app: Any) -> None:
+    assert httpx.get(app.url + "/openapi.json", timeout=60).status_code == 200
+    for _ in range(3):
+        assert httpx.get(app.url + "/openapi.json", timeout=60).status_code == 200  # cached: no block
+        assert httpx.get(app.url + "/orders/tax", timeout=30).json() == {"rate": 0.2}
+    for _ in range(2):
+        assert httpx.get(app.url + "/orders/export", timeout=30).json() == {"file": "orders.csv"}
+
+    export = one_finding(app, "/orders/export", "blocking_io")
+    assert export["location"] == {
+        "file": "startup_helpers.py",
+        "line": marker_line(APPS / "startup_helpers.py", "EXPORT-SLEEP"),
+        "function": "write_export",
+    }
+    assert export["count"] == 2
+    time.sleep(0.3)
+    assert [f["id"] for f in app.findings()] == [export["id"]]
+    text = app.metrics_text()
+    # The first /openapi.json blocked the loop (it is counted), but it is not a recurring problem.
+    assert lag_above(text, "0.05") >= 3
+
+
+def test_a_paused_process_is_counted_not_blamed(serve):
+    """Stopping the process (what CFS throttling under a CPU limit, steal or a paused VM do) makes the
+    loop late without any code of the app holding it: no blocking_io, a pause counted, a line on the page."""
+    import os
+    import signal
+
+    app = serve("hello:app")
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    client.get(app.url + "/items/3")
+                except httpx.HTTPError:
+                    pass
+
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        for _ in range(6):
+            os.kill(app.proc.pid, signal.SIGSTOP)
+            time.sleep(0.25)
+            os.kill(app.proc.pid, signal.SIGCONT)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+
+    paused = wait_until(lambda: metric_value(app.metrics_text(), "fastapi_doctor_process_paused_total") >= 6 and
+                        metric_value(app.metrics_text(), "fastapi_doctor_process_paused_total"))
+    assert paused <= 12  # one per stop (a stop can make two ticks late at most)
+    assert 6 * 0.15 <= metric_value(app.metrics_text(), "fastapi_doctor_process_paused_time_seconds_total") <= 6 * 0.5
+    assert app.findings() == []
+    assert app.doctor()["stalls"]["paused"]["episodes"] == paused
+    page = httpx.get(app.side_url + "/", timeout=5).text
+    assert 'data-stall="paused"' in page and f"paused {int(paused)} time(s)" in page
+
+
+def test_traced_load_on_a_trivial_route_blames_nothing(serve, otlp):
+    """Every request traced and exported over OTLP under wrk: the SDK's and the agent's own work on the
+    loop (span start/end, attribute cleaning, the batch processor) is never the app's blame."""
+    import shutil
+    import subprocess
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    app = serve(
+        "hello:app",
+        env={
+            "OTEL_TRACES_SAMPLER_ARG": "1",
+            "FASTAPI_DOCTOR_TRACES_PER_SECOND": "0",  # no limit: every request traced
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        },
+    )
+    subprocess.run(["wrk", "-c32", "-t2", "-d8s", app.url + "/items/3"], check=True, capture_output=True, timeout=60)
+    wait_until(lambda: len([s for s in otlp.spans() if s.attributes.get("http.route") == "/items/{item_id}"]) >= 500)
+    time.sleep(0.5)
+    assert app.findings() == []
+
+
 def test_a_full_threadpool_names_the_sync_route_and_its_line(serve):
     app = serve("loop_app:app", env={"FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS": "0.5"})
     waiting_seen: list[float] = []
@@ -449,3 +563,68 @@ def test_a_prefork_worker_has_its_own_watchdog(serve):
         assert finding["location"]["line"] == marker_line(HELPERS, "BLOCKING-SLEEP")
     finally:
         app.stop()
+
+
+# -- the rule, without a server: what held the loop, from facts about the late stretch ----------------
+
+
+def test_the_verdict_on_a_late_tick_follows_the_evidence():
+    from fastapi_doctor.signals.eventloop import BUSY, CONTENDED, HELD, PAUSED, STARVED, STUCK, judge
+
+    lag, window, watch = 0.3, 0.35, 0.2  # 300 ms late; the tick before came 50 ms before the due time
+
+    def verdict(cpu: float, runq: float | None, process: float, missed: float, longest: float) -> str:
+        return judge(lag, window, cpu, runq, process, missed, longest, watch)
+
+    # time.sleep(0.3): the loop thread slept, the watchdog watched it.
+    assert verdict(cpu=0.01, runq=0.0, process=0.012, missed=0.0, longest=0.0) == STUCK
+    # A pure-Python loop: on a CPU all along, the watchdog had its turns.
+    assert verdict(cpu=0.33, runq=0.0, process=0.34, missed=0.01, longest=0.01) == BUSY
+    # A C call keeping the GIL (a collection): the loop ran, the watchdog could not for one long stretch.
+    assert verdict(cpu=0.33, runq=0.0, process=0.34, missed=0.25, longest=0.25) == HELD
+    # The same on a busy machine: the loop got a third of a CPU, the watchdog was still kept out.
+    assert verdict(cpu=0.12, runq=0.2, process=0.12, missed=0.25, longest=0.25) == HELD
+    # SIGSTOP: nothing ran for one stretch of most of the lateness.
+    assert verdict(cpu=0.05, runq=0.0, process=0.06, missed=0.2, longest=0.2) == PAUSED
+    # ... a stop just short of half the lateness is not one.
+    assert verdict(cpu=0.05, runq=0.0, process=0.06, missed=0.14, longest=0.14) != PAUSED
+    # Another thread held the interpreter: the process ran, the loop thread did not.
+    assert verdict(cpu=0.02, runq=0.0, process=0.32, missed=0.25, longest=0.25) == CONTENDED
+    assert verdict(cpu=0.02, runq=0.0, process=0.32, missed=0.0, longest=0.0) == CONTENDED
+    # A starved machine: the loop thread was ready but waited for a CPU most of the time.
+    assert verdict(cpu=0.04, runq=0.28, process=0.05, missed=0.05, longest=0.02) == STARVED
+    # ... and slept just over half of it: stuck in a call.
+    assert verdict(cpu=0.04, runq=0.15, process=0.05, missed=0.05, longest=0.02) == STUCK
+    # Without schedstat, stuck only when the watchdog was on time.
+    assert verdict(cpu=0.01, runq=None, process=0.012, missed=0.09, longest=0.02) == STUCK
+    assert verdict(cpu=0.01, runq=None, process=0.012, missed=0.11, longest=0.02) == STARVED
+    # Nothing measured (a tick that did not close the episode): the samples must agree.
+    assert judge(lag, window, None, None, None, 0.0, 0.0, watch) == BUSY
+
+
+def test_generated_code_and_console_scripts_are_not_the_users_code():
+    import sys as _sys
+
+    from fastapi_doctor import attribution
+
+    assert not attribution.is_user_file("<string>")
+    assert not attribution.is_user_file("<sqlalchemy generated _go() wrapper 0x7f>")
+    assert not attribution.is_user_file(str(Path(_sys.executable).parent / "uvicorn"))
+    assert attribution.owner(attribution.__file__) == attribution.AGENT
+    import opentelemetry.sdk.trace as sdk_trace
+
+    assert attribution.owner(sdk_trace.__file__) == attribution.AGENT
+    assert attribution.owner(asyncio.__file__) == attribution.STDLIB
+    assert attribution.owner(httpx.__file__) == attribution.LIBRARY
+    assert attribution.is_user_file(__file__)
+
+    namespace: dict[str, Any] = {}
+    exec(compile("def _go(fn):\n    return fn()\n", "<sqlalchemy generated _go() wrapper>", "exec"), namespace)
+
+    def here() -> Any:
+        return attribution.caller_location(skip=0)
+
+    location = namespace["_go"](here)  # GENERATED-CALLER
+    assert location.function.endswith("here")
+    outer = namespace["_go"](lambda: attribution.frame_location(_sys._getframe(1)))  # GENERATED-CALLER-2
+    assert outer.line == marker_line(Path(__file__), "GENERATED-CALLER-2")
