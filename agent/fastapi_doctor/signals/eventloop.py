@@ -534,6 +534,33 @@ class _Episode:
 _LIFESPAN = ("starlette.routing", "lifespan")
 
 
+# The signal's counters: attribute -> (name, unit, description).
+_COUNTERS = {
+    "blocked": (
+        "fastapi_doctor.eventloop.blocked",
+        "{episode}",
+        "Episodes in which the event loop was blocked longer than FASTAPI_DOCTOR_LOOP_BLOCK_MS.",
+    ),
+    "blocked_time": ("fastapi_doctor.eventloop.blocked_time", "s", "Time the event loop spent blocked in those episodes."),
+    "paused": (
+        "fastapi_doctor.process.paused",
+        "{episode}",
+        "Times the event loop was late because the process did not run at all (stopped, CPU-throttled, not scheduled).",
+    ),
+    "paused_time": ("fastapi_doctor.process.paused_time", "s", "Lateness of the event loop in those pauses."),
+    "agent_stalls": (
+        "fastapi_doctor.agent.loop_stalls",
+        "{episode}",
+        "Blocked episodes of the event loop spent in the agent's or OpenTelemetry's own code (the agent's cost).",
+    ),
+    "agent_stall_time": (
+        "fastapi_doctor.agent.loop_stall_time",
+        "s",
+        "Time the event loop spent blocked in the agent's or OpenTelemetry's own code.",
+    ),
+}
+
+
 class EventLoopSignal:
     name = "eventloop"
 
@@ -579,36 +606,8 @@ class EventLoopSignal:
             description="Lateness of the agent's heartbeat on the event loop (how long every ready task waited).",
             boundaries=LAG_BUCKETS,
         )
-        self.blocked = meter.create_counter(
-            "fastapi_doctor.eventloop.blocked",
-            unit="{episode}",
-            description="Episodes in which the event loop was blocked longer than FASTAPI_DOCTOR_LOOP_BLOCK_MS.",
-        )
-        self.blocked_time = meter.create_counter(
-            "fastapi_doctor.eventloop.blocked_time",
-            unit="s",
-            description="Time the event loop spent blocked in those episodes.",
-        )
-        self.paused = meter.create_counter(
-            "fastapi_doctor.process.paused",
-            unit="{episode}",
-            description="Times the event loop was late because the process did not run at all (stopped, CPU-throttled, not scheduled).",
-        )
-        self.paused_time = meter.create_counter(
-            "fastapi_doctor.process.paused_time",
-            unit="s",
-            description="Lateness of the event loop in those pauses.",
-        )
-        self.agent_stalls = meter.create_counter(
-            "fastapi_doctor.agent.loop_stalls",
-            unit="{episode}",
-            description="Blocked episodes of the event loop spent in the agent's or OpenTelemetry's own code (the agent's cost).",
-        )
-        self.agent_stall_time = meter.create_counter(
-            "fastapi_doctor.agent.loop_stall_time",
-            unit="s",
-            description="Time the event loop spent blocked in the agent's or OpenTelemetry's own code.",
-        )
+        for attribute, (name, unit, description) in _COUNTERS.items():
+            setattr(self, attribute, meter.create_counter(name, unit=unit, description=description))
         self.started = _monotonic()
         self._throttled = process.cgroup_throttling()
         self._stop.clear()
@@ -837,9 +836,6 @@ class EventLoopSignal:
         state = episode.state
         route = state.route if state is not None else None
         verdict = self._verdict(episode.due, end, blocked, episode.window, episode.cpu, episode.runq, episode.process_cpu)
-        import os
-        if os.environ.get("D3_DEBUG"):
-            print("D3", verdict, round(blocked,3), round(episode.window,3), episode.cpu, episode.runq, episode.process_cpu, _overlap(self._gaps, episode.due + self.block_s, end), episode.serving, episode.samples, flush=True)
         if verdict == PAUSED:
             self._paused(blocked)  # whatever line the process stopped at is not to blame
             return

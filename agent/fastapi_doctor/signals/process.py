@@ -131,6 +131,21 @@ _CALLBACKS = {
 }
 
 
+# (meter method, name, callback, unit, description) of every instrument, read on collection.
+_INSTRUMENTS = (
+    ("create_observable_gauge", "process.cpu.utilization", _CALLBACKS["cpu"], "1",
+     "CPU time of the process since the last collection, divided by the elapsed time and CPUs."),
+    ("create_observable_gauge", "process.memory.usage", _CALLBACKS["memory"], "By", "Resident memory of the process (RSS)."),
+    ("create_observable_gauge", "process.open_file_descriptor.count", _CALLBACKS["fds"], "{file_descriptor}",
+     "File descriptors the process has open."),
+    ("create_observable_gauge", "process.thread.count", _CALLBACKS["threads"], "{thread}", "Threads of the process."),
+    ("create_observable_counter", "fastapi_doctor.cgroup.cpu.throttled", _CALLBACKS["throttled"], "{period}",
+     "CFS periods in which the process's cgroup used up its CPU quota and was stopped (cpu.stat nr_throttled)."),
+    ("create_observable_counter", "fastapi_doctor.cgroup.cpu.throttled_time", _CALLBACKS["throttled_time"], "s",
+     "Time the process's cgroup was stopped by its CPU quota (cpu.stat throttled_usec / throttled_time)."),
+)
+
+
 class ProcessSignal:
     name = "process"
 
@@ -140,8 +155,6 @@ class ProcessSignal:
 
     def instrument(self, agent: Any) -> None:
         global _current
-        import os
-
         import psutil
 
         self.process = psutil.Process()
@@ -151,42 +164,8 @@ class ProcessSignal:
             self.cpus = os.cpu_count() or 1
         self.process.cpu_percent(None)  # the first call only sets the baseline
         meter = agent.meter
-        meter.create_observable_gauge(
-            "process.cpu.utilization",
-            callbacks=[_CALLBACKS["cpu"]],
-            unit="1",
-            description="CPU time of the process since the last collection, divided by the elapsed time and CPUs.",
-        )
-        meter.create_observable_gauge(
-            "process.memory.usage",
-            callbacks=[_CALLBACKS["memory"]],
-            unit="By",
-            description="Resident memory of the process (RSS).",
-        )
-        meter.create_observable_gauge(
-            "process.open_file_descriptor.count",
-            callbacks=[_CALLBACKS["fds"]],
-            unit="{file_descriptor}",
-            description="File descriptors the process has open.",
-        )
-        meter.create_observable_gauge(
-            "process.thread.count",
-            callbacks=[_CALLBACKS["threads"]],
-            unit="{thread}",
-            description="Threads of the process.",
-        )
-        meter.create_observable_counter(
-            "fastapi_doctor.cgroup.cpu.throttled",
-            callbacks=[_CALLBACKS["throttled"]],
-            unit="{period}",
-            description="CFS periods in which the process's cgroup used up its CPU quota and was stopped (cpu.stat nr_throttled).",
-        )
-        meter.create_observable_counter(
-            "fastapi_doctor.cgroup.cpu.throttled_time",
-            callbacks=[_CALLBACKS["throttled_time"]],
-            unit="s",
-            description="Time the process's cgroup was stopped by its CPU quota (cpu.stat throttled_usec / throttled_time).",
-        )
+        for create, name, callback, unit, description in _INSTRUMENTS:
+            getattr(meter, create)(name, callbacks=[callback], unit=unit, description=description)
         _current = self
 
     def after_fork(self) -> None:
