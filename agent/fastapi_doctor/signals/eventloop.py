@@ -532,6 +532,7 @@ class _Episode:
 
 
 _LIFESPAN = ("starlette.routing", "lifespan")
+_GC_CALLBACK = gc_pauses._callback.__code__
 
 
 # The signal's counters: attribute -> (name, unit, description).
@@ -577,10 +578,10 @@ class EventLoopSignal:
         # Route template -> where its endpoint is defined (the location of a large payload).
         self._endpoints: dict[str, Location] = {}
         self.episodes_seen = 0  # attributed episodes, for tests and the report
-        # The first occurrence of each (root cause, route, line): reported when it recurs.
+        # The first occurrence of each (root cause, route, function): reported when it recurs.
         self._held: dict[tuple[str, str | None, tuple[str, str] | None], tuple[str, dict[str, Any]]] = {}
-        # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, cpu,
-        # process cpu), appended on the loop, judged by the watchdog.
+        # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, loop
+        # thread's CPU, its wait for a CPU, process CPU), appended on the loop, judged by the watchdog.
         self._unseen: deque[tuple[float, float, float, float, float, float | None, float]] = deque(maxlen=64)
         # Stretches the watchdog could not run (planned wake-up, actual), for judge().
         self._gaps: deque[tuple[float, float]] = deque(maxlen=256)
@@ -770,6 +771,8 @@ class EventLoopSignal:
         if any((info.module, info.code.co_name) == _LIFESPAN for info in stack):
             return  # start-up or shut-down code: it delays start-up, not requests
         owner, running = attribution.first_owner(stack)
+        if running is not None and running.code is _GC_CALLBACK:
+            return  # a collection is starting or ending: gc_pauses measures it, not the agent's cost
         if owner == attribution.AGENT and running is not None:
             # The agent's or OpenTelemetry's code is running (on the app's behalf or not): its cost.
             key = (None, f"{running.module}.{running.code.co_qualname}", _AGENT_COST, None)
@@ -875,6 +878,8 @@ class EventLoopSignal:
         self.episodes_seen += 1
         if location is None and route is not None:
             location = self._endpoints.get(route)
+        if location is None:
+            return  # no line of the app to show (library code outside any route): counted, not a finding
         blocked_ms = round(blocked * 1000.0, 1)
         # One function blocking is one problem, whichever of its lines the samples caught most.
         stat_key = (root_cause, route, (location.file, location.function) if location is not None else None)
