@@ -469,6 +469,38 @@ def test_time_sleep_in_the_loop_is_reported_once_and_await_never(agent):
     assert lag.count >= 10 and lag.max >= 0.1
 
 
+def test_the_agents_and_opentelemetrys_own_work_is_their_cost_not_the_apps(agent):
+    """A span attribute of 200,000 items: the SDK checks each one on the loop. Its frames are never the
+    app's blame; the stall is the agent's cost (a metric, and a line on the doctor page over budget)."""
+    import fastapi
+    from fastapi.testclient import TestClient
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from fastapi_doctor.report.html import render_stalls
+
+    agent._on_fastapi(fastapi)
+    tracer = TracerProvider().get_tracer("test")
+    rows = [str(i) for i in range(200_000)]
+    app = fastapi.FastAPI()
+
+    @app.get("/traced")
+    async def traced() -> dict[str, bool]:
+        with tracer.start_as_current_span("export") as span:
+            span.set_attribute("rows", rows)
+        await asyncio.sleep(0.1)  # the loop ticks; the watchdog closes the episode
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/traced").json() == {"ok": True}
+    [stalls] = wait_until(lambda: points(agent, "fastapi_doctor.agent.loop_stalls"), timeout=5)
+    assert stalls.value >= 2 and dict(stalls.attributes) == {}
+    assert agent.findings.all() == []
+    stalled = agent.signals[0].stalls()["agent"]
+    assert stalled["episodes"] == stalls.value and stalled["seconds"] >= 0.1
+    assert 'data-stall="agent"' in render_stalls(agent.doctor_document()["stalls"])
+
+
 def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agent):
     import fastapi
     from fastapi.testclient import TestClient

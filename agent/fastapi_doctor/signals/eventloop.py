@@ -851,10 +851,11 @@ class EventLoopSignal:
         if not episode.samples:
             return
         key = max(episode.samples.items(), key=lambda kv: (kv[1], kv[0][0] is not None))[0]
-        samples = episode.samples[key]
         location, call, root_cause, middleware = key
+        # Samples in the same function agree (a CPU loop is caught on each of its lines in turn).
+        samples = sum(n for other, n in episode.samples.items() if _same_function(other, key))
         # One call held the loop: the loop thread waited in it (every sample is that call), or it
-        # ran and two samples saw the same line. One sample of a busy loop is a moment, not a cause.
+        # ran and two samples saw the same function. One sample of a busy loop is a moment, not a cause.
         # Library code with no line of the app's around it (Starlette, uvicorn): only what samples
         # agree on, and never on a starved loop (where it was preempted is not a cause).
         needed = SAMPLES_NEEDED[verdict]
@@ -947,6 +948,15 @@ class EventLoopSignal:
                 self._attrs[key] = attrs
         self.blocked.add(1, attrs)
         self.blocked_time.add(blocked, attrs)
+
+
+def _same_function(a: tuple[Location | None, str | None, str, str | None], b: tuple[Location | None, str | None, str, str | None]) -> bool:
+    """Two samples' keys point at the same function (or, without a line of the app, the same call)."""
+    if a[2:] != b[2:]:
+        return False
+    if a[0] is None or b[0] is None:
+        return a[0] is b[0] and a[1] == b[1]
+    return a[0].file == b[0].file and a[0].function == b[0].function
 
 
 def _summary(
