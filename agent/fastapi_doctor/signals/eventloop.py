@@ -542,7 +542,11 @@ _COUNTERS = {
         "{episode}",
         "Episodes in which the event loop was blocked longer than FASTAPI_DOCTOR_LOOP_BLOCK_MS.",
     ),
-    "blocked_time": ("fastapi_doctor.eventloop.blocked_time", "s", "Time the event loop spent blocked in those episodes."),
+    "blocked_time": (
+        "fastapi_doctor.eventloop.blocked_time",
+        "s",
+        "Time the event loop spent blocked in those episodes.",
+    ),
     "paused": (
         "fastapi_doctor.process.paused",
         "{episode}",
@@ -819,7 +823,14 @@ class EventLoopSignal:
         span.add_event("fastapi_doctor.eventloop.blocked", attributes, timestamp=started_ns)
 
     def _verdict(
-        self, due: float, end: float, lag: float, window: float, cpu: float | None, runq: float | None, process_cpu: float | None
+        self,
+        due: float,
+        end: float,
+        lag: float,
+        window: float,
+        cpu: float | None,
+        runq: float | None,
+        process_cpu: float | None,
     ) -> str:
         watch_from = due + self.block_s
         missed, longest = _overlap(self._gaps, watch_from, end)
@@ -838,7 +849,9 @@ class EventLoopSignal:
         end = episode.end if episode.end is not None else hb.last_tick
         state = episode.state
         route = state.route if state is not None else None
-        verdict = self._verdict(episode.due, end, blocked, episode.window, episode.cpu, episode.runq, episode.process_cpu)
+        verdict = self._verdict(
+            episode.due, end, blocked, episode.window, episode.cpu, episode.runq, episode.process_cpu
+        )
         if verdict == PAUSED:
             self._paused(blocked)  # whatever line the process stopped at is not to blame
             return
@@ -950,7 +963,10 @@ class EventLoopSignal:
         self.blocked_time.add(blocked, attrs)
 
 
-def _same_function(a: tuple[Location | None, str | None, str, str | None], b: tuple[Location | None, str | None, str, str | None]) -> bool:
+_SampleKey = tuple[Location | None, str | None, str, str | None]  # (location, call, root cause, middleware)
+
+
+def _same_function(a: _SampleKey, b: _SampleKey) -> bool:
     """Two samples' keys point at the same function (or, without a line of the app, the same call)."""
     if a[2:] != b[2:]:
         return False

@@ -15,7 +15,10 @@ from typing import Any
 
 # cpu.stat of the process's cgroup: v2 (the unified hierarchy), then v1's cpu controller; the paths
 # from /proc/self/cgroup first, then the mount's root (a container sees its own cgroup there).
-_CGROUP_ROOTS = {"": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"), "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct")}
+_CGROUP_ROOTS = {
+    "": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"),
+    "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"),
+}
 
 
 def cgroup_cpu_stat_paths(proc_cgroup: str = "/proc/self/cgroup") -> list[str]:
@@ -135,7 +138,8 @@ _CALLBACKS = {
 _INSTRUMENTS = (
     ("create_observable_gauge", "process.cpu.utilization", _CALLBACKS["cpu"], "1",
      "CPU time of the process since the last collection, divided by the elapsed time and CPUs."),
-    ("create_observable_gauge", "process.memory.usage", _CALLBACKS["memory"], "By", "Resident memory of the process (RSS)."),
+    ("create_observable_gauge", "process.memory.usage", _CALLBACKS["memory"], "By",
+     "Resident memory of the process (RSS)."),
     ("create_observable_gauge", "process.open_file_descriptor.count", _CALLBACKS["fds"], "{file_descriptor}",
      "File descriptors the process has open."),
     ("create_observable_gauge", "process.thread.count", _CALLBACKS["threads"], "{thread}", "Threads of the process."),
