@@ -519,8 +519,8 @@ def test_the_agents_and_opentelemetrys_own_work_is_their_cost_not_the_apps(agent
     with TestClient(app) as client:
         for _ in range(3):
             assert client.get("/traced").json() == {"ok": True}
-    [stalls] = wait_until(lambda: points(agent, "fastapi_doctor.agent.loop_stalls"), timeout=5)
-    assert stalls.value >= 2 and dict(stalls.attributes) == {}
+    [stalls] = wait_until(lambda: [p for p in points(agent, "fastapi_doctor.agent.loop_stalls") if p.value >= 2], timeout=5)
+    assert dict(stalls.attributes) == {}
     assert agent.findings.all() == []
     stalled = agent.signals[0].stalls()["agent"]
     assert stalled["episodes"] == stalls.value and stalled["seconds"] >= 0.1

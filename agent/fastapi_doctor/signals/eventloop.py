@@ -778,8 +778,9 @@ class EventLoopSignal:
         if running is not None and running.code is _GC_CALLBACK:
             return  # a collection is starting or ending: gc_pauses measures it, not the agent's cost
         if owner == attribution.AGENT and running is not None:
-            # The agent's or OpenTelemetry's code is running (on the app's behalf or not): its cost.
-            key = (None, f"{running.module}.{running.code.co_qualname}", _AGENT_COST, None)
+            # The agent's or OpenTelemetry's code is running (on the app's behalf or not): its cost,
+            # whichever of its functions the sample caught.
+            key = (None, None, _AGENT_COST, None)
             episode.samples[key] = episode.samples.get(key, 0) + 1
             return
         root_cause, middleware = attribution.classify(stack)
