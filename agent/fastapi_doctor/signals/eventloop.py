@@ -233,6 +233,8 @@ class LoopHub:
         self._users: list[Any] = []
         self._hooks: Any = None
         self._probes: weakref.WeakSet[_LoopProbe] = weakref.WeakSet()
+        # attach_running_loop() was called: blocks count from then on, before any request too.
+        self.watched_explicitly = False
         self._lock = threading.Lock()
 
     def acquire(self, user: Any, agent: Any) -> None:
@@ -253,6 +255,7 @@ class LoopHub:
             if self._users or not self.active:
                 return
             self.active = False
+            self.watched_explicitly = False
             hooks, self._hooks = self._hooks, None
             for hb in self.heartbeats.values():
                 hb.close()  # its next tick does not reschedule
@@ -397,9 +400,11 @@ def _loop_busy(hb: Heartbeat, frame: Any, stack: tuple[attribution.FrameInfo, ..
 
 def attach_running_loop() -> bool:
     """Watch the running loop now (apps that are not FastAPI, or code that runs before the first
-    request). True when the loop is watched."""
+    request). True when the loop is watched. What blocks it from then on is not start-up: the caller
+    asked for it to be watched (an app without the agent's middleware admits no request)."""
     loop = _get_running_loop()
     hub.attach(loop)
+    hub.watched_explicitly = True
     return loop is not None and loop in hub.heartbeats
 
 
@@ -522,8 +527,8 @@ class _Episode:
         self.samples: dict[tuple[Location | None, str | None, str, str | None], int] = {}
         self.taken = 0
         self.span_done = False
-        # The app had admitted a request: not start-up.
-        self.serving = admissions.value > 0
+        # The app had admitted a request (or asked for its loop to be watched): not start-up.
+        self.serving = admissions.value > 0 or hub.watched_explicitly
         # The late tick's window and CPU clocks (set by the tick that ends the episode).
         self.window = 0.0
         self.cpu: float | None = None
