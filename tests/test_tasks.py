@@ -88,3 +88,48 @@ def test_task_destroyed_while_pending_is_a_task_leak(app: AppProcess) -> None:
     assert finding["evidence"]["destroyed_pending"] == 3
     # The app's own log still says what asyncio says without the agent.
     wait_until(lambda: "Task was destroyed but it is pending!" in app.logs(), timeout=5)
+
+
+UNDO_SCRIPT = """
+import asyncio, json, sys
+import httpx
+sys.path.insert(0, sys.argv[1])
+import fastapi_doctor
+from tasks_app import app
+
+def mine(loop, coro, **kwargs):
+    return asyncio.Task(coro, loop=loop, **kwargs)
+
+def my_handler(loop, context):
+    loop.default_exception_handler(context)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(mine)
+    loop.set_exception_handler(my_handler)
+    fastapi_doctor.instrument(app, prometheus_port=0)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        for i in range(3):
+            assert (await client.post(f"/orders/{i}/ping")).status_code == 200
+        during = (loop.get_task_factory() is not mine, loop.get_exception_handler() is not my_handler)
+        fastapi_doctor.uninstrument()
+        after = (loop.get_task_factory() is mine, loop.get_exception_handler() is my_handler)
+        r = await client.post("/orders/9/ping")
+    print(json.dumps({"during": during, "after": after, "status": r.status_code, "body": r.json()}))
+
+asyncio.run(main())
+"""
+
+
+def test_uninstrument_gives_the_loop_back_its_own_task_factory_and_exception_handler() -> None:
+    import json
+    import subprocess
+
+    from harness import BIN
+
+    out = subprocess.run([str(BIN / "python"), "-c", UNDO_SCRIPT, str(APPS)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["during"] == [True, True]  # chained in front of the app's own
+    assert report["after"] == [True, True]
+    assert (report["status"], report["body"]) == (200, {"pinged": 9})
