@@ -20,7 +20,6 @@ from fastapi_doctor.diagnosis import Verdict
 from fastapi_doctor.findings import Location
 
 ROOT_CAUSE = "task_leak"
-TITLE = "Asyncio tasks that leak or pile up"
 
 
 @dataclass(frozen=True, slots=True)
