@@ -8,6 +8,8 @@ dependencies and a SQLite query) is called through raw ASGI by 32 concurrent cli
 process per configuration (no server, no sockets: servers on a shared machine move by ±10 % from
 run to run, more than a detector costs), the configurations in alternation, best of the rounds:
 
+Each request runs in a task of its own, as uvicorn runs it (the tasks detector sees every task created).
+
 * ``bare``: no agent;
 * ``core``: the agent with every detector off and traces off (its middleware, request metrics,
   route, admission);
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "logs")
+DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "tasks", "logs")
 ROUTES = {"hello": "/hello", "deps_db_mw": "/items/7"}
 CLIENTS = 32
 
@@ -64,13 +66,14 @@ async def drive(app: Any, path: str, n: int) -> float:
         pass
 
     async def client(count: int) -> None:
+        create_task = asyncio.get_running_loop().create_task
         for _ in range(count):
             scope = {
                 "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000), "server": ("bench", 80),
             }
-            await app(scope, receive, send)
+            await create_task(app(scope, receive, send))  # a task per request, as uvicorn runs it
 
     start = time.process_time()
     await asyncio.gather(*(client(n // CLIENTS) for _ in range(CLIENTS)))

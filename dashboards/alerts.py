@@ -221,6 +221,27 @@ def n_plus_one(cfg: Config) -> list[Alert]:
     ]
 
 
+TASK_CREATOR = ("fastapi_doctor_asyncio_coroutine", "code_file_path", "code_line_number")
+
+
+def task_leak(cfg: Config) -> list[Alert]:
+    t, w, a = cfg.thresholds, cfg.window, cfg.alert_selector
+    by = ", ".join(("job", "instance", *TASK_CREATOR))
+    return [
+        Alert(
+            "FastAPIDoctorTasksPilingUp", "task_leak", "warning",
+            f"sum by ({by}) (delta(fastapi_doctor_asyncio_tasks_alive{sel(a)}[{w}])) > 0\n"
+            f"and on ({by})\n"
+            f"max by ({by}) (fastapi_doctor_asyncio_tasks_oldest_age_seconds{sel(a)}) > {t.task_leak_seconds:g}",
+            "Tasks running {{ $labels.fastapi_doctor_asyncio_coroutine }} pile up",
+            _where() + ": {{ $value | humanize }} more tasks running {{ $labels.fastapi_doctor_asyncio_coroutine }} "
+            "(created at {{ $labels.code_file_path }}:{{ $labels.code_line_number }}) are pending after their "
+            "request than " + w + f" ago, the oldest past {t.task_leak_seconds:g}s.",
+        ),
+        _findings(cfg, "task_leak", "FastAPIDoctorTaskLeakFinding", "tasks that outlive their request"),
+    ]
+
+
 BUILDERS = {
     "blocking_io": blocking_io,
     "dependency_rebuild": dependency_rebuild,
@@ -228,6 +249,7 @@ BUILDERS = {
     "slow_middleware": slow_middleware,
     "large_payload": large_payload,
     "n_plus_one": n_plus_one,
+    "task_leak": task_leak,
 }
 assert tuple(BUILDERS) == ROOT_CAUSES
 

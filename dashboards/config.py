@@ -26,6 +26,7 @@ class Thresholds:
     leak_seconds: float = _DEFAULTS["leak_seconds"]
     large_response_bytes: int = _DEFAULTS["large_response_bytes"]
     n_plus_one_statements: int = _DEFAULTS["n_plus_one_threshold"]
+    task_leak_seconds: float = _DEFAULTS["task_leak_seconds"]
     slow_request_seconds: float = _DEFAULTS["slow_request_ms"] / 1000.0
     # Share of wall time the loop may spend blocked before the blocked-time alert fires.
     blocked_share: float = 0.10

@@ -259,6 +259,27 @@ def rows(cfg: Config) -> list[RowSpec]:
                 "Load the route puts on the database.",
             ),
         )),
+        RowSpec("task_leak: tasks that outlive their request", "task_leak", (
+            PanelSpec(
+                "Tasks pending after their request, by creator", units.Short,
+                (Query(f"sum by (fastapi_doctor_asyncio_coroutine, code_file_path, code_line_number) "
+                       f"(fastapi_doctor_asyncio_tasks_alive{sel(d)})",
+                       "{{fastapi_doctor_asyncio_coroutine}} ({{code_file_path}}:{{code_line_number}})"),),
+                "Tasks of the app's code still pending after the request that created them (or started outside "
+                "any request, such as workers); a line that climbs with traffic is a leak.",
+            ),
+            PanelSpec(
+                "Tasks outliving their request, and lost while pending, per second", units.OpsPerSecond,
+                (Query(f"sum by (fastapi_doctor_asyncio_coroutine) "
+                       f"(rate(fastapi_doctor_asyncio_tasks_leaked_total{sel(d)}[{RATE}]))",
+                       "outlived {{fastapi_doctor_asyncio_coroutine}}"),
+                 Query(f"sum by (fastapi_doctor_asyncio_coroutine) "
+                       f"(rate(fastapi_doctor_asyncio_tasks_destroyed_pending_total{sel(d)}[{RATE}]))",
+                       "destroyed pending {{fastapi_doctor_asyncio_coroutine}}")),
+                "Tasks still pending when their request finished, and pending tasks the garbage collector "
+                "destroyed because nothing kept a reference.",
+            ),
+        )),
         RowSpec("Process and agent", "healthy", (
             PanelSpec(
                 "CPU utilisation", units.PercentUnit,

@@ -24,6 +24,9 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BYTES_BUCKETS = (1024, 16384, 65536, 262144, 1048576, 4194304)
 COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200)
 SAMPLES = 30  # one a minute
+WORKERS = {"fastapi_doctor_asyncio_coroutine": "worker", "code_file_path": "app/main.py", "code_line_number": "31"}
+NOTIFIER = {"fastapi_doctor_asyncio_coroutine": "wait_for_delivery", "code_file_path": "app/orders.py",
+            "code_line_number": "58"}
 INTERVAL_S = 60
 
 
@@ -90,6 +93,10 @@ def healthy() -> list[dict[str, str]]:
     s += histogram("fastapi_doctor_db_statements", {2: 600}, COUNT_BUCKETS, http_route="/healthy")
     # Nine statements a request: one under the N+1 threshold.
     s += histogram("fastapi_doctor_db_statements", {9: 120}, COUNT_BUCKETS, http_route="/orders")
+    # Three workers started in the lifespan: old, but as many as ever.
+    s += [gauge("fastapi_doctor_asyncio_tasks_alive", 3, **WORKERS),
+          {"series": "fastapi_doctor_asyncio_tasks_oldest_age_seconds" + _labels({**BASE, **WORKERS}),
+           "values": f"3600+{INTERVAL_S}x{SAMPLES}"}]
     return s
 
 
@@ -178,6 +185,24 @@ def scenarios() -> list[Scenario]:
             [Expect("FastAPIDoctorNPlusOneQueries", route("/authors"), "51"),
              Expect("FastAPIDoctorNPlusOneFinding", route("/authors"), "2")],
         ),
+        Scenario(
+            "task_leak",
+            h + _task_leak(),
+            # 20 more pending tasks a minute: 100 more than five minutes before.
+            [Expect("FastAPIDoctorTasksPilingUp", {**BASE, **NOTIFIER}, "100"),
+             Expect("FastAPIDoctorTaskLeakFinding", route("/orders/{order_id}/notify"), "2")],
+        ),
+    ]
+
+
+def _task_leak() -> list[dict[str, str]]:
+    """A fire-and-forget task per request that never ends: alive and the oldest's age only grow."""
+    labels = _labels({**BASE, **NOTIFIER})
+    return [
+        {"series": "fastapi_doctor_asyncio_tasks_alive" + labels, "values": f"0+20x{SAMPLES}"},
+        {"series": "fastapi_doctor_asyncio_tasks_oldest_age_seconds" + labels, "values": f"0+{INTERVAL_S}x{SAMPLES}"},
+        counter("fastapi_doctor_asyncio_tasks_leaked_total", 20, **NOTIFIER),
+        _finding("task_leak", "/orders/{order_id}/notify"),
     ]
 
 

@@ -114,6 +114,9 @@ def test_thresholds_are_the_agents_defaults() -> None:
     assert threshold("FastAPIDoctorConnectionsHeldTooLong") == pytest.approx(d["leak_seconds"])
     assert threshold("FastAPIDoctorLargeUncompressedResponses") == pytest.approx(d["large_response_bytes"])
     assert threshold("FastAPIDoctorNPlusOneQueries") == pytest.approx(d["n_plus_one_threshold"])
+    # Growth of the tasks alive is the value; the age past the limit is the threshold.
+    oldest = re.search(r"oldest_age_seconds(?:\{[^}]*\})?\)\s*>\s*([0-9.e+-]+)", by_name["FastAPIDoctorTasksPilingUp"])
+    assert oldest and float(oldest.group(1)) == pytest.approx(d["task_leak_seconds"])
 
 
 def test_promtool_tests_fail_when_an_alert_is_wrong(tmp_path: Path) -> None:
@@ -140,7 +143,7 @@ def test_promtool_tests_fail_when_an_alert_is_wrong(tmp_path: Path) -> None:
         # Too low: the healthy dependency (12 ms) fires everywhere the loop does not lag; where it lags
         # (blocking_io, large_payload) dependency time is not trusted and the alert stays silent.
         expected = {"n_plus_one"} if name == "too-high" else {
-            "healthy", "dependency_rebuild", "pool_leak", "slow_middleware", "n_plus_one"}
+            "healthy", "dependency_rebuild", "pool_leak", "slow_middleware", "n_plus_one", "task_leak"}
         assert failed == expected, (name, failed, result.stdout)
 
 

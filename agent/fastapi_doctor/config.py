@@ -21,6 +21,7 @@ ROOT_CAUSES = (
     "slow_middleware",
     "large_payload",
     "n_plus_one",
+    "task_leak",
 )
 
 # Detectors a user can switch off one by one (FASTAPI_DOCTOR_DISABLED_DETECTORS).
@@ -33,6 +34,7 @@ DETECTORS = (
     "middleware",
     "responses",
     "db",
+    "tasks",
     "logs",
 )
 
@@ -175,6 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
             "a whole number of bytes > 0", "Uncompressed bodies above this are large payloads."),
     Setting("n_plus_one_threshold", "FASTAPI_DOCTOR_N_PLUS_ONE_THRESHOLD", 10, _positive_int,
             "a whole number > 0", "Executions of one statement fingerprint in one request that make an N+1."),
+    Setting("task_leak_seconds", "FASTAPI_DOCTOR_TASK_LEAK_SECONDS", 30.0, _positive_float, "a number of seconds > 0",
+            "A task of the app still pending this long after the request that created it is a leak."),
     Setting("gc_freeze", "FASTAPI_DOCTOR_GC_FREEZE", True, _bool, "true or false",
             "Under the wrapper, freeze the objects that exist before the app is imported (gc.freeze()): "
             "full collections then walk only the app's objects."),
@@ -242,6 +246,7 @@ class Settings:
     leak_seconds: float = 30.0
     large_response_bytes: int = 262144
     n_plus_one_threshold: int = 10
+    task_leak_seconds: float = 30.0
     gc_freeze: bool = True
     max_findings: int = 500
     disabled_detectors: frozenset[str] = frozenset()

@@ -8,6 +8,7 @@ default; ``postgresql+asyncpg://…`` for PostgreSQL).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fastapi_doctor.demo import carts, catalog, orders, pricing
+from fastapi_doctor.demo import analytics, carts, catalog, orders, pricing
 from fastapi_doctor.demo.db import Product, create_schema, get_session, get_session_new_engine, make_engine
 from fastapi_doctor.demo.middleware import AuditLogMiddleware, AuditStore, RequestIdMiddleware
 
@@ -30,9 +31,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = make_engine()
     app.state.sessions = async_sessionmaker(app.state.engine, expire_on_commit=False)
     await create_schema(app.state.engine)
+    app.state.analytics = analytics.Analytics()
+    analytics_worker = asyncio.create_task(app.state.analytics.worker())
     async with httpx.AsyncClient(base_url=app.state.pricing_url, timeout=10) as client:
         app.state.pricing = client
         yield
+    analytics_worker.cancel()
     await app.state.engine.dispose()
     pricing_service.stop()
 
@@ -118,3 +122,18 @@ async def customer_orders_v2(
     customer_id: int, session: AsyncSession = Depends(get_session)
 ) -> list[dict[str, Any]]:
     return await orders.orders_with_lines(session, customer_id)
+
+
+# -- task_leak: a fire-and-forget task per page view ----------------------------------------------
+
+
+@app.get("/products/{product_id}/page")
+async def product_page(product_id: int, request: Request) -> dict[str, Any]:
+    request.app.state.analytics.track_view(product_id)
+    return {"id": product_id}
+
+
+@app.get("/v2/products/{product_id}/page")
+async def product_page_v2(product_id: int, request: Request) -> dict[str, Any]:
+    request.app.state.analytics.enqueue_view(product_id)
+    return {"id": product_id}

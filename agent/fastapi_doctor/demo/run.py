@@ -43,6 +43,7 @@ REPO_ROOT = PACKAGE_PARENT.parent if (PACKAGE_PARENT.parent / "docs").is_dir() e
 # else keeps the agent's defaults).
 DEMO_SETTINGS = {
     "FASTAPI_DOCTOR_LEAK_SECONDS": "1",
+    "FASTAPI_DOCTOR_TASK_LEAK_SECONDS": "1",
     "FASTAPI_DOCTOR_LOG_REQUESTS": "off",
 }
 

@@ -129,6 +129,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         quick_requests=12,
         wait_s=12.0,
     ),
+    Scenario(
+        root_cause="task_leak",
+        title="Asyncio tasks that leak or pile up",
+        route="/products/{product_id}/page",
+        sick_paths=_cycle("/products/{}/page", range(1, 9)),
+        healthy_route="/v2/products/{product_id}/page",
+        healthy_paths=_cycle("/v2/products/{}/page", range(1, 9)),
+        bug="track_view starts a task per page view that waits for the next analytics flush (every 10 min)",
+        fix="hand the view to a bounded queue drained by a worker started in the lifespan (enqueue_view)",
+        detectors=("tasks",),
+        culprits=("Analytics.track_view",),
+    ),
 )
 
 BY_ROOT_CAUSE = {s.root_cause: s for s in SCENARIOS}

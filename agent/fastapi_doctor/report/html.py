@@ -15,6 +15,7 @@ TITLES = {
     "slow_middleware": "Heavy middleware",
     "large_payload": "Large uncompressed responses",
     "n_plus_one": "N+1 queries",
+    "task_leak": "Asyncio tasks that leak or pile up",
 }
 
 REFRESH = '<meta http-equiv="refresh" content="10">'

@@ -32,6 +32,7 @@ REGISTRY: list[tuple[str, str]] = [
     ("dependencies", "fastapi_doctor.signals.dependencies:DependencySignal"),
     ("middleware", "fastapi_doctor.signals.middleware_timing:MiddlewareSignal"),
     ("responses", "fastapi_doctor.signals.responses:ResponseSignal"),
+    ("tasks", "fastapi_doctor.signals.tasks:TaskSignal"),
     # logs: keep last, its request hook reads the findings the other signals raised.
     ("logs", "fastapi_doctor.signals.logs:LogsSignal"),
 ]

@@ -1,0 +1,424 @@
+"""Asyncio tasks by creator: created, alive after their request, destroyed while pending (``task_leak``).
+
+A task factory on each loop the app runs on (chained to the app's own factory, if it set one) sees every
+task created. The task's coroutine code tells at once whose it is: a coroutine of a library or of the
+server (uvicorn's per-request task, Starlette's stream and middleware tasks) costs one dictionary look-up
+and is left alone. A coroutine of the app's own code is a *creator*, resolved once per coroutine to the
+user's line that created it (``create_task``, ``ensure_future``, a ``TaskGroup`` or anyio's
+``start_soon``), never per task.
+
+The app's tasks created inside a request are noted (a weak reference) in the request's signal data; when
+the request finishes, those still pending are watched. Tasks the app creates outside any request
+(workers started in the lifespan) are watched from their creation. Once a second, on the loop's
+heartbeat, the watched tasks are counted by creator (the ones done or gone are dropped) and the rule
+(:mod:`fastapi_doctor.diagnosis.task_leak`) decides. The loop's exception handler (chained too) counts
+"Task was destroyed but it is pending!" and "Task exception was never retrieved" by creator: it may run
+inside a garbage collection, in any thread, so it only increments counters.
+
+No strong reference to a task is ever kept: a task the app drops is collected as it would be without
+the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import types
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.metrics import Observation
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.diagnosis import task_leak
+from fastapi_doctor.findings import Location
+
+_monotonic = time.monotonic
+_Task = asyncio.Task
+
+_TASKS = "asyncio.tasks"  # the request's signal data: [(weakref to task, creator, created at), ...]
+CYCLE_S = 1.0  # how often watched tasks are counted and the rule runs
+GROWTH_WINDOW_S = 60.0
+MAX_CREATORS = 256  # distinct coroutines of the app's code followed (series are per creator)
+MAX_WATCHED = 10_000  # tasks followed after their request at once; beyond, they are counted as dropped
+MAX_ROUTES = 8  # routes named per creator
+
+DESTROYED_PENDING = "Task was destroyed but it is pending!"
+NEVER_RETRIEVED = "Task exception was never retrieved"
+
+_UNSEEN = object()
+
+
+class Creator:
+    """Tasks of one coroutine of the app's code, created at one line. Counters only grow."""
+
+    __slots__ = (
+        "coroutine",
+        "location",
+        "attrs",
+        "created",
+        "outlived",
+        "aged",
+        "destroyed_pending",
+        "never_retrieved",
+        "alive",
+        "oldest_age_s",
+        "routes",
+        "samples",
+    )
+
+    def __init__(self, coroutine: str, location: Location | None) -> None:
+        self.coroutine = coroutine
+        self.location = location
+        attrs: dict[str, Any] = {"fastapi_doctor.asyncio.coroutine": coroutine}
+        if location is not None:
+            attrs["code.file.path"] = location.file
+            attrs["code.line.number"] = location.line
+            attrs["code.function.name"] = location.function
+        self.attrs = attrs
+        self.created = 0
+        self.outlived = 0
+        self.aged = 0
+        self.destroyed_pending = 0
+        self.never_retrieved = 0
+        self.alive = 0
+        self.oldest_age_s = 0.0
+        # (method, route) of the requests whose tasks outlived them -> how many.
+        self.routes: dict[tuple[str, str | None], int] = {}
+        self.samples: deque[tuple[float, int]] = deque(maxlen=int(GROWTH_WINDOW_S / CYCLE_S) + 1)
+
+    def growth_per_minute(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) * 60.0 / (t1 - t0) if t1 > t0 else 0.0
+
+    def observation(self) -> task_leak.CreatorObservation:
+        ranked = sorted(self.routes.items(), key=lambda item: -item[1])
+        method, route = ranked[0][0] if ranked else (None, None)
+        return task_leak.CreatorObservation(
+            coroutine=self.coroutine,
+            location=self.location,
+            created=self.created,
+            alive=self.alive,
+            oldest_age_s=self.oldest_age_s,
+            outlived=self.outlived,
+            aged=self.aged,
+            destroyed_pending=self.destroyed_pending,
+            never_retrieved=self.never_retrieved,
+            growth_per_minute=self.growth_per_minute(),
+            method=method,
+            route=route,
+            routes=tuple(f"{m} {r}" for (m, r), _ in ranked if r is not None),
+        )
+
+
+class _Watched:
+    """A task of the app's code still pending after its request (or created outside any request)."""
+
+    __slots__ = ("ref", "creator", "created", "finished", "aged")
+
+    def __init__(self, ref: weakref.ref[Any], creator: Creator, created: float, finished: float | None) -> None:
+        self.ref = ref
+        self.creator = creator
+        self.created = created
+        self.finished = finished  # when its request finished; None when created outside any request
+        self.aged = False
+
+
+class TaskSignal:
+    name = "tasks"
+
+    def __init__(self) -> None:
+        self._agent: Any = None
+        self._active = False
+        self._leak_s = 30.0
+        # Coroutine code -> its creator, or None for code that is not the app's.
+        self._creators: dict[types.CodeType, Creator | None] = {}
+        self._watched: list[_Watched] = []
+        self.dropped = 0  # tasks not followed because MAX_WATCHED were
+        # loop -> (its factory before ours, ours, its exception handler before ours, ours)
+        self._loops: dict[Any, tuple[Any, Any, Any, Any]] = {}
+        self._before: dict[Creator, task_leak.CreatorObservation] = {}
+        self._next_cycle = 0.0
+
+    # -- install / undo ------------------------------------------------------------------------
+
+    def instrument(self, agent: Any) -> None:
+        global _current
+        from fastapi_doctor.signals.eventloop import hub
+
+        self._agent = agent
+        self._leak_s = float(agent.settings.task_leak_seconds)
+        self._active = True
+        _create_instruments(agent.meter)
+        _current = self
+        hub.tick_callbacks.append(self._tick)
+        agent.request_metrics.finished_hooks.append(self._finished)
+        hub.acquire(self, agent)
+        for hb in list(hub.heartbeats.values()):
+            self.loop_attached(hb)
+
+    def uninstrument(self) -> None:
+        global _current
+        from fastapi_doctor.signals.eventloop import hub
+
+        self._active = False
+        if self._tick in hub.tick_callbacks:
+            hub.tick_callbacks.remove(self._tick)
+        if self._agent is not None:
+            self._agent.request_metrics.remove_hook(self._finished)
+        for loop, (factory_before, factory, handler_before, handler) in list(self._loops.items()):
+            try:
+                if loop.get_task_factory() is factory:
+                    loop.set_task_factory(factory_before)
+                if _exception_handler(loop) is handler:
+                    loop.set_exception_handler(handler_before)
+            except Exception as exc:  # a closed loop keeps what it had; nothing runs on it any more
+                containment.report("tasks uninstrument", exc)
+        self._loops.clear()
+        hub.release(self)
+        if _current is self:
+            _current = None
+
+    def after_fork(self) -> None:
+        """In a forked worker: the parent's loops and tasks do not exist here."""
+        self._loops.clear()
+        self._watched = []
+        for creator in self._creators.values():
+            if creator is not None:
+                creator.samples.clear()
+
+    def loop_attached(self, hb: Any) -> None:
+        """Called by the heartbeat hub for each loop the app runs on, on that loop's thread."""
+        loop = hb.loop
+        if not self._active or loop in self._loops:
+            return
+        factory_before = loop.get_task_factory()
+        handler_before = _exception_handler(loop)
+        factory = self._task_factory(factory_before)
+        handler = self._exception_handler(handler_before)
+        loop.set_task_factory(factory)
+        loop.set_exception_handler(handler)
+        self._loops[loop] = (factory_before, factory, handler_before, handler)
+
+    # -- every task ----------------------------------------------------------------------------
+
+    def _task_factory(self, before: Any) -> Callable[..., Any]:
+        creators = self._creators
+        get_request = current_request.get
+
+        def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+            task = before(loop, coro, **kwargs) if before is not None else _Task(coro, loop=loop, **kwargs)
+            try:
+                creator = creators.get(getattr(coro, "cr_code", None), _UNSEEN)
+                if creator is None or not self._active:
+                    return task
+                if creator is _UNSEEN:
+                    creator = self._resolve(coro)
+                    if creator is None:
+                        return task
+                creator.created += 1
+                state = get_request()
+                if state is not None and not state.finished:
+                    data = state.signal_data()
+                    tasks = data.get(_TASKS)
+                    if tasks is None:
+                        tasks = data[_TASKS] = []
+                    tasks.append((weakref.ref(task), creator, _monotonic()))
+                else:
+                    self._watch(_Watched(weakref.ref(task), creator, _monotonic(), None))
+            except Exception as exc:
+                containment.report("task factory", exc)
+            return task
+
+        return task_factory
+
+    def _resolve(self, coro: Any) -> Creator | None:
+        """The creator of a coroutine seen for the first time (None: not the app's code)."""
+        code = getattr(coro, "cr_code", None)
+        if code is None:
+            return None
+        creator: Creator | None = None
+        if not attribution.is_library_file(code.co_filename) and len(self._creators) < MAX_CREATORS:
+            # From here outwards: the agent, asyncio's or anyio's create_task, then the app's line.
+            creator = Creator(code.co_qualname, attribution.caller_location(skip=1))
+        self._creators[code] = creator
+        return creator
+
+    def _watch(self, watched: _Watched) -> None:
+        if len(self._watched) >= MAX_WATCHED:
+            self.dropped += 1
+            return
+        self._watched.append(watched)
+
+    def _exception_handler(self, before: Any) -> Callable[[Any, dict[str, Any]], None]:
+        creators = self._creators
+
+        def exception_handler(loop: Any, context: dict[str, Any]) -> None:
+            # May run inside a garbage collection in any thread: count, take no lock, log nothing.
+            try:
+                message = context.get("message")
+                if message == DESTROYED_PENDING or message == NEVER_RETRIEVED:
+                    task = context.get("task") or context.get("future")
+                    creator = creators.get(getattr(task.get_coro(), "cr_code", None))
+                    if creator is not None:
+                        if message == DESTROYED_PENDING:
+                            creator.destroyed_pending += 1
+                        else:
+                            creator.never_retrieved += 1
+            except Exception:
+                pass
+            if before is not None:
+                before(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        return exception_handler
+
+    # -- after each request, and once a second -------------------------------------------------
+
+    def _finished(self, state: RequestState) -> None:
+        data = state.data
+        if not data:
+            return
+        tasks = data.pop(_TASKS, None)
+        if not tasks:
+            return
+        now = _monotonic()
+        key = (state.method, state.route)
+        for ref, creator, created in tasks:
+            task = ref()
+            if task is None or task.done():
+                continue
+            creator.outlived += 1
+            routes = creator.routes
+            if key in routes or len(routes) < MAX_ROUTES:
+                routes[key] = routes.get(key, 0) + 1
+            self._watch(_Watched(ref, creator, created, now))
+
+    def _tick(self, _hb: Any, now: float, _lag: float) -> None:
+        if now < self._next_cycle:
+            return
+        self._next_cycle = now + CYCLE_S
+        self.cycle(now)
+
+    def cycle(self, now: float) -> None:
+        """Count the watched tasks by creator, then let the rule decide for each creator."""
+        alive: dict[Creator, int] = {}
+        oldest: dict[Creator, float] = {}
+        keep: list[_Watched] = []
+        leak_s = self._leak_s
+        for watched in self._watched:
+            task = watched.ref()
+            if task is None or task.done():
+                continue
+            keep.append(watched)
+            creator = watched.creator
+            alive[creator] = alive.get(creator, 0) + 1
+            age = now - watched.created
+            if age > oldest.get(creator, 0.0):
+                oldest[creator] = age
+            if watched.finished is not None and not watched.aged and now - watched.finished >= leak_s:
+                watched.aged = True
+                creator.aged += 1
+        self._watched = keep
+        for creator in list(self._creators.values()):
+            if creator is None:
+                continue
+            creator.alive = alive.get(creator, 0)
+            creator.oldest_age_s = oldest.get(creator, 0.0)
+            creator.samples.append((now, creator.alive))
+            before = self._before.get(creator)
+            if before is not None and creator.alive == 0 and before.alive == 0 and (
+                creator.aged == before.aged and creator.destroyed_pending == before.destroyed_pending
+            ):
+                continue  # nothing happened to this creator
+            observation = creator.observation()
+            verdict = task_leak.decide(observation, before, leak_seconds=leak_s)
+            self._before[creator] = observation
+            if verdict is not None:
+                self._agent.findings.report(
+                    verdict.root_cause,
+                    route=verdict.route,
+                    summary=verdict.summary,
+                    evidence=verdict.evidence,
+                    location=verdict.location,
+                )
+
+    def creators(self) -> list[Creator]:
+        return [c for c in list(self._creators.values()) if c is not None]
+
+
+def _exception_handler(loop: Any) -> Any:
+    get = getattr(loop, "get_exception_handler", None)
+    return get() if get is not None else None
+
+
+# --- instruments, read on the collection cycle ------------------------------------------------------
+
+_current: TaskSignal | None = None
+
+
+def _observe(read: Callable[[Creator], float]) -> Callable[[Any], Iterable[Observation]]:
+    def callback(_options: Any) -> Iterable[Observation]:
+        signal = _current
+        if signal is None:
+            return []
+        return [Observation(read(c), c.attrs) for c in signal.creators()]
+
+    return callback
+
+
+# Module-level callbacks: a second instrument() in the same process gets the same instruments back.
+_CALLBACKS = {
+    "alive": _observe(lambda c: c.alive),
+    "oldest_age": _observe(lambda c: c.oldest_age_s),
+    "created": _observe(lambda c: c.created),
+    "leaked": _observe(lambda c: c.outlived),
+    "destroyed_pending": _observe(lambda c: c.destroyed_pending),
+    "exceptions_never_retrieved": _observe(lambda c: c.never_retrieved),
+}
+
+
+def _create_instruments(meter: Any) -> None:
+    meter.create_observable_gauge(
+        "fastapi_doctor.asyncio.tasks.alive",
+        callbacks=[_CALLBACKS["alive"]],
+        unit="{task}",
+        description="Tasks of the app's code still pending after the request that created them, or created "
+        "outside any request, by creator (counted once a second).",
+    )
+    meter.create_observable_gauge(
+        "fastapi_doctor.asyncio.tasks.oldest_age",
+        callbacks=[_CALLBACKS["oldest_age"]],
+        unit="s",
+        description="Age of the oldest of those tasks, by creator.",
+    )
+    meter.create_observable_counter(
+        "fastapi_doctor.asyncio.tasks.created",
+        callbacks=[_CALLBACKS["created"]],
+        unit="{task}",
+        description="Tasks of the app's code created, by creator.",
+    )
+    meter.create_observable_counter(
+        "fastapi_doctor.asyncio.tasks.leaked",
+        callbacks=[_CALLBACKS["leaked"]],
+        unit="{task}",
+        description="Tasks still pending when the request that created them finished, by creator.",
+    )
+    meter.create_observable_counter(
+        "fastapi_doctor.asyncio.tasks.destroyed_pending",
+        callbacks=[_CALLBACKS["destroyed_pending"]],
+        unit="{task}",
+        description="Pending tasks destroyed by the garbage collector (nothing kept a reference), by creator.",
+    )
+    meter.create_observable_counter(
+        "fastapi_doctor.asyncio.tasks.exceptions_never_retrieved",
+        callbacks=[_CALLBACKS["exceptions_never_retrieved"]],
+        unit="{task}",
+        description="Tasks that failed with an exception nobody retrieved, by creator.",
+    )
