@@ -34,6 +34,7 @@ svg.spark{width:100%;height:auto;background:#fbfcfd;border:1px solid #eef0f3;bor
 svg.spark polyline{fill:none;stroke:#2563eb;stroke-width:1.5;vector-effect:non-scaling-stroke}
 svg.spark polyline.limit{stroke:#9ca3af;stroke-dasharray:4 3}svg.spark circle{fill:#2563eb}
 svg.spark text{font-size:9px;fill:#6b7380}.nodata{fill:#9ca3af;font-size:11px}
+header p.off{color:#fde68a}
 """
 
 
@@ -166,6 +167,13 @@ def render_charts(history: dict[str, Any] | None) -> str:
     )
 
 
+def _diagnosis_off(doc: dict[str, Any]) -> str:
+    diagnosis = doc.get("diagnosis") or {}
+    if diagnosis.get("on", True):
+        return ""
+    return f'<p class="off"><strong>Diagnosis is off:</strong> {escape(str(diagnosis.get("reason", "")))}</p>'
+
+
 def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> str:
     findings = doc.get("findings", [])
     return (
@@ -174,6 +182,6 @@ def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> s
         f'{REFRESH}<style>{_CSS}</style></head><body>'
         f"<header><h1>fastapi-doctor — {escape(str(doc.get('service', '')))}</h1>"
         f"<p>{len(findings)} finding(s) · generated {escape(str(doc.get('generated_at', '')))} · "
-        f"pid {escape(str(doc.get('pid', '')))}</p></header><main>"
+        f"pid {escape(str(doc.get('pid', '')))}</p>{_diagnosis_off(doc)}</header><main>"
         f"{render_charts(history)}{render_findings(findings)}</main></body></html>"
     )
