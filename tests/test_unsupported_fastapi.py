@@ -6,10 +6,12 @@ to check here.
 
 from __future__ import annotations
 
+import subprocess
+
 import fastapi
 import httpx
 import pytest
-from harness import wait_until
+from harness import BIN, wait_until
 
 VERSION = fastapi.__version__
 pytestmark = pytest.mark.skipif(
@@ -29,6 +31,10 @@ def test_an_unsupported_fastapi_gets_one_warning_and_diagnosis_says_it_is_off(se
     assert "0.100" in doc["diagnosis"]["reason"]
     page = httpx.get(app.side_url + "/", timeout=5).text
     assert "Diagnosis is off" in page and f"FastAPI {VERSION}" in page
+    report = subprocess.run([str(BIN / "fastapi-doctor"), "report", "--url", app.side_url], capture_output=True,
+                            text=True, timeout=30)
+    assert f"Diagnosis is off: FastAPI {VERSION} is not supported" in report.stdout, report
+    assert "No finding" not in report.stdout
 
     logs = wait_until(lambda: app.logs() if "Diagnosis is off" in app.logs() else None)
     warnings = [line for line in logs.splitlines() if "is not supported" in line]
