@@ -119,6 +119,16 @@ def test_a_request_to_a_mounted_app_is_counted_once_with_its_full_route(shop: An
     assert after["/health/{name}"] == after["/internal/{path}"] == after["/internal"] == 0
 
 
+def test_an_unhandled_error_is_counted_as_the_500_the_client_got(shop: Any) -> None:
+    assert httpx.post(shop.url + "/api/v1/orders/7/refund", timeout=10).status_code == 500
+
+    def count() -> float | None:
+        return metric_value(shop.metrics_text(), "http_server_request_duration_seconds_count",
+                            http_route="/api/v1/orders/{order_id}/refund", http_response_status_code="500")
+
+    assert wait_until(count) == 1
+
+
 def test_the_tested_fastapi_is_one_the_agent_supports() -> None:
     # The matrix must diagnose on each FastAPI it installs, not skip: a version outside the range
     # would turn diagnosis off and fail the tests above, not pass them silently.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,13 +41,8 @@ SUPPORTED_RANGE = "FastAPI 0.100 or newer"
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for part in version.split(".")[:3]:
-        digits = "".join(c for c in part if c.isdigit()) if not part.isdigit() else part
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else ()
 
 
 def fastapi_has_native_telemetry() -> bool:
@@ -123,7 +119,7 @@ class FastAPIHooks:
 
     def _wrap(self, owner: Any, name: str, wrapper: Any) -> None:
         # A class's own attribute (``__dict__``: a descriptor, not yet bound), or one it inherits
-        # (FastAPI before 0.1xx takes build_middleware_stack from Starlette): the wrapper goes on
+        # (FastAPI 0.115 takes build_middleware_stack from Starlette): the wrapper goes on
         # ``owner`` either way, and the class it inherits from is left alone.
         owned = not isinstance(owner, type) or name in owner.__dict__
         original = owner.__dict__[name] if isinstance(owner, type) and owned else getattr(owner, name)
@@ -207,7 +203,6 @@ class FastAPIHooks:
         except Exception as exc:
             containment.report("route hook", exc)
         return wrapped(*args, **kwargs)
-
 
     def _route_handle(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         # FastAPI without the route hook: the matched route, as it starts (mounts included, through

@@ -88,6 +88,11 @@ class DoctorMiddleware:
 
         try:
             await self.app(scope, receive, _MeasuredSend(state, send))
+        except Exception:
+            # Inside contrib's ServerErrorMiddleware (FastAPI before 0.165): it answers 500 after us.
+            if state.status is None:
+                state.status = 500
+            raise
         finally:
             state.duration = perf_counter() - state.start
             state.alone = state.admission == admissions.value

@@ -32,3 +32,8 @@ router.include_router(items)
 def get_order(order_id: int) -> dict:
     time.sleep(0.3)  # a sync def route: runs in the threadpool, the loop is free
     return {"order": order_id}
+
+
+@router.post("/{order_id}/refund")
+async def refund(order_id: int) -> dict:
+    raise RuntimeError("the payment provider is down")  # an unhandled error: the client gets a 500
