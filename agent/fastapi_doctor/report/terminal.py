@@ -35,7 +35,9 @@ def render_table(doc: dict[str, Any]) -> str:
     if not diagnosis.get("on", True):
         header += f"\nDiagnosis is off: {diagnosis.get('reason', '')}"
     if not findings:
-        return header + ("\nNo finding: nothing the agent measures is hurting this app right now." if diagnosis.get("on", True) else "")
+        if diagnosis.get("on", True):
+            header += "\nNo finding: nothing the agent measures is hurting this app right now."
+        return header
     width = max(100, shutil.get_terminal_size((140, 20)).columns)
     rows = [("ROOT CAUSE", "ROUTE", "LOCATION", "COUNT", "SUMMARY")]
     for f in findings:
