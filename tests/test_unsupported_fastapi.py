@@ -31,6 +31,7 @@ def test_an_unsupported_fastapi_gets_one_warning_and_diagnosis_says_it_is_off(se
     assert "0.100" in doc["diagnosis"]["reason"]
     page = httpx.get(app.side_url + "/", timeout=5).text
     assert "Diagnosis is off" in page and f"FastAPI {VERSION}" in page
+    assert "No finding." not in page and "Not diagnosed" in page  # not "healthy": not looked at
     report = subprocess.run([str(BIN / "fastapi-doctor"), "report", "--url", app.side_url], capture_output=True,
                             text=True, timeout=30)
     assert f"Diagnosis is off: FastAPI {VERSION} is not supported" in report.stdout, report

@@ -42,15 +42,17 @@ def _evidence(evidence: dict[str, Any]) -> str:
     return "<br>".join(f"{escape(str(k))}: <code>{escape(str(v))}</code>" for k, v in evidence.items())
 
 
-def render_findings(findings: list[dict[str, Any]]) -> str:
+def render_findings(findings: list[dict[str, Any]], diagnosed: bool = True) -> str:
     parts = []
+    # With diagnosis off (an unsupported FastAPI) an empty cause is not known to be healthy.
+    empty = '<p class="none">No finding.</p>' if diagnosed else "<p>Not diagnosed (diagnosis is off).</p>"
     for root_cause in ROOT_CAUSES:
         mine = [f for f in findings if f["root_cause"] == root_cause]
         title = escape(TITLES.get(root_cause, root_cause))
         if not mine:
             parts.append(
                 f'<section class="root-cause" data-root-cause="{root_cause}"><h2>{title} '
-                f'<span class="count">({root_cause})</span></h2><p class="none">No finding.</p></section>'
+                f'<span class="count">({root_cause})</span></h2>{empty}</section>'
             )
             continue
         rows = []
@@ -183,5 +185,6 @@ def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> s
         f"<header><h1>fastapi-doctor — {escape(str(doc.get('service', '')))}</h1>"
         f"<p>{len(findings)} finding(s) · generated {escape(str(doc.get('generated_at', '')))} · "
         f"pid {escape(str(doc.get('pid', '')))}</p>{_diagnosis_off(doc)}</header><main>"
-        f"{render_charts(history)}{render_findings(findings)}</main></body></html>"
+        f"{render_charts(history)}{render_findings(findings, (doc.get('diagnosis') or {}).get('on', True))}"
+        "</main></body></html>"
     )
