@@ -212,6 +212,11 @@ class Agent:
         if state is not None:
             state.add_root_cause(finding.root_cause)
 
+    def diagnosis(self) -> dict[str, Any]:
+        """Whether requests are diagnosed: off (with the reason) where FastAPI's hooks were declined."""
+        reason = getattr(self.fastapi, "unsupported", None)
+        return {"on": True} if reason is None else {"on": False, "reason": reason}
+
     def doctor_document(self) -> dict[str, Any]:
         findings = sorted(self.findings.all(), key=lambda f: f.last_seen, reverse=True)
         return {
@@ -220,6 +225,7 @@ class Agent:
             "pid": os.getpid(),
             "started_at": _iso(self.started_at),
             "generated_at": _iso(time.time()),
+            "diagnosis": self.diagnosis(),
             "detectors": [s.name for s in self.signals],
             "findings": [f.as_dict() for f in findings],
             "evicted": self.findings.evicted,

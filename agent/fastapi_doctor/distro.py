@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -39,6 +40,8 @@ class FastAPIDoctorDistro(BaseDistro):
     def _configure(self, **kwargs: Any) -> None:
         for name, value in DEFAULT_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
+        # Runs before the wrapper loads the instrumentors, whose version checks log there.
+        logging.getLogger(_CONFLICT_LOGGER).addFilter(_CONFLICT_NOTE)
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
         """Load an instrumentor only once the app imports the library it instruments.
@@ -57,6 +60,42 @@ class FastAPIDoctorDistro(BaseDistro):
             _imports.when_imported(module, lambda _m: _load_now(entry_point, kwargs))
             return
         _load_now(entry_point, kwargs)
+
+
+_CONFLICT_LOGGER = "opentelemetry.instrumentation.auto_instrumentation._load"
+_CONFLICT = re.compile(r'^(\S+) only instruments "(.*)", but currently installed version \("(.*)"\)')
+
+
+class _ConflictNote(logging.Filter):
+    """Contrib's version checks log an ERROR ("sqlalchemy only instruments sqlalchemy<2.1.0 …, so
+    nothing can be instrumented") that reads as if the agent were broken on a current stack. For the
+    libraries the agent diagnoses with hooks of its own, say once what it means instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            match = _CONFLICT.match(record.getMessage())
+        except Exception:
+            return True
+        if match is None:
+            return True
+        name, required, found = match.groups()
+        if name == "fastapi":
+            # The agent's own hooks say whether this FastAPI is diagnosed (instrumentation.py), and
+            # FastAPI 0.165+ makes its own spans.
+            _log.debug("fastapi-doctor: contrib's FastAPI instrumentation (%s) skips FastAPI %s", required, found)
+            return False
+        if name == "sqlalchemy":
+            record.msg = (
+                "fastapi-doctor: contrib's SQLAlchemy instrumentation supports %s, not the installed %s: "
+                "no SQL spans from it. Diagnosis is unaffected: the agent reads SQLAlchemy's own events "
+                "(pool_leak, n_plus_one, slow queries)."
+            )
+            record.args = (required.split(";")[0].strip(), found)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_CONFLICT_NOTE = _ConflictNote()
 
 
 def _findable(module: str) -> bool:
@@ -79,6 +118,12 @@ def _load_fastapi_instrumentor(entry_point: Any, kwargs: dict[str, Any]) -> None
     if fastapi_has_native_telemetry():
         _log.debug("fastapi-doctor: FastAPI has native OpenTelemetry; contrib's FastAPI instrumentor not loaded")
         return
+    if "meter_provider" not in kwargs:
+        from opentelemetry.metrics import NoOpMeterProvider
+
+        # Spans only: the agent records http.server.request.duration for every request itself, once
+        # per request (contrib's would count a mounted app's request again, under the mount's route).
+        kwargs = {**kwargs, "meter_provider": NoOpMeterProvider()}
     _load_now(entry_point, kwargs)
 
 

@@ -1,19 +1,26 @@
 """Hooks into FastAPI, installed when the app imports fastapi and undone by :func:`uninstrument`.
 
-Three narrow patch points:
+Narrow patch points:
 
-* ``FastAPI.build_middleware_stack``: the built stack is wrapped in the agent's middleware, and
-  app-level hooks of the signals (dependency and middleware timing) run on the app.
+* ``FastAPI.build_middleware_stack`` (Starlette's, inherited, on FastAPI versions that do not define
+  their own): the built stack is wrapped in the agent's middleware, and app-level hooks of the
+  signals (dependency and middleware timing) run on the app.
 * ``FastAPI.__init__`` (native telemetry only): FastAPI's telemetry gets the agent's ``exclude``
   (head sampling at admission) and leaves request metrics to the agent, which measures every
   request; a user's own ``exclude`` or ``metrics`` setting wins.
-* ``fastapi.routing._route_selected``: the route template of every request, sampled or not.
+* ``fastapi.routing._route_selected`` (native telemetry), else Starlette's ``Route.handle``: the route
+  template of every request while it runs, sampled or not, and the task that runs its endpoint.
+
+Supported: FastAPI 0.100 and newer (:data:`SUPPORTED_FROM`). On an older FastAPI, or one whose hooks
+cannot be installed, nothing is patched: one warning names the version and the supported range, and
+``/doctor`` and the doctor page say that diagnosis is off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +33,16 @@ from fastapi_doctor.middleware import DoctorMiddleware, RequestMetrics
 _log = logging.getLogger("fastapi_doctor")
 
 AppHook = Callable[[Any], None]
+
+
+# The oldest FastAPI the hooks are tested on (CI runs the diagnosis tests on 0.100, 0.115 and the newest).
+SUPPORTED_FROM = (0, 100)
+SUPPORTED_RANGE = "FastAPI 0.100 or newer"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else ()
 
 
 def fastapi_has_native_telemetry() -> bool:
@@ -43,15 +60,33 @@ class FastAPIHooks:
         self.app_hooks: list[AppHook] = []
         # Signals add stack wrappers: each takes (app, built stack) and returns the stack to use.
         self.stack_wrappers: list[Callable[[Any, Any], Any]] = []
-        self._patched: list[tuple[Any, str, Any]] = []
+        # (owner, name, original, owned): owned is False where the owner inherited the attribute.
+        self._patched: list[tuple[Any, str, Any, bool]] = []
         self._native = False
         self.active = False
+        # Why the hooks are not installed (an unsupported FastAPI), for /doctor; None when they are.
+        self.unsupported: str | None = None
 
     # -- install / undo ------------------------------------------------------------------------
 
     def instrument(self, fastapi_module: Any = None) -> None:
         if self.active:
             return
+        import fastapi
+
+        version = str(getattr(fastapi, "__version__", "unknown"))
+        if _version_tuple(version) < SUPPORTED_FROM:
+            self._decline(version, "too old")
+            return
+        try:
+            self._install()
+        except Exception as exc:  # a FastAPI whose internals moved: the app runs without the hooks
+            self.uninstrument()
+            self._decline(version, f"its hooks could not be installed ({type(exc).__name__})")
+            return
+        self.active = True
+
+    def _install(self) -> None:
         import fastapi.applications
         import fastapi.routing
 
@@ -61,17 +96,34 @@ class FastAPIHooks:
             self._wrap(fastapi.applications.FastAPI, "__init__", self._init)
             self._wrap(fastapi.applications.FastAPI, "__call__", self._call)
             self._wrap(fastapi.routing, "_route_selected", self._route_selected)
-        self.active = True
+        else:
+            import starlette.routing
+
+            self._wrap(starlette.routing.Route, "handle", self._route_handle)
+
+    def _decline(self, version: str, why: str) -> None:
+        self.unsupported = f"FastAPI {version} is not supported ({why}); supported: {SUPPORTED_RANGE}"
+        _log.warning(
+            "fastapi-doctor: %s. Diagnosis is off: requests are not measured or diagnosed; the app runs unchanged.",
+            self.unsupported,
+        )
 
     def uninstrument(self) -> None:
-        for owner, name, original in reversed(self._patched):
-            setattr(owner, name, original)
+        for owner, name, original, owned in reversed(self._patched):
+            if owned:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)  # inherited again
         self._patched.clear()
         self.active = False
 
     def _wrap(self, owner: Any, name: str, wrapper: Any) -> None:
-        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-        self._patched.append((owner, name, original))
+        # A class's own attribute (``__dict__``: a descriptor, not yet bound), or one it inherits
+        # (FastAPI 0.115 takes build_middleware_stack from Starlette): the wrapper goes on
+        # ``owner`` either way, and the class it inherits from is left alone.
+        owned = not isinstance(owner, type) or name in owner.__dict__
+        original = owner.__dict__[name] if isinstance(owner, type) and owned else getattr(owner, name)
+        self._patched.append((owner, name, original, owned))
         setattr(owner, name, wrapt.FunctionWrapper(original, wrapper))
 
     # -- wrappers ------------------------------------------------------------------------------
@@ -117,12 +169,19 @@ class FastAPIHooks:
                     hook(instance)
                 except Exception as exc:
                     containment.report(getattr(hook, "__qualname__", "app hook"), exc)
+            outer = _expected_outer_layer(instance, stack)
+            if outer is not None:
+                stack = outer.app
             for wrap in self.stack_wrappers:
                 try:
                     stack = wrap(instance, stack)
                 except Exception as exc:
                     containment.report(getattr(wrap, "__qualname__", "stack wrapper"), exc)
-            return DoctorMiddleware(stack, self.metrics, admits=not self._native)
+            doctor = DoctorMiddleware(stack, self.metrics, admits=not self._native)
+            if outer is None:
+                return doctor
+            outer.app = doctor
+            return outer
         except Exception as exc:
             containment.report("build_middleware_stack", exc)
             return stack
@@ -145,9 +204,37 @@ class FastAPIHooks:
             containment.report("route hook", exc)
         return wrapped(*args, **kwargs)
 
+    def _route_handle(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        # FastAPI without the route hook: the matched route, as it starts (mounts included, through
+        # the root path that each Mount extends).
+        try:
+            state = current_request.get()
+            if state is not None:
+                path = getattr(instance, "path_format", None)
+                scope = args[0] if args else kwargs.get("scope")
+                if path is not None and scope is not None:
+                    state.route = scope.get("root_path", "").rstrip("/") + path
+                    state.inner_task = asyncio.current_task()
+        except Exception as exc:
+            containment.report("route hook", exc)
+        return wrapped(*args, **kwargs)
+
+
+def _expected_outer_layer(app: Any, stack: Any) -> Any:
+    """The stack's ``ServerErrorMiddleware`` when another wrapper of this app's build_middleware_stack
+    (contrib's FastAPI instrumentation, an instance attribute) takes the stack apart and expects it
+    outermost; the agent's middleware then goes inside it. None otherwise."""
+    if "build_middleware_stack" not in getattr(app, "__dict__", {}):
+        return None
+    from starlette.middleware.errors import ServerErrorMiddleware
+
+    return stack if isinstance(stack, ServerErrorMiddleware) else None
+
 
 def instrument_app(app: Any, hooks: FastAPIHooks) -> None:
     """Make sure an app built before the agent started is measured too."""
+    if not hooks.active:
+        return
     if fastapi_has_native_telemetry():
         hooks.configure_telemetry(app, {})
     stack = getattr(app, "middleware_stack", None)

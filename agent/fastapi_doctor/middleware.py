@@ -70,7 +70,9 @@ class DoctorMiddleware:
         self._admits = admits
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        # A mounted FastAPI app has its own stack: the request is already measured by the outer app's
+        # (counted once, its route the full template).
+        if scope["type"] != "http" or current_request.get() is not None:
             if scope["type"] == "lifespan":
                 send = lifecycle.flushing_send(send)  # telemetry flushed when the app shuts down
             await self.app(scope, receive, send)
@@ -86,6 +88,11 @@ class DoctorMiddleware:
 
         try:
             await self.app(scope, receive, _MeasuredSend(state, send))
+        except Exception:
+            # Inside contrib's ServerErrorMiddleware (FastAPI before 0.165): it answers 500 after us.
+            if state.status is None:
+                state.status = 500
+            raise
         finally:
             state.duration = perf_counter() - state.start
             state.alone = state.admission == admissions.value

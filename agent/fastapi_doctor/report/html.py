@@ -35,6 +35,7 @@ svg.spark{width:100%;height:auto;background:#fbfcfd;border:1px solid #eef0f3;bor
 svg.spark polyline{fill:none;stroke:#2563eb;stroke-width:1.5;vector-effect:non-scaling-stroke}
 svg.spark polyline.limit{stroke:#9ca3af;stroke-dasharray:4 3}svg.spark circle{fill:#2563eb}
 svg.spark text{font-size:9px;fill:#6b7380}.nodata{fill:#9ca3af;font-size:11px}
+header p.off{color:#fde68a}
 """
 
 
@@ -42,15 +43,17 @@ def _evidence(evidence: dict[str, Any]) -> str:
     return "<br>".join(f"{escape(str(k))}: <code>{escape(str(v))}</code>" for k, v in evidence.items())
 
 
-def render_findings(findings: list[dict[str, Any]]) -> str:
+def render_findings(findings: list[dict[str, Any]], diagnosed: bool = True) -> str:
     parts = []
+    # With diagnosis off (an unsupported FastAPI) an empty cause is not known to be healthy.
+    empty = '<p class="none">No finding.</p>' if diagnosed else "<p>Not diagnosed (diagnosis is off).</p>"
     for root_cause in ROOT_CAUSES:
         mine = [f for f in findings if f["root_cause"] == root_cause]
         title = escape(TITLES.get(root_cause, root_cause))
         if not mine:
             parts.append(
                 f'<section class="root-cause" data-root-cause="{root_cause}"><h2>{title} '
-                f'<span class="count">({root_cause})</span></h2><p class="none">No finding.</p></section>'
+                f'<span class="count">({root_cause})</span></h2>{empty}</section>'
             )
             continue
         rows = []
@@ -196,6 +199,13 @@ def render_stalls(stalls: dict[str, Any] | None) -> str:
     return '<section class="stalls"><h2>Not the app\'s code</h2><ul>' + "".join(lines) + "</ul></section>"
 
 
+def _diagnosis_off(doc: dict[str, Any]) -> str:
+    diagnosis = doc.get("diagnosis") or {}
+    if diagnosis.get("on", True):
+        return ""
+    return f'<p class="off"><strong>Diagnosis is off:</strong> {escape(str(diagnosis.get("reason", "")))}</p>'
+
+
 def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> str:
     findings = doc.get("findings", [])
     return (
@@ -204,6 +214,8 @@ def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> s
         f'{REFRESH}<style>{_CSS}</style></head><body>'
         f"<header><h1>fastapi-doctor — {escape(str(doc.get('service', '')))}</h1>"
         f"<p>{len(findings)} finding(s) · generated {escape(str(doc.get('generated_at', '')))} · "
-        f"pid {escape(str(doc.get('pid', '')))}</p></header><main>"
-        f"{render_charts(history)}{render_stalls(doc.get('stalls'))}{render_findings(findings)}</main></body></html>"
+        f"pid {escape(str(doc.get('pid', '')))}</p>{_diagnosis_off(doc)}</header><main>"
+        f"{render_charts(history)}{render_stalls(doc.get('stalls'))}"
+        f"{render_findings(findings, (doc.get('diagnosis') or {}).get('on', True))}"
+        "</main></body></html>"
     )

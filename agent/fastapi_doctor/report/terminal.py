@@ -31,8 +31,13 @@ def _location(f: dict[str, Any]) -> str:
 def render_table(doc: dict[str, Any]) -> str:
     findings = doc.get("findings", [])
     header = f"fastapi-doctor — {doc.get('service', '?')} (pid {doc.get('pid', '?')}): {len(findings)} finding(s)"
+    diagnosis = doc.get("diagnosis") or {}
+    if not diagnosis.get("on", True):
+        header += f"\nDiagnosis is off: {diagnosis.get('reason', '')}"
     if not findings:
-        return header + "\nNo finding: nothing the agent measures is hurting this app right now."
+        if diagnosis.get("on", True):
+            header += "\nNo finding: nothing the agent measures is hurting this app right now."
+        return header
     width = max(100, shutil.get_terminal_size((140, 20)).columns)
     rows = [("ROOT CAUSE", "ROUTE", "LOCATION", "COUNT", "SUMMARY")]
     for f in findings:

@@ -47,7 +47,7 @@ from typing import Any
 
 from collections import deque
 
-from fastapi_doctor import attribution, containment
+from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.signals import gc_pauses, process
@@ -677,32 +677,30 @@ class EventLoopSignal:
     # -- the app's parts, so a stack can be classified ------------------------------------------
 
     def _register_app(self, app: Any) -> None:
-        self._register_routes(getattr(app, "routes", None) or (), "")
+        # Every endpoint, also of included routers and mounted apps: a block under an endpoint that is
+        # not known would be blamed on the innermost middleware layer of the stack.
+        for template, endpoint in routes.endpoints(app):
+            self._register_endpoint(template, endpoint)
+        for code in routes.dispatch_codes(app):
+            attribution.register_code(code, "router", "router")
         for middleware in getattr(app, "user_middleware", None) or ():
             try:
                 _register_middleware(middleware)
             except Exception as exc:
                 containment.report("eventloop middleware registration", exc)
 
-    def _register_routes(self, routes: Any, prefix: str) -> None:
-        for route in routes:
-            path = getattr(route, "path", None)
-            endpoint = getattr(route, "endpoint", None)
-            if endpoint is not None and isinstance(path, str):
-                code = _code_of(endpoint)
-                if code is not None:
-                    attribution.register_code(code, "endpoint", prefix + path)
-                    if len(self._endpoints) < 10000:
-                        self._endpoints.setdefault(
-                            prefix + path,
-                            Location(attribution.display_path(code.co_filename), _def_line(code), code.co_qualname),
-                        )
-                    wrapped = getattr(endpoint, "__code__", None)
-                    if wrapped is not None and wrapped is not code:
-                        attribution.register_code(wrapped, "endpoint", prefix + path)
-            sub = getattr(route, "routes", None)
-            if sub and endpoint is None and isinstance(path, str):  # a Mount
-                self._register_routes(sub, prefix + path)
+    def _register_endpoint(self, template: str, endpoint: Any) -> None:
+        code = _code_of(endpoint)
+        if code is None:
+            return
+        attribution.register_code(code, "endpoint", template)
+        if len(self._endpoints) < 10000:
+            self._endpoints.setdefault(
+                template, Location(attribution.display_path(code.co_filename), _def_line(code), code.co_qualname)
+            )
+        wrapped = getattr(endpoint, "__code__", None)
+        if wrapped is not None and wrapped is not code:
+            attribution.register_code(wrapped, "endpoint", template)
 
     # -- the watchdog thread ---------------------------------------------------------------------
 
