@@ -42,10 +42,9 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
-
-from collections import deque
 
 from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
