@@ -62,7 +62,8 @@ def shop(request: pytest.FixtureRequest) -> Any:
 def test_a_block_in_a_route_of_a_real_app_shape_is_blocking_io_at_the_users_line(
     shop: Any, method: str, path: str, route: str, file: str, mark: str, call: str | None
 ) -> None:
-    assert httpx.request(method, shop.url + path, timeout=10).status_code == 200
+    for _ in range(2):  # a block is a finding once it recurs (once could be start-up work)
+        assert httpx.request(method, shop.url + path, timeout=10).status_code == 200
     finding = finding_on(shop, route)
     # Not the middleware the stack passed through (CORS, TrustedHost, GZip): the route's own code.
     assert finding["root_cause"] == "blocking_io", finding["summary"]
@@ -83,8 +84,11 @@ def test_healthy_twins_and_the_doctor_page_of_a_real_app_shape(shop: Any) -> Non
         ("GET", "/internal/health/x"),
     ]:
         assert httpx.request(method, shop.url + path, timeout=10).status_code == 200
+    for method, path in [("POST", "/api/v1/users/login-threaded"), ("GET", "/api/v1/orders/7/items/count")]:
+        assert httpx.request(method, shop.url + path, timeout=10).status_code == 200  # twice, as a sick route
     # A sick route after the twins: once its finding is in, the twins' episodes would be too.
-    assert httpx.post(shop.url + "/api/v1/users/login", timeout=10).status_code == 200
+    for _ in range(2):
+        assert httpx.post(shop.url + "/api/v1/users/login", timeout=10).status_code == 200
     finding_on(shop, "/api/v1/users/login")
     routes = {f["route"] for f in shop.findings()}
     assert not routes & {
