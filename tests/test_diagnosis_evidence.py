@@ -1,0 +1,191 @@
+"""Diagnosis on apps shaped like real services (tests/apps/fullstack_*.py: routers with prefixes,
+CORS, an auth dependency that decodes a token and loads the user by primary key, sync and async
+SQLAlchemy sessions on SQLite and PostgreSQL), one realistic mistake at a time, under a real uvicorn.
+
+A finding must rest on evidence of its cause: a dependency is "rebuilt" when it builds an expensive
+object again per request (not when it is slow); a pool too small for the load is one pool finding
+naming the pool and its holders (not a slow dependency); a slow upstream call in a sync endpoint is
+one threadpool finding on that line.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import APPS, AppProcess, wait_until
+
+SYNC = APPS / "fullstack_sync.py"
+ASYNC = APPS / "fullstack_async.py"
+
+
+def marked(path: Path, marker: str) -> dict[str, Any]:
+    """File and line of ``# mark: <marker>`` in ``path`` (no hard-coded line numbers)."""
+    lines = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text.rstrip().endswith(f"# mark: {marker}")]
+    assert len(lines) == 1, marker
+    return {"file": path.name, "line": lines[0]}
+
+
+def at(finding: dict[str, Any]) -> dict[str, Any]:
+    return {"file": finding["location"]["file"], "line": finding["location"]["line"]}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """``db(kind)``: a database URL for the sync ("psycopg") or async driver, on SQLite or PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "app.db"
+        return lambda kind: f"sqlite:///{path}" if kind == "sync" else f"sqlite+aiosqlite:///{path}"
+    postgres = request.getfixturevalue("postgres")
+    name = request.getfixturevalue("pg_database")
+    return lambda kind: postgres.url(name, driver="psycopg" if kind == "sync" else "asyncpg")
+
+
+class Client:
+    """Logs in once, then hammers the app with ``concurrency`` clients for ``seconds``."""
+
+    def __init__(self, app: AppProcess, sync: bool) -> None:
+        self.app = app
+        self.base = app.url + ("/api/v1" if sync else "/api")
+        if sync:
+            response = httpx.post(self.base + "/login/access-token",
+                                  data={"username": "user1@example.com", "password": "secret"})
+        else:
+            response = httpx.post(self.base + "/auth/token", json={"email": "user1@example.com", "password": "secret"})
+        response.raise_for_status()
+        self.headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+    def get(self, path: str, n: int = 1) -> list[httpx.Response]:
+        with httpx.Client(timeout=60, headers=self.headers) as client:
+            return [client.get(self.base + path) for _ in range(n)]
+
+    def load(self, paths: list[str], concurrency: int, seconds: float) -> list[int]:
+        statuses: list[int] = []
+        deadline = time.monotonic() + seconds
+
+        def one(k: int) -> None:
+            with httpx.Client(timeout=60, headers=self.headers) as client:
+                i = k
+                while time.monotonic() < deadline:
+                    statuses.append(client.get(self.base + paths[i % len(paths)]).status_code)
+                    i += 1
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return statuses
+
+
+def start(serve: Callable[..., AppProcess], app: str, url: str, **env: str) -> AppProcess:
+    return serve(app, env={"DB_URL": url, **env})
+
+
+# -- slow is not rebuilt ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_healthy_auth_app_under_concurrent_load_has_no_rebuild_and_no_pool_finding(serve, db, kind):
+    app = start(serve, f"fullstack_{kind}:app", db(kind))
+    client = Client(app, sync=kind == "sync")
+    paths = ["/users/me", "/items/" if kind == "sync" else "/articles"]
+    statuses = client.load(paths, concurrency=12, seconds=8)  # fewer clients than the pool's 5 + 10
+    assert set(statuses) == {200} and len(statuses) > 50
+    # The auth dependency decodes a token and loads the user by primary key: necessary work, and
+    # under load it waits for the CPU, the GIL and the database. Waiting is not rebuilding.
+    time.sleep(1.5)  # the watchdogs' rounds after the load
+    assert app.findings("dependency_rebuild") == []
+    assert app.findings("pool_leak") == []
+
+
+# One row per realistic mistake: (app, MISTAKE, what is rebuilt, the marked line, the dependency).
+REBUILDS = [
+    ("sync", "engine_per_request", "sqlalchemy.engine.Engine", "engine per request", "get_db_engine_per_request"),
+    ("sync", "sessionmaker_per_request", "sqlalchemy.orm.sessionmaker", "sessionmaker per request",
+     "get_db_sessionmaker_per_request"),
+    ("sync", "settings_per_request", "pydantic_settings.BaseSettings", "settings per request", "get_settings_per_request"),
+    ("sync", "client_per_request", "requests.Session", "requests session per request", "get_http_per_request"),
+    ("async", "engine_per_request", "sqlalchemy.engine.Engine", "engine per request", "get_session_engine_per_request"),
+    ("async", "client_per_request", "httpx.AsyncClient", "client per request", "get_http_per_request"),
+]
+
+
+@pytest.mark.parametrize(("kind", "mistake", "obj", "mark", "dependency"), REBUILDS, ids=[f"{r[0]}-{r[1]}" for r in REBUILDS])
+def test_an_expensive_object_built_in_every_request_is_a_rebuild_naming_it_and_its_line(
+    serve, tmp_path, kind, mistake, obj, mark, dependency
+):
+    url = f"sqlite:///{tmp_path / 'a.db'}" if kind == "sync" else f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    app = start(serve, f"fullstack_{kind}:app", url, MISTAKE=mistake)
+    client = Client(app, sync=kind == "sync")
+    route = "/api/v1/items/" if kind == "sync" else "/api/articles"
+    assert {r.status_code for r in client.get(route.removeprefix("/api/v1").removeprefix("/api"), n=5)} == {200}
+    found = wait_until(lambda: [f for f in app.findings("dependency_rebuild") if f["evidence"].get("object") == obj])
+    assert len(found) == 1, app.findings()
+    (f,) = found
+    assert f["route"] == route
+    assert at(f) == marked(SYNC if kind == "sync" else ASYNC, mark)
+    assert f["evidence"]["dependency"] == dependency
+    assert f["evidence"]["created_in_requests"] >= 3
+    assert obj in f["summary"]
+    # Nothing else is rebuilt: the auth dependency and the session are necessary per-request work.
+    assert [g for g in app.findings("dependency_rebuild") if g is not f and g["evidence"].get("object") != obj] == []
+
+
+# -- one finding on the cause ----------------------------------------------------------------------
+
+
+def test_async_pool_too_small_for_the_load_is_one_pool_finding(serve, db):
+    app = start(serve, "fullstack_async:app", db("async"), POOL_SIZE="2", MAX_OVERFLOW="0")
+    client = Client(app, sync=False)
+    statuses = client.load(["/users/me", "/articles"], concurrency=20, seconds=6)
+    assert set(statuses) == {200}
+    (f,) = wait_until(lambda: app.findings("pool_leak"), timeout=10)
+    evidence = f["evidence"]
+    assert evidence["reason"] == "pool_exhausted"
+    assert evidence["pool_size"] == 2 and evidence["max_overflow"] == 0 and evidence["max_connections"] == 2
+    assert evidence["demand"] > 2  # callers needing a connection at once, more than the pool allows
+    assert "pool_size=2" in f["summary"] and "max_overflow=0" in f["summary"]
+    holders = {h["location"] for h in evidence["holders"]}
+    load_user = marked(ASYNC, "load user")
+    assert f"fullstack_async.py:{load_user['line']} in get_current_user" in holders
+    assert {h["route"] for h in evidence["holders"]} <= {"/api/users/me", "/api/articles"}
+    # The dependencies that waited for a connection are symptoms, not findings of their own.
+    assert app.findings("dependency_rebuild") == []
+    assert len(app.findings("pool_leak")) == 1
+
+
+def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(serve, db):
+    app = start(serve, "fullstack_sync:app", db("sync"), POOL_SIZE="5", MAX_OVERFLOW="10")
+    client = Client(app, sync=True)
+    statuses = client.load(["/users/me", "/items/"], concurrency=40, seconds=8)
+    assert set(statuses) == {200}
+    found = wait_until(lambda: app.findings("pool_leak"), timeout=10)
+    assert len(found) == 1, found
+    evidence = found[0]["evidence"]
+    assert evidence["reason"] == "pool_exhausted"
+    assert evidence["pool_size"] == 5 and evidence["max_overflow"] == 10
+    assert evidence["demand"] > 15
+    assert app.findings("dependency_rebuild") == []
+    assert app.findings("blocking_io") == []
+
+
+def test_slow_upstream_in_a_sync_endpoint_is_one_threadpool_finding_on_its_line(serve, tmp_path):
+    upstream = serve("slow_upstream:app")
+    app = start(serve, "fullstack_sync:app", f"sqlite:///{tmp_path / 'a.db'}", MISTAKE="slow_upstream",
+                UPSTREAM_URL=upstream.url + "/slow?seconds=1", FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS="1")
+    client = Client(app, sync=True)
+    statuses = client.load(["/items/"], concurrency=50, seconds=8)
+    assert set(statuses) == {200}
+    found = wait_until(lambda: app.findings("blocking_io"), timeout=10)
+    assert len(found) == 1, found
+    (f,) = found
+    assert f["route"] == "/api/v1/items/"
+    assert at(f) == marked(SYNC, "slow upstream")
+    assert app.findings("dependency_rebuild") == []
+    assert app.findings("pool_leak") == []
