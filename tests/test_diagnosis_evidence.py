@@ -147,7 +147,7 @@ def test_async_pool_too_small_for_the_load_is_one_pool_finding(serve, db):
     assert set(statuses) == {200}
     (f,) = wait_until(lambda: app.findings("pool_leak"), timeout=10)
     evidence = f["evidence"]
-    assert evidence["reason"] == "pool_exhausted"
+    assert evidence["reason"] == "pool_wait"
     assert evidence["pool_size"] == 2 and evidence["max_overflow"] == 0 and evidence["max_connections"] == 2
     assert evidence["demand"] > 2  # callers needing a connection at once, more than the pool allows
     assert "pool_size=2" in f["summary"] and "max_overflow=0" in f["summary"]
@@ -163,12 +163,13 @@ def test_async_pool_too_small_for_the_load_is_one_pool_finding(serve, db):
 def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(serve, db):
     app = start(serve, "fullstack_sync:app", db("sync"), POOL_SIZE="5", MAX_OVERFLOW="10")
     client = Client(app, sync=True)
-    statuses = client.load(["/users/me", "/items/"], concurrency=40, seconds=8)
+    # Every request holds its session's connection while the database computes a report.
+    statuses = client.load(["/users/me", "/items/summary"], concurrency=40, seconds=8)
     assert set(statuses) == {200}
     found = wait_until(lambda: app.findings("pool_leak"), timeout=10)
     assert len(found) == 1, found
     evidence = found[0]["evidence"]
-    assert evidence["reason"] == "pool_exhausted"
+    assert evidence["reason"] == "pool_wait"
     assert evidence["pool_size"] == 5 and evidence["max_overflow"] == 10
     assert evidence["demand"] > 15
     assert app.findings("dependency_rebuild") == []

@@ -171,6 +171,8 @@ SETTINGS: tuple[Setting, ...] = (
             "At most this many requests per second and process have their middleware layers timed (0: every request)."),
     Setting("leak_seconds", "FASTAPI_DOCTOR_LEAK_SECONDS", 30.0, _positive_float, "a number of seconds > 0",
             "A pool connection checked out longer than this is a leak."),
+    Setting("pool_wait_seconds", "FASTAPI_DOCTOR_POOL_WAIT_SECONDS", 2.0, _positive_float, "a number of seconds > 0",
+            "A pool with every connection in use and callers waiting this long without a break is too small."),
     Setting("large_response_bytes", "FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES", 262144, _positive_int,
             "a whole number of bytes > 0", "Uncompressed bodies above this are large payloads."),
     Setting("n_plus_one_threshold", "FASTAPI_DOCTOR_N_PLUS_ONE_THRESHOLD", 10, _positive_int,
@@ -240,6 +242,7 @@ class Settings:
     slow_middleware_ms: float = 25.0
     middleware_timed_per_second: float = 50.0
     leak_seconds: float = 30.0
+    pool_wait_seconds: float = 2.0
     large_response_bytes: int = 262144
     n_plus_one_threshold: int = 10
     gc_freeze: bool = True

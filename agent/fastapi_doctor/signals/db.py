@@ -7,7 +7,7 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
 * the dialect's ``do_execute`` events (every statement sent to the driver) feed
   :mod:`~fastapi_doctor.signals.db_queries`;
 * ``Engine.__init__`` is wrapped to know each engine (its pool and a credential-free name) and to
-  report an engine created inside a request (``dependency_rebuild``);
+  report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`.rebuilds`);
 * ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts.
 
 Engines created before the agent (``instrument()`` called in code) are found once with the garbage
@@ -22,8 +22,9 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.signals.db_pool import PoolTracker, user_location
+from fastapi_doctor.signals.db_pool import PoolTracker
 from fastapi_doctor.signals.db_queries import QueryCounter
+from fastapi_doctor.signals.rebuilds import RebuildSites
 
 
 class DatabaseSignal:
@@ -33,6 +34,7 @@ class DatabaseSignal:
         self.agent: Any = None
         self.pools: PoolTracker | None = None
         self.queries: QueryCounter | None = None
+        self.rebuilds: RebuildSites | None = None
         self._listeners: list[tuple[Any, str, Any]] = []
         self._patched: list[tuple[type, str, Any]] = []
         self._running = False
@@ -44,6 +46,7 @@ class DatabaseSignal:
         self.agent = agent
         self.pools = PoolTracker(agent)
         self.queries = QueryCounter(agent)
+        self.rebuilds = RebuildSites(agent.findings)
         self._finished_hook = self.queries.finished
         agent.request_metrics.finished_hooks.append(self._finished_hook)
         self._running = True
@@ -129,7 +132,7 @@ class DatabaseSignal:
 
         def __init__(engine: Any, *args: Any, **kwargs: Any) -> None:
             original(engine, *args, **kwargs)
-            signal._engine_created(engine)
+            signal._engine_created(engine, sys._getframe(1))
 
         __init__.__wrapped__ = original  # type: ignore[attr-defined]
         __init__.__qualname__ = getattr(original, "__qualname__", "__init__")
@@ -138,24 +141,17 @@ class DatabaseSignal:
 
     # -- listeners (all contained: an exception in a pool listener would fail the app's checkout) --
 
-    def _engine_created(self, engine: Any) -> None:
+    def _engine_created(self, engine: Any, frame: Any) -> None:
         try:
-            assert self.pools is not None
+            assert self.pools is not None and self.rebuilds is not None
             stats = self.pools.add_engine(engine)
-            state = current_request.get()
-            if state is None:
-                return
-            self.agent.findings.report(
-                "dependency_rebuild",
-                route=state.route,
-                summary=(
-                    f"A SQLAlchemy engine (pool {stats.name}) is created inside a request: every request "
-                    "builds a new connection pool and opens new database connections. Create the engine "
-                    "once at start-up and share it."
-                ),
-                evidence={"kind": "sqlalchemy_engine", "pool": stats.name},
-                location=user_location(),
-            )
+            if current_request.get() is not None:
+                self.rebuilds.created(
+                    "sqlalchemy.engine.Engine",
+                    f"each one builds a new connection pool (pool {stats.name}) and opens new database connections.",
+                    frame,
+                    {"pool": stats.name},
+                )
         except Exception as exc:
             containment.report("db engine", exc)
 

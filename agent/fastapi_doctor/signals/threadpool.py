@@ -4,20 +4,22 @@ Sync endpoints, sync dependencies and ``run_in_threadpool`` share one capacity l
 (40 threads by default). Its statistics must be read on the loop: they are sampled on the heartbeat
 (see :mod:`fastapi_doctor.signals.eventloop`) and published through observable gauges. Tasks waiting
 for a thread for ``FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS`` without a break make one finding per
-episode, naming the routes holding the threads and the line most of the worker threads are in.
+episode, naming the routes holding the threads and the line most of the worker threads are in. When
+most threads wait for a database pool connection, the pool is the bottleneck: the finding goes to the
+line the other threads are blocked in outside the database (a slow call holding connections), or, when
+they work in the database, to the pool (the database signal's ``pool_leak``).
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi_doctor import attribution, containment
+from fastapi_doctor import containment
 from fastapi_doctor.context import active_requests
-from fastapi_doctor.findings import Location
+from fastapi_doctor.signals.db_pool import blocked_elsewhere, worker_lines, worker_threads
 
 _current: ThreadpoolSignal | None = None
 
@@ -163,7 +165,20 @@ class ThreadpoolSignal:
             if state.route is not None and (state.inner_task in holders or state.outer_task in holders):
                 routes[state.route] += 1
                 methods.setdefault(state.route, state.method)
-        location, call, in_call = _worker_line(hb.loop)
+        elsewhere, database, waiting_for_pool = worker_lines(worker_threads(hb.loop))
+        pool_evidence: dict[str, Any] = {}
+        if waiting_for_pool and 2 * waiting_for_pool >= pool.busy:
+            # Most threads wait for a database connection: the pool is the bottleneck. Its cause is the
+            # line the other threads are blocked in, outside the database, if there is one; else the
+            # pool itself, which the database signal reports (pool_leak) with this saturation as a symptom.
+            blocked = blocked_elsewhere(elsewhere, database)
+            if blocked is None:
+                return
+            location, call, in_call = blocked
+            pool_evidence = {"threads_waiting_for_a_connection": waiting_for_pool}
+        else:
+            lines = elsewhere + database
+            (location, call), in_call = lines.most_common(1)[0] if lines else ((None, None), 0)
         route = routes.most_common(1)[0][0] if routes else None
         held = routes[route] if route is not None else 0
         holding = ", ".join(f"{methods[r]} {r} ({n})" for r, n in routes.most_common(5)) or "tasks outside any request"
@@ -184,30 +199,6 @@ class ThreadpoolSignal:
             "routes": dict(routes.most_common(10)),
             "call": call,
             "threads_in_call": in_call,
+            **pool_evidence,
         }
         self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location)
-
-
-def _worker_line(loop: Any) -> tuple[Location | None, str | None, int]:
-    """The user line (and call) most of this loop's anyio worker threads are in."""
-    idents = {
-        t.ident
-        for t in threading.enumerate()
-        if t.name == "AnyIO worker thread" and getattr(t, "loop", loop) is loop and t.ident is not None
-    }
-    if not idents:
-        return None, None, 0
-    frames = sys._current_frames()
-    lines: Counter[tuple[Location, str | None]] = Counter()
-    for ident in idents:
-        frame = frames.get(ident)
-        if frame is None:
-            continue
-        user = attribution.first_user_frame(attribution.capture(frame))
-        if user is not None:
-            lines[(attribution.location(user), attribution.call_in(user))] += 1
-    del frames
-    if not lines:
-        return None, None, 0
-    (location, call), n = lines.most_common(1)[0]
-    return location, call, n
