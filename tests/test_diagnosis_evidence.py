@@ -164,7 +164,7 @@ def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(ser
     app = start(serve, "fullstack_sync:app", db("sync"), POOL_SIZE="5", MAX_OVERFLOW="10")
     client = Client(app, sync=True)
     # Every request holds its session's connection while the database computes a report.
-    statuses = client.load(["/users/me", "/items/summary"], concurrency=40, seconds=8)
+    statuses = client.load(["/users/me", "/items/summary"], concurrency=40, seconds=10)
     assert set(statuses) == {200}
     found = wait_until(lambda: app.findings("pool_leak"), timeout=10)
     assert len(found) == 1, found
@@ -190,3 +190,23 @@ def test_slow_upstream_in_a_sync_endpoint_is_one_threadpool_finding_on_its_line(
     assert at(f) == marked(SYNC, "slow upstream")
     assert app.findings("dependency_rebuild") == []
     assert app.findings("pool_leak") == []
+
+
+# -- one leak, one finding -------------------------------------------------------------------------
+
+
+def test_one_unclosed_session_is_one_leak_whatever_lines_it_passes_through(serve, tmp_path):
+    # One module-level session serves every request and is never closed: its connection stays checked
+    # out after each request, at the line that last took one (the login's query, then refreshing an
+    # item after a commit returned the first).
+    app = start(serve, "fullstack_sync:app", f"sqlite:///{tmp_path / 'a.db'}", MISTAKE="global_session",
+                FASTAPI_DOCTOR_LEAK_SECONDS="1")
+    client = Client(app, sync=True)
+    (first,) = wait_until(lambda: app.findings("pool_leak"), timeout=10)
+    assert first["evidence"]["reason"] == "request_finished"
+    assert at(first) == marked(SYNC, "login query")
+    with httpx.Client(headers=client.headers) as http:
+        assert http.post(client.base + "/items/", json={"title": "new"}).status_code == 200
+        assert http.get(client.base + "/items/").status_code == 200
+    time.sleep(2.0)  # past the grace after the requests (0.5 s) and several watchdog rounds (0.25 s)
+    assert [f["id"] for f in app.findings("pool_leak")] == [first["id"]]

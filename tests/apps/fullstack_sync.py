@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from fullstack_security import create_access_token, decode_access_token, hash_password, verify_password
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import ForeignKey, String, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -105,6 +106,14 @@ def get_db_sessionmaker_per_request() -> Iterator[Session]:
         yield session
 
 
+# The global_session mistake: one session for the whole process, never closed.
+global_session = Session(engine)  # mark: global session
+
+
+def get_global_session() -> Session:
+    return global_session
+
+
 def get_settings() -> Settings:
     return settings
 
@@ -127,7 +136,8 @@ shared_http = requests.Session()
 SessionDep = Annotated[
     Session,
     Depends({"engine_per_request": get_db_engine_per_request,
-             "sessionmaker_per_request": get_db_sessionmaker_per_request}.get(MISTAKE, get_db)),
+             "sessionmaker_per_request": get_db_sessionmaker_per_request,
+             "global_session": get_global_session}.get(MISTAKE, get_db)),
 ]
 SettingsDep = Annotated[Settings, Depends(get_settings_per_request if MISTAKE == "settings_per_request" else get_settings)]
 HttpDep = Annotated[requests.Session, Depends(get_http_per_request if MISTAKE == "client_per_request" else get_http)]
@@ -153,7 +163,7 @@ login_router = APIRouter(tags=["login"])
 
 @login_router.post("/login/access-token")
 def login_access_token(session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> dict[str, str]:
-    user = session.scalar(select(User).where(User.email == form.username))
+    user = session.scalar(select(User).where(User.email == form.username))  # mark: login query
     if user is None or not verify_password(form.password, user.hashed_password):
         raise HTTPException(status_code=400, detail="Incorrect email or password")
     return {"access_token": create_access_token(user.id), "token_type": "bearer"}
@@ -178,6 +188,19 @@ def read_items(session: SessionDep, current_user: CurrentUser, settings: Setting
         select(Item).where(Item.owner_id == current_user.id).limit(settings.items_per_page)
     ).all()
     return {"data": [{"id": item.id, "title": item.title} for item in rows], "count": len(rows)}
+
+
+class ItemCreate(BaseModel):
+    title: str
+
+
+@items_router.post("/")
+def create_item(session: SessionDep, current_user: CurrentUser, item_in: ItemCreate) -> dict[str, Any]:
+    item = Item(title=item_in.title, owner_id=current_user.id)
+    session.add(item)
+    session.commit()
+    session.refresh(item)  # mark: refresh item
+    return {"id": item.id, "title": item.title}
 
 
 # A report the database takes tens of milliseconds to compute (the connection is busy meanwhile).

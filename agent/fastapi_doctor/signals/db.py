@@ -8,7 +8,9 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
   :mod:`~fastapi_doctor.signals.db_queries`;
 * ``Engine.__init__`` is wrapped to know each engine (its pool and a credential-free name) and to
   report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`.rebuilds`);
-* ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts.
+* ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts;
+* the ORM ``Session``'s ``after_begin`` event (once the app imports ``sqlalchemy.orm``) ties a checkout
+  to the session holding it, so one session never closed is one leak.
 
 Engines created before the agent (``instrument()`` called in code) are found once with the garbage
 collector's object list. ``uninstrument()`` removes every listener and restores every patch.
@@ -39,6 +41,7 @@ class DatabaseSignal:
         self._patched: list[tuple[type, str, Any]] = []
         self._running = False
         self._installed = False
+        self._orm_installed = False
         self._scan_existing = False
         self._finished_hook: Any = None
 
@@ -53,6 +56,7 @@ class DatabaseSignal:
         # Engines can exist already only when the app imported sqlalchemy before the agent started.
         self._scan_existing = "sqlalchemy" in sys.modules
         agent.when_imported("sqlalchemy", self._on_sqlalchemy)
+        agent.when_imported("sqlalchemy.orm", self._on_orm)
 
     def uninstrument(self) -> None:
         self._running = False
@@ -72,7 +76,7 @@ class DatabaseSignal:
             self.agent.request_metrics.remove_hook(self._finished_hook)
         if self.pools is not None:
             self.pools.stop()
-        self._installed = False
+        self._installed = self._orm_installed = False
 
     def after_fork(self) -> None:
         if self.pools is not None and self._installed:
@@ -88,6 +92,18 @@ class DatabaseSignal:
         except Exception as exc:
             containment.report("db signal", exc)
             self.uninstrument()
+
+    def _on_orm(self, module: ModuleType) -> None:
+        if not self._running or not self._installed or self._orm_installed:
+            return
+        try:
+            from sqlalchemy import event
+
+            self._orm_installed = True
+            event.listen(module.Session, "after_begin", self._after_begin)
+            self._listeners.append((module.Session, "after_begin", self._after_begin))
+        except Exception as exc:
+            containment.report("db signal", exc)
 
     def _install(self) -> None:
         from sqlalchemy import event, exc
@@ -126,6 +142,9 @@ class DatabaseSignal:
                 if isinstance(obj, Engine):
                     self.pools.add_engine(obj)
         self.pools.start_watchdog()
+        orm = sys.modules.get("sqlalchemy.orm")
+        if orm is not None:
+            self._on_orm(orm)
 
     def _wrap_engine_init(self, original: Any) -> Any:
         signal = self
@@ -181,6 +200,12 @@ class DatabaseSignal:
             pools.on_checkin(connection_record)  # type: ignore[union-attr]
         except Exception as exc:
             pools.deferred.append(("error", "db detach", exc))  # type: ignore[union-attr]
+
+    def _after_begin(self, session: Any, _transaction: Any, connection: Any) -> None:
+        try:
+            self.pools.on_session_begin(session, connection)  # type: ignore[union-attr]
+        except Exception as exc:
+            containment.report("db session", exc)
 
     # A true return value would tell SQLAlchemy the statement was executed here: return None.
     def _do_execute(self, _cursor: Any, statement: str, _parameters: Any, _context: Any) -> None:

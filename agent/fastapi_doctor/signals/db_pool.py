@@ -147,7 +147,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     The proxy is dead at checkin only when the garbage collector returned the connection.
     """
 
-    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported", "thread")
+    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported", "thread", "owner")
 
     stats: PoolStats
     pool_id: int
@@ -156,6 +156,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     location: Location | None
     reported: bool
     thread: int | None  # the thread that checked it out (sync engines); None inside an async engine
+    owner: weakref.ref[Any] | None  # the ORM session whose transaction holds it, when one does
 
     def route(self) -> str | None:
         return self.request.route if self.request is not None else None
@@ -233,6 +234,8 @@ class PoolTracker:
         self._stats: dict[str, PoolStats] = {}
         # Checked-out connections by id(connection record).
         self.out: dict[int, Checkout] = {}
+        # Sessions whose leak was reported, by id (weak: a session gone frees its id).
+        self.leaking_sessions: dict[int, weakref.ref[Any]] = {}
         # Events from places that must not take locks (garbage-collector callbacks), for the watchdog.
         # Bounded: a watchdog that stopped cannot make it grow without end.
         self.deferred: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=65536)
@@ -314,8 +317,16 @@ class PoolTracker:
         checkout.location = user_location()
         checkout.reported = False
         checkout.thread = None if _in_async_engine() else threading.get_ident()
+        checkout.owner = None
         checkout.start = perf_counter()
         self.out[id(connection_record)] = checkout
+
+    def on_session_begin(self, session: Any, connection: Any) -> None:
+        """An ORM session began a transaction on ``connection``: its checkout belongs to that session."""
+        proxy = getattr(connection, "_dbapi_connection", None)
+        checkout = self.out.get(id(getattr(proxy, "_connection_record", None)))
+        if checkout is not None and checkout() is proxy and checkout.owner is None:
+            checkout.owner = weakref.ref(session)
 
     def on_checkin(self, connection_record: Any) -> None:
         """Checkin or detach. May run inside a garbage-collector callback: then no lock, no recording."""
@@ -412,11 +423,13 @@ class PoolTracker:
         return sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
 
     def check_saturation(self, now: float) -> None:
-        """A pool found at its limit with callers waiting on every round for ``pool_wait_s``: one finding
-        per episode."""
+        """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
+        ``pool_wait_s``: one finding per episode."""
         for pool, stats in self.live_pools():
             limit = _limit(pool)
-            if limit is None or not stats.pending or pool.checkedout() < limit:
+            # More callers want a connection than the pool allows (a round may fall between a checkin
+            # and the waiter taking that connection: the callers still waiting count).
+            if limit is None or not stats.pending or pool.checkedout() + len(stats.pending) <= limit:
                 stats.saturated_since = None
                 continue
             if stats.saturated_since is None:
@@ -485,6 +498,16 @@ class PoolTracker:
 
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
+        owner = checkout.owner() if checkout.owner is not None else None
+        if owner is not None:
+            # One session never closed takes a connection at each line that finds none held (after a
+            # commit returned the last): one leak, one finding, where it was first seen.
+            key = id(owner)
+            seen = self.leaking_sessions.get(key)
+            if seen is not None and seen() is owner:
+                return
+            sessions = self.leaking_sessions
+            sessions[key] = weakref.ref(owner, lambda _ref: sessions.pop(key, None))
         stats = checkout.stats
         route = checkout.route()
         where = f" at {checkout.location}" if checkout.location else ""
@@ -623,6 +646,7 @@ class PoolTracker:
         survive fork, so the child starts its own watchdog."""
         self.out.clear()
         self.deferred.clear()
+        self.leaking_sessions.clear()
         for stats in list(self._stats.values()):
             stats.pending.clear()
         if self._watchdog is not None and self.active:
