@@ -137,6 +137,21 @@ def test_an_expensive_object_built_in_every_request_is_a_rebuild_naming_it_and_i
     assert [g for g in app.findings("dependency_rebuild") if g is not f and g["evidence"].get("object") != obj] == []
 
 
+def test_a_sync_dependency_computing_the_same_result_in_every_request_is_a_rebuild(serve, tmp_path):
+    # get_signing_key_per_request stretches the same secret with PBKDF2 on every request (the healthy
+    # twin caches it with lru_cache): the thread's own CPU time, on the same inputs, again and again.
+    app = start(serve, "fullstack_sync:app", f"sqlite:///{tmp_path / 'a.db'}", MISTAKE="signing_key_per_request")
+    client = Client(app, sync=True)
+    assert {r.status_code for r in client.get("/items/", n=4)} == {200}
+    (f,) = wait_until(lambda: app.findings("dependency_rebuild"))
+    assert f["route"] == "/api/v1/items/"
+    assert at(f) == marked(SYNC, "signing key per request")
+    assert f["evidence"]["computation"] == "get_signing_key_per_request"
+    assert f["evidence"]["same_inputs"] >= 3 and f["evidence"]["cpu_ms"] > 25
+    # The auth dependency's work (decode, load the user) is far below the limit: no finding.
+    assert len(app.findings("dependency_rebuild")) == 1
+
+
 # -- one finding on the cause ----------------------------------------------------------------------
 
 

@@ -9,16 +9,19 @@ POOL_TIMEOUT, UPSTREAM_URL (a slow service the ``slow_upstream`` mistake calls),
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Annotated, Any
 
 import requests
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
-from fullstack_security import create_access_token, decode_access_token, hash_password, verify_password
+from fullstack_security import SECRET_KEY, create_access_token, decode_access_token, hash_password, verify_password
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import ForeignKey, String, create_engine, select, text
@@ -114,6 +117,20 @@ def get_global_session() -> Session:
     return global_session
 
 
+def derive_signing_key() -> bytes:
+    """The key that signs download links, stretched from the secret (hundreds of thousands of rounds)."""
+    return hashlib.pbkdf2_hmac("sha256", SECRET_KEY, b"download-links", 200_000)
+
+
+@lru_cache
+def get_signing_key() -> bytes:
+    return derive_signing_key()
+
+
+def get_signing_key_per_request() -> bytes:  # mark: signing key per request
+    return derive_signing_key()
+
+
 def get_settings() -> Settings:
     return settings
 
@@ -142,6 +159,9 @@ SessionDep = Annotated[
 SettingsDep = Annotated[Settings, Depends(get_settings_per_request if MISTAKE == "settings_per_request" else get_settings)]
 HttpDep = Annotated[requests.Session, Depends(get_http_per_request if MISTAKE == "client_per_request" else get_http)]
 TokenDep = Annotated[str, Depends(reusable_oauth2)]
+SigningKeyDep = Annotated[
+    bytes, Depends(get_signing_key_per_request if MISTAKE == "signing_key_per_request" else get_signing_key)
+]
 
 
 def get_current_user(session: SessionDep, token: TokenDep) -> User:
@@ -181,13 +201,17 @@ items_router = APIRouter(prefix="/items", tags=["items"])
 
 
 @items_router.get("/")
-def read_items(session: SessionDep, current_user: CurrentUser, settings: SettingsDep, http: HttpDep) -> dict[str, Any]:
+def read_items(
+    session: SessionDep, current_user: CurrentUser, settings: SettingsDep, http: HttpDep, signing_key: SigningKeyDep
+) -> dict[str, Any]:
     if MISTAKE == "slow_upstream":
         http.get(UPSTREAM_URL, timeout=30)  # mark: slow upstream
     rows = session.scalars(
         select(Item).where(Item.owner_id == current_user.id).limit(settings.items_per_page)
     ).all()
-    return {"data": [{"id": item.id, "title": item.title} for item in rows], "count": len(rows)}
+    links = [hmac.new(signing_key, f"/download/{item.id}".encode(), "sha256").hexdigest()[:16] for item in rows]
+    return {"data": [{"id": item.id, "title": item.title, "link": link} for item, link in zip(rows, links)],
+            "count": len(rows)}
 
 
 class ItemCreate(BaseModel):

@@ -6,8 +6,8 @@ walk, across SQLAlchemy's greenlet for async engines). A watchdog thread (a hand
 reports a checkout as a leak when it is held longer than ``FASTAPI_DOCTOR_LEAK_SECONDS``, is still
 out after its request finished, or was returned by the garbage collector instead of a checkin. A
 checkout timeout (pool exhausted) names the routes holding the connections. A pool whose every
-connection is in use while callers wait, without a break for ``FASTAPI_DOCTOR_POOL_WAIT_SECONDS``, is
-too small for the load: one finding per episode, naming the pool's size and overflow, the demand and the
+connection is in use while callers wait, on every watchdog round for ``FASTAPI_DOCTOR_POOL_WAIT_SECONDS``,
+is too small for the load: one finding per episode, naming the pool's size and overflow, the demand and the
 holders; when the threads holding the connections are blocked in one line of the app outside the
 database (a slow upstream call with a session open), that line is the cause (``blocking_io``).
 
@@ -147,7 +147,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     The proxy is dead at checkin only when the garbage collector returned the connection.
     """
 
-    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported", "thread", "owner")
+    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported", "owner")
 
     stats: PoolStats
     pool_id: int
@@ -155,7 +155,6 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     request: RequestState | None
     location: Location | None
     reported: bool
-    thread: int | None  # the thread that checked it out (sync engines); None inside an async engine
     owner: weakref.ref[Any] | None  # the ORM session whose transaction holds it, when one does
 
     def route(self) -> str | None:
@@ -316,7 +315,6 @@ class PoolTracker:
         checkout.request = current_request.get()
         checkout.location = user_location()
         checkout.reported = False
-        checkout.thread = None if _in_async_engine() else threading.get_ident()
         checkout.owner = None
         checkout.start = perf_counter()
         self.out[id(connection_record)] = checkout
@@ -668,12 +666,6 @@ def _done_waiting(thread: int) -> None:
         pool_waiters[thread] = left
     else:
         pool_waiters.pop(thread, None)
-
-
-def _in_async_engine() -> bool:
-    """Inside an async engine's greenlet (the awaiting task is in the parent greenlet)."""
-    greenlet = sys.modules.get("greenlet")
-    return greenlet is not None and greenlet.getcurrent().parent is not None
 
 
 def _named(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> str:

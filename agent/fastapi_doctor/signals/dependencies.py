@@ -19,8 +19,10 @@ The time is a metric, never a finding: a slow dependency may be waiting (for a p
 loop, a query, a remote service), and what it waits for gets the finding. ``dependency_rebuild`` rests
 on evidence of the rebuild: a known-expensive object (:data:`EXPENSIVE_CLASSES`: HTTP clients and
 sessions, SQLAlchemy session factories, pydantic settings that parse the environment and files)
-built inside requests by the same line ``REBUILD_REPEATS`` times (:mod:`.rebuilds`). SQLAlchemy
-engines built inside requests are reported the same way by the database signal.
+built inside requests by the same line ``REBUILD_REPEATS`` times (:mod:`.rebuilds`), or a sync
+dependency computing the same thing again: more than ``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS`` of its
+own CPU time (the thread's, so waiting never counts) on the same inputs ``REBUILD_REPEATS`` times.
+SQLAlchemy engines built inside requests are reported the same way by the database signal.
 
 This module also holds the small helpers the request-path signals share (:class:`Window`,
 :func:`histogram`, :func:`code_of`).
@@ -33,7 +35,7 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 from fastapi_doctor import attribution, containment
@@ -194,6 +196,9 @@ class _Timed:
         self.dependency = name
         self.location = location
         self.stats: dict[str | None, _Stats] = {}
+        # Sync callables: a build spending more CPU than this is a computation (see _SyncTimed).
+        self.sites: RebuildSites | None = None
+        self.cpu_limit_s = float("inf")
 
     def __repr__(self) -> str:
         return f"<timed dependency {self.__wrapped__!r}>"
@@ -207,28 +212,36 @@ class _Timed:
     def __hash__(self) -> int:
         return hash(self.__wrapped__)
 
-    def _done(self, state: RequestState, seconds: float, build: float | None = None) -> None:
-        """``seconds`` the whole (teardown included); ``build`` up to the value (generators)."""
+    def _done(self, state: RequestState, seconds: float) -> None:
+        """``seconds`` the whole (a generator's teardown included)."""
         try:
             data = state.signal_data()
             samples = data.get(_KEY)
             if samples is None:
                 data[_KEY] = samples = []
-            samples.append((self, seconds, seconds if build is None else build))
+            samples.append((self, seconds))
         except Exception as exc:
             containment.report("dependency timing", exc)
 
 
 class _SyncTimed(_Timed):
+    """A sync callable runs alone in its worker thread: the thread's CPU time is its own work, never
+    time spent waiting (for the GIL, a lock, the pool, the network). A build spending more than
+    ``cpu_limit_s`` of it is a computation; the same one on the same inputs in every request is rebuilt."""
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         state = current_request.get()
         if state is None:
             return self.__wrapped__(*args, **kwargs)
         start = perf_counter()
+        cpu = thread_time()
         try:
             return self.__wrapped__(*args, **kwargs)
         finally:
+            spent = thread_time() - cpu
             self._done(state, perf_counter() - start)
+            if spent > self.cpu_limit_s and self.sites is not None:
+                self.sites.computed(self.dependency, self.location, state.route, spent, (args, kwargs))
 
 
 class _AsyncTimed(_Timed):
@@ -247,12 +260,11 @@ class _AsyncTimed(_Timed):
 class _TimedIterator:
     """Forwards next/send/throw/close to a generator and adds up the time spent inside it."""
 
-    __slots__ = ("gen", "elapsed", "build")
+    __slots__ = ("gen", "elapsed")
 
     def __init__(self, gen: Any) -> None:
         self.gen = gen
         self.elapsed = 0.0
-        self.build: float | None = None  # the time up to the first value
 
     def __iter__(self) -> _TimedIterator:
         return self
@@ -263,8 +275,6 @@ class _TimedIterator:
             return next(self.gen)
         finally:
             self.elapsed += perf_counter() - start
-            if self.build is None:
-                self.build = self.elapsed
 
     def send(self, value: Any) -> Any:
         start = perf_counter()
@@ -299,7 +309,7 @@ class _GenTimed(_Timed):
             # yield from delegates send/throw/close exactly as to the generator itself.
             return (yield from timed)
         finally:
-            self._done(state, timed.elapsed, timed.build)
+            self._done(state, timed.elapsed)
 
 
 class _AsyncGenTimed(_Timed):
@@ -307,14 +317,12 @@ class _AsyncGenTimed(_Timed):
         state = current_request.get()
         agen = self.__wrapped__(*args, **kwargs)
         elapsed = 0.0
-        build: float | None = None
         try:
             stalled, start = stall_clock(), perf_counter()
             try:
                 value = await agen.__anext__()
             finally:
                 elapsed += perf_counter() - start - stalled_between(stalled)
-                build = elapsed
             while True:
                 try:
                     sent = yield value
@@ -341,7 +349,7 @@ class _AsyncGenTimed(_Timed):
             return
         finally:
             if state is not None:
-                self._done(state, max(elapsed, 0.0), max(build or 0.0, 0.0))
+                self._done(state, max(elapsed, 0.0))
 
 
 _TIMERS: dict[str, type[_Timed]] = {
@@ -390,6 +398,7 @@ class DependencySignal:
         self._originals: list[tuple[Any, Any]] = []  # (Dependant, original call) for the undo
         self._patched_inits: list[tuple[type, Any]] = []  # (class, original __init__ or None)
         self._sites: RebuildSites | None = None
+        self._cpu_limit_s = float("inf")
         self._active = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -397,6 +406,7 @@ class DependencySignal:
     def instrument(self, agent: Any) -> None:
         self._agent = agent
         self._sites = RebuildSites(agent.findings)
+        self._cpu_limit_s = agent.settings.slow_dependency_ms / 1000.0
         self._histogram = histogram(
             agent,
             "fastapi_doctor.dependency.duration",
@@ -569,6 +579,8 @@ class DependencySignal:
         # FastAPI must see the same kind of callable, or the dependency is left alone.
         if self._classify(candidate) == kind:
             timer = candidate
+            timer.sites = self._sites
+            timer.cpu_limit_s = self._cpu_limit_s
             if code is not None:
                 attribution.register_code(code, "dependency", name)
         self._timers[key] = timer
@@ -585,7 +597,7 @@ class DependencySignal:
             return
         route = state.route
         record = self._histogram.record
-        for timer, seconds, _build in samples:
+        for timer, seconds in samples:
             stats = timer.stats.get(route)
             if stats is None:
                 stats = timer.stats[route] = _Stats(timer.dependency, route)

@@ -12,7 +12,6 @@ Shared by the signals that see the objects being built (the dependencies signal 
 
 from __future__ import annotations
 
-import sys
 import types
 from typing import Any
 
@@ -60,6 +59,38 @@ class RebuildSites:
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
+    def computed(
+        self, dependency: str, where: Location | None, route: str | None, cpu_s: float, inputs: tuple[Any, ...]
+    ) -> None:
+        """A sync dependency spent ``cpu_s`` of its own CPU on one build; the same ``inputs`` again and
+        again is a pure computation repeated per request (inputs that cannot be compared never are)."""
+        try:
+            fingerprint = _fingerprint(inputs)
+            if fingerprint is None:
+                return
+            key = (f"{dependency}:{fingerprint}", where)
+            counts = self.counts
+            if key not in counts and len(counts) >= _MAX_SITES:
+                return
+            count = counts.get(key, 0) + 1
+            counts[key] = count
+            if count < REBUILD_REPEATS:
+                return
+            cpu_ms = round(cpu_s * 1000.0, 1)
+            self.findings.report(
+                "dependency_rebuild",
+                route=route,
+                summary=(
+                    f"Dependency {dependency} computes the same result in every request: {cpu_ms} ms of its own "
+                    f"CPU time per build, on the same inputs, {count} times so far. Compute it once "
+                    "(functools.lru_cache, or at start-up in the lifespan) and reuse it."
+                ),
+                evidence={"computation": dependency, "cpu_ms": cpu_ms, "same_inputs": count, "dependency": dependency},
+                location=where,
+            )
+        except Exception as exc:
+            containment.report("rebuild evidence", exc)
+
     def clear(self) -> None:
         self.counts.clear()
 
@@ -82,8 +113,14 @@ def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Locat
     return where, None
 
 
-def caller_frame(depth: int) -> types.FrameType | None:
-    try:
-        return sys._getframe(depth + 1)
-    except ValueError:
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _fingerprint(inputs: tuple[Any, ...]) -> int | None:
+    """A hash of plain positional and keyword values; None when any value is an object (a session, a
+    request: new in every request, so never the same inputs)."""
+    args, kwargs = inputs
+    values = (*args, *kwargs.values())
+    if not all(isinstance(v, _PLAIN) for v in values):
         return None
+    return hash((args, tuple(sorted(kwargs.items()))))
