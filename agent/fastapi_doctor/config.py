@@ -164,7 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
             "a number of seconds > 0", "Tasks waiting this long for a worker thread make a threadpool finding."),
     Setting("slow_dependency_ms", "FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS", 25.0, _positive_float,
             "a number of milliseconds > 0",
-            "Dashboards and alerts: a dependency whose p50 is above this is slow (a finding needs evidence of a rebuild)."),
+            "A sync dependency spending this much of its own CPU time per build, on the same inputs, computes "
+            "again what it could keep; dashboards draw it as the slow line (slow alone is not a finding)."),
     Setting("slow_middleware_ms", "FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS", 25.0, _positive_float,
             "a number of milliseconds > 0", "A middleware layer whose self-time p50 is above this is slow."),
     Setting("middleware_timed_per_second", "FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND", 50.0, _non_negative_float,
