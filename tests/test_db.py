@@ -336,6 +336,7 @@ UNDO_SCRIPT = textwrap.dedent(
         return sorted(k for k in originals if current[k] is not originals[k])
 
     fastapi_doctor.instrument(prometheus_port=0)
+    import sqlalchemy.orm  # the ORM's session listener comes with it
     agent = _agent.get()
     (signal,) = [s for s in agent.signals if s.name == "db"]
     listeners = list(signal._listeners)
@@ -377,7 +378,7 @@ def test_uninstrument_removes_every_listener_and_patch(tmp_path):
     assert report["imported_early"] is False
     assert report["during"] == {
         "patched": ["Engine.__init__", "Pool.connect", "SingletonThreadPool.connect"],
-        "listening": 7,
+        "listening": 8,
         "watchdog": True,
         "hooked": True,
         "known_pools": 1,

@@ -225,3 +225,84 @@ def test_one_unclosed_session_is_one_leak_whatever_lines_it_passes_through(serve
         assert http.get(client.base + "/items/").status_code == 200
     time.sleep(2.0)  # past the grace after the requests (0.5 s) and several watchdog rounds (0.25 s)
     assert [f["id"] for f in app.findings("pool_leak")] == [first["id"]]
+
+
+# -- the pool rule, on a real pool and an explicit clock -------------------------------------------
+
+SATURATION_SCRIPT = """
+import json, sys, threading, time
+import fastapi_doctor
+from fastapi_doctor import _agent
+fastapi_doctor.instrument(prometheus_port=0, pool_wait_seconds=2.0)
+from sqlalchemy import create_engine, text
+(signal,) = [s for s in _agent.get().signals if s.name == "db"]
+signal.pools.stop()  # this test drives the rounds with its own clock
+engine = create_engine(sys.argv[1], pool_size=1, max_overflow=0, pool_timeout=30)
+held = engine.connect()
+held.execute(text("SELECT 1"))
+waiters = [threading.Thread(target=lambda: engine.connect().close()) for _ in range(2)]
+for t in waiters:
+    t.start()
+while len(signal.pools.stats_for(engine.pool).pending) < 2:
+    time.sleep(0.01)
+findings = _agent.get().findings
+def pool_findings():
+    return [(f.evidence["reason"], f.count) for f in findings.all() if f.root_cause == "pool_leak"]
+rounds = {}
+for at in (100.0, 101.0, 101.9):
+    signal.pools.check_saturation(at)
+rounds["before_the_limit"] = pool_findings()
+signal.pools.check_saturation(102.1)
+rounds["at_the_limit"] = pool_findings()
+signal.pools.check_saturation(103.0)
+rounds["same_episode"] = pool_findings()
+(f,) = [f for f in findings.all() if f.root_cause == "pool_leak"]
+evidence = {k: f.evidence[k] for k in ("pool_size", "max_overflow", "max_connections", "demand", "waiting")}
+held.close()
+for t in waiters:
+    t.join()
+signal.pools.check_saturation(104.0)  # a round with nobody waiting ends the episode
+findings.clear()
+def saturate():
+    held = engine.connect()
+    waiter = threading.Thread(target=lambda: engine.connect().close())
+    waiter.start()
+    while len(signal.pools.stats_for(engine.pool).pending) < 1:
+        time.sleep(0.01)
+    return held, waiter
+def release(held, waiter):
+    held.close()
+    waiter.join()
+pair = saturate()
+signal.pools.check_saturation(105.0)
+release(*pair)
+signal.pools.check_saturation(106.0)  # a round with nobody waiting: the episode ends
+pair = saturate()
+signal.pools.check_saturation(107.5)  # 2.5 s after the first saturated round, 1.5 s into this episode
+rounds["with_a_break"] = pool_findings()
+signal.pools.check_saturation(109.6)  # 2.1 s into this episode: a new one, reported
+rounds["next_episode"] = pool_findings()
+release(*pair)
+print(json.dumps({"rounds": rounds, "evidence": evidence}))
+"""
+
+
+def test_pool_wait_is_one_finding_per_episode_of_rounds_all_saturated(tmp_path):
+    import json
+    import subprocess
+
+    from harness import BIN
+
+    result = subprocess.run([str(BIN / "python"), "-c", SATURATION_SCRIPT, f"sqlite:///{tmp_path / 'p.db'}"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["rounds"] == {
+        "before_the_limit": [],
+        "at_the_limit": [["pool_wait", 1]],
+        "same_episode": [["pool_wait", 1]],
+        "with_a_break": [],
+        "next_episode": [["pool_wait", 1]],
+    }
+    assert report["evidence"] == {"pool_size": 1, "max_overflow": 0, "max_connections": 1, "demand": 3, "waiting": 2}
