@@ -37,13 +37,8 @@ class RebuildSites:
             if state is None:
                 return  # start-up work, built once: not a rebuild
             where, dependency = creation_site(frame)
-            key = (label, where)
-            counts = self.counts
-            if key not in counts and len(counts) >= _MAX_SITES:
-                return
-            count = counts.get(key, 0) + 1
-            counts[key] = count
-            if count < REBUILD_REPEATS:
+            count = self._repeated((label, where))
+            if count is None:
                 return
             inside = f" in dependency {dependency}" if dependency else ""
             self.findings.report(
@@ -68,13 +63,8 @@ class RebuildSites:
             fingerprint = _fingerprint(inputs)
             if fingerprint is None:
                 return
-            key = (f"{dependency}:{fingerprint}", where)
-            counts = self.counts
-            if key not in counts and len(counts) >= _MAX_SITES:
-                return
-            count = counts.get(key, 0) + 1
-            counts[key] = count
-            if count < REBUILD_REPEATS:
+            count = self._repeated((f"{dependency}:{fingerprint}", where))
+            if count is None:
                 return
             cpu_ms = round(cpu_s * 1000.0, 1)
             self.findings.report(
@@ -91,8 +81,14 @@ class RebuildSites:
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
-    def clear(self) -> None:
-        self.counts.clear()
+    def _repeated(self, key: tuple[str, Location | None]) -> int | None:
+        """Count one more of ``key``; the count once it is a repetition (``REBUILD_REPEATS``), else None."""
+        counts = self.counts
+        if key not in counts and len(counts) >= _MAX_SITES:
+            return None
+        count = counts.get(key, 0) + 1
+        counts[key] = count
+        return count if count >= REBUILD_REPEATS else None
 
 
 def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None]:
