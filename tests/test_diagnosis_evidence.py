@@ -83,6 +83,12 @@ class Client:
         return statuses
 
 
+def worker_findings(app: AppProcess) -> list[dict[str, Any]]:
+    """blocking_io findings about worker threads (the threadpool's and the pool's; the event loop's own
+    findings about the loop are another signal's)."""
+    return [f for f in app.findings("blocking_io") if f["evidence"].get("signal") in ("threadpool", "db_pool")]
+
+
 def start(serve: Callable[..., AppProcess], app: str, url: str, **env: str) -> AppProcess:
     return serve(app, env={"DB_URL": url, **env})
 
@@ -188,7 +194,7 @@ def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(ser
     assert evidence["pool_size"] == 5 and evidence["max_overflow"] == 10
     assert evidence["demand"] > 15
     assert app.findings("dependency_rebuild") == []
-    assert app.findings("blocking_io") == []
+    assert worker_findings(app) == []  # a threadpool full of threads waiting for the pool is the pool's
 
 
 def test_slow_upstream_in_a_sync_endpoint_is_one_threadpool_finding_on_its_line(serve, tmp_path):
@@ -198,7 +204,7 @@ def test_slow_upstream_in_a_sync_endpoint_is_one_threadpool_finding_on_its_line(
     client = Client(app, sync=True)
     statuses = client.load(["/items/"], concurrency=50, seconds=8)
     assert set(statuses) == {200}
-    found = wait_until(lambda: app.findings("blocking_io"), timeout=10)
+    found = wait_until(lambda: worker_findings(app), timeout=10)
     assert len(found) == 1, found
     (f,) = found
     assert f["route"] == "/api/v1/items/"
