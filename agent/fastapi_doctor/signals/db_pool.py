@@ -120,11 +120,14 @@ def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries:
 # -- bookkeeping ----------------------------------------------------------------------------------
 
 
+Lines = collections.Counter[tuple[Location, str | None]]  # (the app's line, the call in it) -> threads seen
+
+
 class PoolStats:
     """What is kept per pool name; attribute sets are built once here."""
 
     __slots__ = ("name", "attrs", "used_attrs", "idle_attrs", "pending", "saturated_since", "peak_waiting",
-                 "reported")
+                 "reported", "rounds", "seen_elsewhere", "seen_database")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -139,6 +142,11 @@ class PoolStats:
         self.saturated_since: float | None = None
         self.peak_waiting = 0
         self.reported = False
+        # Where the worker threads not waiting for a connection were, over the episode's rounds: a
+        # thread moves between hops (dependency, endpoint), so one look can miss where they block.
+        self.rounds = 0
+        self.seen_elsewhere: Lines = collections.Counter()
+        self.seen_database: Lines = collections.Counter()
 
 
 class Checkout(weakref.ref):  # type: ignore[type-arg]
@@ -432,10 +440,18 @@ class PoolTracker:
                 continue
             if stats.saturated_since is None:
                 stats.saturated_since = now
-                stats.peak_waiting = 0
+                stats.peak_waiting = stats.rounds = 0
                 stats.reported = False
+                stats.seen_elsewhere.clear()
+                stats.seen_database.clear()
             stats.peak_waiting = max(stats.peak_waiting, len(stats.pending))
-            if stats.reported or now - stats.saturated_since < self.pool_wait_s:
+            if stats.reported:
+                continue
+            elsewhere, database, _waiting = worker_lines(worker_threads())
+            stats.seen_elsewhere.update(elsewhere)
+            stats.seen_database.update(database)
+            stats.rounds += 1
+            if now - stats.saturated_since < self.pool_wait_s:
                 continue
             stats.reported = True
             try:
@@ -448,7 +464,7 @@ class PoolTracker:
         limit = _limit(pool) or 0
         waiting = stats.peak_waiting
         demand = limit + waiting  # every connection in use, and these callers wanting one more
-        elsewhere, database, threads_waiting = worker_lines(worker_threads())
+        _elsewhere, _database, threads_waiting = worker_lines(worker_threads())
         route, location = ranked[0][0] if ranked else (None, None)
         symptoms = {
             "pool": stats.name,
@@ -458,10 +474,11 @@ class PoolTracker:
             "threads_waiting_for_a_connection": threads_waiting,
             "holders": _holders_evidence(ranked),
         }
-        blocked = blocked_elsewhere(elsewhere, database)
+        blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
             # The connections are held across a slow call outside the database: that call is the cause.
-            where, call, threads = blocked
+            where, call, seen = blocked
+            threads = max(1, round(seen / max(1, stats.rounds)))  # threads in it, on average over the rounds
             self.findings.report(
                 "blocking_io",
                 route=route,
@@ -698,9 +715,6 @@ def worker_threads(loop: Any = None) -> set[int]:
         for t in threading.enumerate()
         if t.name == "AnyIO worker thread" and (loop is None or getattr(t, "loop", loop) is loop) and t.ident is not None
     }
-
-
-Lines = collections.Counter[tuple[Location, str | None]]
 
 
 def worker_lines(idents: set[int]) -> tuple[Lines, Lines, int]:

@@ -5,9 +5,8 @@ Sync endpoints, sync dependencies and ``run_in_threadpool`` share one capacity l
 (see :mod:`fastapi_doctor.signals.eventloop`) and published through observable gauges. Tasks waiting
 for a thread for ``FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS`` without a break make one finding per
 episode, naming the routes holding the threads and the line most of the worker threads are in. When
-most threads wait for a database pool connection, the pool is the bottleneck: the finding goes to the
-line the other threads are blocked in outside the database (a slow call holding connections), or, when
-they work in the database, to the pool (the database signal's ``pool_leak``).
+most threads wait for a database pool connection, the pool is the bottleneck: the database signal
+reports the cause (the pool, or the line holding connections while it blocks), not this one.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import active_requests
-from fastapi_doctor.signals.db_pool import blocked_elsewhere, worker_lines, worker_threads
+from fastapi_doctor.signals.db_pool import worker_lines, worker_threads
 
 _current: ThreadpoolSignal | None = None
 
@@ -166,19 +165,13 @@ class ThreadpoolSignal:
                 routes[state.route] += 1
                 methods.setdefault(state.route, state.method)
         elsewhere, database, waiting_for_pool = worker_lines(worker_threads(hb.loop))
-        pool_evidence: dict[str, Any] = {}
         if waiting_for_pool and 2 * waiting_for_pool >= pool.busy:
-            # Most threads wait for a database connection: the pool is the bottleneck. Its cause is the
-            # line the other threads are blocked in, outside the database, if there is one; else the
-            # pool itself, which the database signal reports (pool_leak) with this saturation as a symptom.
-            blocked = blocked_elsewhere(elsewhere, database)
-            if blocked is None:
-                return
-            location, call, in_call = blocked
-            pool_evidence = {"threads_waiting_for_a_connection": waiting_for_pool}
-        else:
-            lines = elsewhere + database
-            (location, call), in_call = lines.most_common(1)[0] if lines else ((None, None), 0)
+            # Most threads wait for a database connection: the pool is the bottleneck, and the database
+            # signal, which sees the pool and the threads, names its cause (the pool, or the line that
+            # holds connections while it blocks) with this saturation among the symptoms.
+            return
+        lines = elsewhere + database
+        (location, call), in_call = lines.most_common(1)[0] if lines else ((None, None), 0)
         route = routes.most_common(1)[0][0] if routes else None
         held = routes[route] if route is not None else 0
         holding = ", ".join(f"{methods[r]} {r} ({n})" for r, n in routes.most_common(5)) or "tasks outside any request"
@@ -199,6 +192,5 @@ class ThreadpoolSignal:
             "routes": dict(routes.most_common(10)),
             "call": call,
             "threads_in_call": in_call,
-            **pool_evidence,
         }
         self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location)
