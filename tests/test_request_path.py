@@ -125,22 +125,17 @@ def servers(receiver: OTLPReceiver) -> Iterator[dict[str, AppProcess]]:
 # -- dependencies -----------------------------------------------------------------------------
 
 
-def test_slow_dependency_is_found_and_the_cached_one_is_not(servers):
+def test_slow_dependency_is_measured_but_not_a_rebuild_and_the_cached_one_builds_once(servers):
     app = servers["deps"]
     hit(app, "/deps/slow")
     assert hit(app, "/deps/cached").json() == {"user": "ada", "trail": "audit:ada"}
 
-    found = wait_until(lambda: findings(app, "dependency_rebuild", dependency="load_settings"))
-    assert len(found) == 1
-    finding = found[0]
-    assert finding["route"] == "/deps/slow"
-    assert finding["location"] == {"file": "request_deps.py", "line": mark_line("request_deps.py", "slow dependency"),
-                                   "function": "load_settings"}
-    assert finding["evidence"]["p50_ms"] >= 35  # it awaits 40 ms
-    assert finding["evidence"]["builds"] >= ROUNDS and finding["evidence"]["kind"] == "async function"
-
-    named = {f["evidence"].get("dependency") for f in app.findings("dependency_rebuild")}
-    assert not named & {"cached_settings", "current_user", "audit", "app_level"}
+    # load_settings awaits a remote config for 40 ms on every request: it is slow, and the metric shows
+    # it, but it waits rather than builds anything again: not a rebuild (the finding rests on evidence).
+    total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
+                                 fastapi_dependency="load_settings", http_route="/deps/slow")
+    assert count == ROUNDS and total / count >= 0.035
+    assert app.findings("dependency_rebuild") == []
     # current_user is used twice per request; FastAPI's cache builds it once: one build per request.
     for dependency in ("current_user", "cached_settings", "audit", "app_level"):
         _, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,

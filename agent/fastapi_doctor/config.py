@@ -165,7 +165,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threadpool_wait_seconds", "FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS", 2.0, _positive_float,
             "a number of seconds > 0", "Tasks waiting this long for a worker thread make a threadpool finding."),
     Setting("slow_dependency_ms", "FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS", 25.0, _positive_float,
-            "a number of milliseconds > 0", "A dependency whose p50 is above this is rebuilt too expensively."),
+            "a number of milliseconds > 0",
+            "A sync dependency spending this much of its own CPU time per build, on the same inputs, computes "
+            "again what it could keep; dashboards draw it as the slow line (slow alone is not a finding)."),
     Setting("slow_middleware_ms", "FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS", 25.0, _positive_float,
             "a number of milliseconds > 0", "A middleware layer whose self-time p50 is above this is slow."),
     Setting("middleware_timed_per_second", "FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND", 50.0, _non_negative_float,
@@ -173,6 +175,8 @@ SETTINGS: tuple[Setting, ...] = (
             "At most this many requests per second and process have their middleware layers timed (0: every request)."),
     Setting("leak_seconds", "FASTAPI_DOCTOR_LEAK_SECONDS", 30.0, _positive_float, "a number of seconds > 0",
             "A pool connection checked out longer than this is a leak."),
+    Setting("pool_wait_seconds", "FASTAPI_DOCTOR_POOL_WAIT_SECONDS", 2.0, _positive_float, "a number of seconds > 0",
+            "A pool with every connection in use and callers waiting this long without a break is too small."),
     Setting("large_response_bytes", "FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES", 262144, _positive_int,
             "a whole number of bytes > 0", "Uncompressed bodies above this are large payloads."),
     Setting("n_plus_one_threshold", "FASTAPI_DOCTOR_N_PLUS_ONE_THRESHOLD", 10, _positive_int,
@@ -244,6 +248,7 @@ class Settings:
     slow_middleware_ms: float = 25.0
     middleware_timed_per_second: float = 50.0
     leak_seconds: float = 30.0
+    pool_wait_seconds: float = 2.0
     large_response_bytes: int = 262144
     n_plus_one_threshold: int = 10
     task_leak_seconds: float = 30.0

@@ -11,6 +11,11 @@ current_request: ContextVar[RequestState | None] = ContextVar("fastapi_doctor_re
 # dict set/pop are atomic under the GIL, so the hot path takes no lock.
 active_requests: dict[int, RequestState] = {}
 
+# Threads waiting for a database pool connection now: thread ident -> callers waiting in it. Written
+# by the database signal around each checkout (each thread writes its own key only), read by the
+# threadpool's watchdog to tell threads waiting for the pool from threads blocked elsewhere.
+pool_waiters: dict[int, int] = {}
+
 
 class _Admissions:
     """Requests admitted so far (all apps of the process); a request that sees the same count when it

@@ -7,8 +7,10 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
 * the dialect's ``do_execute`` events (every statement sent to the driver) feed
   :mod:`~fastapi_doctor.signals.db_queries`;
 * ``Engine.__init__`` is wrapped to know each engine (its pool and a credential-free name) and to
-  report an engine created inside a request (``dependency_rebuild``);
-* ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts.
+  report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`.rebuilds`);
+* ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts;
+* the ORM ``Session``'s ``after_begin`` event (once the app imports ``sqlalchemy.orm``) ties a checkout
+  to the session holding it, so one session never closed is one leak.
 
 Engines created before the agent (``instrument()`` called in code) are found once with the garbage
 collector's object list. ``uninstrument()`` removes every listener and restores every patch.
@@ -22,8 +24,9 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.signals.db_pool import PoolTracker, user_location
+from fastapi_doctor.signals.db_pool import PoolTracker
 from fastapi_doctor.signals.db_queries import QueryCounter
+from fastapi_doctor.signals.rebuilds import RebuildSites
 
 
 class DatabaseSignal:
@@ -33,10 +36,12 @@ class DatabaseSignal:
         self.agent: Any = None
         self.pools: PoolTracker | None = None
         self.queries: QueryCounter | None = None
+        self.rebuilds: RebuildSites | None = None
         self._listeners: list[tuple[Any, str, Any]] = []
         self._patched: list[tuple[type, str, Any]] = []
         self._running = False
         self._installed = False
+        self._orm_installed = False
         self._scan_existing = False
         self._finished_hook: Any = None
 
@@ -44,12 +49,14 @@ class DatabaseSignal:
         self.agent = agent
         self.pools = PoolTracker(agent)
         self.queries = QueryCounter(agent)
+        self.rebuilds = RebuildSites(agent.findings)
         self._finished_hook = self.queries.finished
         agent.request_metrics.finished_hooks.append(self._finished_hook)
         self._running = True
         # Engines can exist already only when the app imported sqlalchemy before the agent started.
         self._scan_existing = "sqlalchemy" in sys.modules
         agent.when_imported("sqlalchemy", self._on_sqlalchemy)
+        agent.when_imported("sqlalchemy.orm", self._on_orm)
 
     def uninstrument(self) -> None:
         self._running = False
@@ -69,7 +76,7 @@ class DatabaseSignal:
             self.agent.request_metrics.remove_hook(self._finished_hook)
         if self.pools is not None:
             self.pools.stop()
-        self._installed = False
+        self._installed = self._orm_installed = False
 
     def after_fork(self) -> None:
         if self.pools is not None and self._installed:
@@ -85,6 +92,18 @@ class DatabaseSignal:
         except Exception as exc:
             containment.report("db signal", exc)
             self.uninstrument()
+
+    def _on_orm(self, module: ModuleType) -> None:
+        if not self._running or not self._installed or self._orm_installed:
+            return
+        try:
+            from sqlalchemy import event
+
+            self._orm_installed = True
+            event.listen(module.Session, "after_begin", self._after_begin)
+            self._listeners.append((module.Session, "after_begin", self._after_begin))
+        except Exception as exc:
+            containment.report("db signal", exc)
 
     def _install(self) -> None:
         from sqlalchemy import event, exc
@@ -123,13 +142,16 @@ class DatabaseSignal:
                 if isinstance(obj, Engine):
                     self.pools.add_engine(obj)
         self.pools.start_watchdog()
+        orm = sys.modules.get("sqlalchemy.orm")
+        if orm is not None:
+            self._on_orm(orm)
 
     def _wrap_engine_init(self, original: Any) -> Any:
         signal = self
 
         def __init__(engine: Any, *args: Any, **kwargs: Any) -> None:
             original(engine, *args, **kwargs)
-            signal._engine_created(engine)
+            signal._engine_created(engine, sys._getframe(1))
 
         __init__.__wrapped__ = original  # type: ignore[attr-defined]
         __init__.__qualname__ = getattr(original, "__qualname__", "__init__")
@@ -138,24 +160,17 @@ class DatabaseSignal:
 
     # -- listeners (all contained: an exception in a pool listener would fail the app's checkout) --
 
-    def _engine_created(self, engine: Any) -> None:
+    def _engine_created(self, engine: Any, frame: Any) -> None:
         try:
-            assert self.pools is not None
+            assert self.pools is not None and self.rebuilds is not None
             stats = self.pools.add_engine(engine)
-            state = current_request.get()
-            if state is None:
-                return
-            self.agent.findings.report(
-                "dependency_rebuild",
-                route=state.route,
-                summary=(
-                    f"A SQLAlchemy engine (pool {stats.name}) is created inside a request: every request "
-                    "builds a new connection pool and opens new database connections. Create the engine "
-                    "once at start-up and share it."
-                ),
-                evidence={"kind": "sqlalchemy_engine", "pool": stats.name},
-                location=user_location(),
-            )
+            if current_request.get() is not None:
+                self.rebuilds.created(
+                    "sqlalchemy.engine.Engine",
+                    f"each one builds a new connection pool (pool {stats.name}) and opens new database connections.",
+                    frame,
+                    {"pool": stats.name},
+                )
         except Exception as exc:
             containment.report("db engine", exc)
 
@@ -185,6 +200,12 @@ class DatabaseSignal:
             pools.on_checkin(connection_record)  # type: ignore[union-attr]
         except Exception as exc:
             pools.deferred.append(("error", "db detach", exc))  # type: ignore[union-attr]
+
+    def _after_begin(self, session: Any, _transaction: Any, connection: Any) -> None:
+        try:
+            self.pools.on_session_begin(session, connection)  # type: ignore[union-attr]
+        except Exception as exc:
+            containment.report("db session", exc)
 
     # A true return value would tell SQLAlchemy the statement was executed here: return None.
     def _do_execute(self, _cursor: Any, statement: str, _parameters: Any, _context: Any) -> None:

@@ -5,7 +5,11 @@ checkout remembers when it happened, the request that made it and the user's lin
 walk, across SQLAlchemy's greenlet for async engines). A watchdog thread (a handle, monotonic time)
 reports a checkout as a leak when it is held longer than ``FASTAPI_DOCTOR_LEAK_SECONDS``, is still
 out after its request finished, or was returned by the garbage collector instead of a checkin. A
-checkout timeout (pool exhausted) names the routes holding the connections.
+checkout timeout (pool exhausted) names the routes holding the connections. A pool whose every
+connection is in use while callers wait, on every watchdog round for ``FASTAPI_DOCTOR_POOL_WAIT_SECONDS``,
+is too small for the load: one finding per episode, naming the pool's size and overflow, the demand and the
+holders; when the threads holding the connections are blocked in one line of the app outside the
+database (a slow upstream call with a session open), that line is the cause (``blocking_io``).
 
 Nothing here imports SQLAlchemy. Code that may run inside a garbage-collector callback (checkin,
 detach) takes no lock and records nothing: it queues the event for the watchdog.
@@ -24,7 +28,7 @@ from time import perf_counter
 from typing import Any
 
 from fastapi_doctor import attribution, containment
-from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.context import RequestState, current_request, pool_waiters
 from fastapi_doctor.findings import Location
 
 POOL_NAME = "db.client.connection.pool.name"
@@ -116,10 +120,14 @@ def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries:
 # -- bookkeeping ----------------------------------------------------------------------------------
 
 
+Lines = collections.Counter[tuple[Location, str | None]]  # (the app's line, the call in it) -> threads seen
+
+
 class PoolStats:
     """What is kept per pool name; attribute sets are built once here."""
 
-    __slots__ = ("name", "attrs", "used_attrs", "idle_attrs", "pending")
+    __slots__ = ("name", "attrs", "used_attrs", "idle_attrs", "pending", "saturated_since", "peak_waiting",
+                 "reported", "rounds", "seen_elsewhere", "seen_database")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -128,6 +136,17 @@ class PoolStats:
         self.idle_attrs = {POOL_NAME: name, STATE: "idle"}
         # One item per caller waiting in Pool.connect (deque append/pop are atomic: no lock).
         self.pending: collections.deque[None] = collections.deque()
+        # Saturation seen by the watchdog: since when (perf_counter) every round found all connections in
+        # use and callers waiting, the most callers waiting in a round since then, and whether this
+        # episode was reported.
+        self.saturated_since: float | None = None
+        self.peak_waiting = 0
+        self.reported = False
+        # Where the worker threads not waiting for a connection were, over the episode's rounds: a
+        # thread moves between hops (dependency, endpoint), so one look can miss where they block.
+        self.rounds = 0
+        self.seen_elsewhere: Lines = collections.Counter()
+        self.seen_database: Lines = collections.Counter()
 
 
 class Checkout(weakref.ref):  # type: ignore[type-arg]
@@ -136,7 +155,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     The proxy is dead at checkin only when the garbage collector returned the connection.
     """
 
-    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported")
+    __slots__ = ("stats", "pool_id", "start", "request", "location", "reported", "owner")
 
     stats: PoolStats
     pool_id: int
@@ -144,6 +163,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     request: RequestState | None
     location: Location | None
     reported: bool
+    owner: weakref.ref[Any] | None  # the ORM session whose transaction holds it, when one does
 
     def route(self) -> str | None:
         return self.request.route if self.request is not None else None
@@ -153,6 +173,7 @@ class PoolTracker:
     def __init__(self, agent: Any) -> None:
         self.findings = agent.findings
         self.leak_seconds = float(agent.settings.leak_seconds)
+        self.pool_wait_s = float(getattr(agent.settings, "pool_wait_seconds", 2.0))
         # Time a connection may stay out after its request finished before it counts as left behind.
         self.grace = min(1.0, self.leak_seconds / 2)
         self.active = True
@@ -220,6 +241,8 @@ class PoolTracker:
         self._stats: dict[str, PoolStats] = {}
         # Checked-out connections by id(connection record).
         self.out: dict[int, Checkout] = {}
+        # Sessions whose leak was reported, by id (weak: a session gone frees its id).
+        self.leaking_sessions: dict[int, weakref.ref[Any]] = {}
         # Events from places that must not take locks (garbage-collector callbacks), for the watchdog.
         # Bounded: a watchdog that stopped cannot make it grow without end.
         self.deferred: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=65536)
@@ -288,6 +311,11 @@ class PoolTracker:
             self.create_time.record(elapsed, self.stats_for(pool).attrs)
 
     def on_checkout(self, connection_record: Any, proxy: Any) -> None:
+        held = self.out.get(id(connection_record))
+        if held is not None and held() is proxy:
+            # The same connection handed out again before its checkin (SingletonThreadPool, a session
+            # reused): one holding, one leak, kept where it began.
+            return
         pool = proxy._pool
         checkout = Checkout(proxy)
         checkout.stats = self.stats_for(pool)
@@ -295,8 +323,16 @@ class PoolTracker:
         checkout.request = current_request.get()
         checkout.location = user_location()
         checkout.reported = False
+        checkout.owner = None
         checkout.start = perf_counter()
         self.out[id(connection_record)] = checkout
+
+    def on_session_begin(self, session: Any, connection: Any) -> None:
+        """An ORM session began a transaction on ``connection``: its checkout belongs to that session."""
+        proxy = getattr(connection, "_dbapi_connection", None)
+        checkout = self.out.get(id(getattr(proxy, "_connection_record", None)))
+        if checkout is not None and checkout() is proxy and checkout.owner is None:
+            checkout.owner = weakref.ref(session)
 
     def on_checkin(self, connection_record: Any) -> None:
         """Checkin or detach. May run inside a garbage-collector callback: then no lock, no recording."""
@@ -321,19 +357,24 @@ class PoolTracker:
                 containment.report("db pool", exc)
                 return original(pool)
             pending = stats.pending
-            pending.append(None)
             start = perf_counter()
+            pending.append(None)
+            thread = threading.get_ident()
+            pool_waiters[thread] = pool_waiters.get(thread, 0) + 1
             try:
                 proxy = original(pool)
             except timeout_error:
                 waited = perf_counter() - start
                 pending.pop()
+                _done_waiting(thread)
                 tracker.timed_out(pool, stats, waited)
                 raise
             except BaseException:
                 pending.pop()
+                _done_waiting(thread)
                 raise
             pending.pop()
+            _done_waiting(thread)
             try:
                 tracker.wait_time.record(perf_counter() - start, stats.attrs)
             except Exception as exc:
@@ -351,20 +392,10 @@ class PoolTracker:
     def timed_out(self, pool: Any, stats: PoolStats, waited: float) -> None:
         try:
             self.timeouts.add(1, stats.attrs)
-            now = perf_counter()
-            holders: dict[tuple[str | None, Location | None], list[float]] = {}
-            for checkout in list(self.out.values()):
-                if checkout.pool_id == id(pool):
-                    entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
-                    entry[0] += 1
-                    entry[1] = max(entry[1], now - checkout.start)
-            ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+            ranked = self.holders(pool)
             state = current_request.get()
             waiting_route = state.route if state is not None else None
-            named = ", ".join(
-                f"{route or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "")
-                for (route, loc), (n, _age) in ranked[:3]
-            )
+            named = _named(ranked)
             summary = (
                 f"Pool {stats.name} is exhausted: a checkout waited {waited:.2f} s and timed out"
                 + (f" on {waiting_route}" if waiting_route else "")
@@ -376,15 +407,7 @@ class PoolTracker:
                 "pool": stats.name,
                 "waited_s": round(waited, 3),
                 "waiting_route": waiting_route,
-                "holders": [
-                    {
-                        "route": route,
-                        "connections": int(n),
-                        "oldest_age_s": round(age, 3),
-                        "location": str(loc) if loc else None,
-                    }
-                    for (route, loc), (n, age) in ranked[:_MAX_HOLDERS]
-                ],
+                "holders": _holders_evidence(ranked),
                 **occupancy(pool),
             }
             # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
@@ -394,8 +417,112 @@ class PoolTracker:
         except Exception as exc:
             containment.report("db pool timeout", exc)
 
+    def holders(self, pool: Any) -> list[tuple[tuple[str | None, Location | None], list[float]]]:
+        """Connections of ``pool`` checked out now, by (route, checkout line): [count, oldest age], most first."""
+        now = perf_counter()
+        holders: dict[tuple[str | None, Location | None], list[float]] = {}
+        for checkout in list(self.out.values()):
+            if checkout.pool_id == id(pool):
+                entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
+                entry[0] += 1
+                entry[1] = max(entry[1], now - checkout.start)
+        return sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+
+    def check_saturation(self, now: float) -> None:
+        """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
+        ``pool_wait_s``: one finding per episode."""
+        for pool, stats in self.live_pools():
+            limit = _limit(pool)
+            # More callers want a connection than the pool allows (a round may fall between a checkin
+            # and the waiter taking that connection: the callers still waiting count).
+            if limit is None or not stats.pending or pool.checkedout() + len(stats.pending) <= limit:
+                stats.saturated_since = None
+                continue
+            if stats.saturated_since is None:
+                stats.saturated_since = now
+                stats.peak_waiting = stats.rounds = 0
+                stats.reported = False
+                stats.seen_elsewhere.clear()
+                stats.seen_database.clear()
+            stats.peak_waiting = max(stats.peak_waiting, len(stats.pending))
+            if stats.reported:
+                continue
+            elsewhere, database, _waiting = worker_lines(worker_threads())
+            stats.seen_elsewhere.update(elsewhere)
+            stats.seen_database.update(database)
+            stats.rounds += 1
+            if now - stats.saturated_since < self.pool_wait_s:
+                continue
+            stats.reported = True
+            try:
+                self.report_saturated(pool, stats, now - stats.saturated_since)
+            except Exception as exc:
+                containment.report("db pool saturation", exc)
+
+    def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> None:
+        ranked = self.holders(pool)
+        limit = _limit(pool) or 0
+        waiting = stats.peak_waiting
+        demand = limit + waiting  # every connection in use, and these callers wanting one more
+        _elsewhere, _database, threads_waiting = worker_lines(worker_threads())
+        route, location = ranked[0][0] if ranked else (None, None)
+        symptoms = {
+            "pool": stats.name,
+            "max_connections": limit,
+            "waiting": waiting,
+            "saturated_s": round(saturated_s, 2),
+            "threads_waiting_for_a_connection": threads_waiting,
+            "holders": _holders_evidence(ranked),
+        }
+        blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
+        if blocked is not None:
+            # The connections are held across a slow call outside the database: that call is the cause.
+            where, call, seen = blocked
+            threads = max(1, round(seen / max(1, stats.rounds)))  # threads in it, on average over the rounds
+            self.findings.report(
+                "blocking_io",
+                route=route,
+                summary=(
+                    f"{call or 'A blocking call'} at {where} holds a database connection while it waits: "
+                    f"{threads} threads were in it, every connection of pool {stats.name} was in use for "
+                    f"{saturated_s:.1f} s and up to {waiting} callers waited for one. Make the call async or "
+                    "give it a timeout, and do not keep a session open across it."
+                ),
+                evidence={"signal": "db_pool", "call": call, "threads_in_call": threads, **symptoms},
+                location=where,
+            )
+            return
+        size = pool.size()
+        overflow = int(getattr(pool, "_max_overflow", 0))
+        summary = (
+            f"Pool {stats.name} (pool_size={size}, max_overflow={overflow}: {limit} connections) had every "
+            f"connection in use for {saturated_s:.1f} s without a break while up to {waiting} callers waited: "
+            f"about {demand} needed a connection at once. Connections are held by {_named(ranked) or 'nobody known'}. "
+            f"Size the pool for the concurrency (pool_size + max_overflow >= {demand}, within the database's "
+            "max_connections), or hold connections for less time (close sessions before slow work)."
+        )
+        evidence = {
+            "reason": "pool_wait",
+            **symptoms,
+            "demand": demand,
+            "pool_size": size,
+            "max_overflow": overflow,
+            "checked_out": pool.checkedout(),
+        }
+        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=location)
+
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
+        owner = checkout.owner() if checkout.owner is not None else None
+        if owner is not None:
+            # One session never closed takes a connection at each line that finds none held (after a
+            # commit returned the last): one leak, one finding, where it was first seen.
+            key = id(owner)
+            seen = self.leaking_sessions.get(key)
+            if seen is not None and seen() is owner:
+                return
+            sessions = self.leaking_sessions
+            sessions[key] = weakref.ref(owner, lambda _ref: sessions.pop(key, None))
         stats = checkout.stats
         route = checkout.route()
         where = f" at {checkout.location}" if checkout.location else ""
@@ -441,6 +568,7 @@ class PoolTracker:
             elif kind == "error":
                 containment.report(item[1], item[2])
         now = perf_counter()
+        self.check_saturation(now)
         for checkout in list(self.out.values()):
             if checkout.reported:
                 continue
@@ -523,7 +651,8 @@ class PoolTracker:
 
     def start_watchdog(self) -> None:
         if self._watchdog is None:
-            interval = min(1.0, max(0.05, self.leak_seconds / 4))
+            # Saturation is sampled: a few rounds within FASTAPI_DOCTOR_POOL_WAIT_SECONDS.
+            interval = min(1.0, max(0.05, self.leak_seconds / 4), max(0.05, self.pool_wait_s / 8))
             self._watchdog = _Watchdog(self, interval)
             self._watchdog.start()
 
@@ -532,6 +661,7 @@ class PoolTracker:
         survive fork, so the child starts its own watchdog."""
         self.out.clear()
         self.deferred.clear()
+        self.leaking_sessions.clear()
         for stats in list(self._stats.values()):
             stats.pending.clear()
         if self._watchdog is not None and self.active:
@@ -545,6 +675,82 @@ class PoolTracker:
             self._watchdog = None
         self.out.clear()
         self.deferred.clear()
+
+
+def _done_waiting(thread: int) -> None:
+    left = pool_waiters.get(thread, 1) - 1
+    if left > 0:
+        pool_waiters[thread] = left
+    else:
+        pool_waiters.pop(thread, None)
+
+
+def _named(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> str:
+    return ", ".join(
+        f"{route or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "") for (route, loc), (n, _age) in ranked[:3]
+    )
+
+
+def _holders_evidence(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> list[dict[str, Any]]:
+    return [
+        {"route": route, "connections": int(n), "oldest_age_s": round(age, 3), "location": str(loc) if loc else None}
+        for (route, loc), (n, age) in ranked[:_MAX_HOLDERS]
+    ]
+
+
+def _in_database(stack: tuple[attribution.FrameInfo, ...], user: attribution.FrameInfo) -> bool:
+    """Below the user's frame, the thread is inside SQLAlchemy (a statement, a checkout)."""
+    for info in stack:
+        if info is user:
+            return False
+        if "sqlalchemy" in info.filename:
+            return True
+    return False
+
+
+def worker_threads(loop: Any = None) -> set[int]:
+    """Idents of anyio's worker threads (of ``loop`` when given)."""
+    return {
+        t.ident
+        for t in threading.enumerate()
+        if t.name == "AnyIO worker thread" and (loop is None or getattr(t, "loop", loop) is loop) and t.ident is not None
+    }
+
+
+def worker_lines(idents: set[int]) -> tuple[Lines, Lines, int]:
+    """Where worker threads are: the app's lines (with the call) of the threads outside the database, of
+    the threads working in the database, and how many threads wait for a pool connection."""
+    frames = sys._current_frames()
+    elsewhere: Lines = collections.Counter()
+    database: Lines = collections.Counter()
+    waiting = 0
+    try:
+        for ident in idents:
+            if pool_waiters.get(ident):
+                waiting += 1
+                continue
+            frame = frames.get(ident)
+            if frame is None:
+                continue
+            stack = attribution.capture(frame)
+            user = next((i for i in stack if not i.filename.startswith("<") and not attribution.is_library_file(i.filename)), None)
+            if user is None:
+                continue
+            lines = database if _in_database(stack, user) else elsewhere
+            lines[(attribution.location(user), attribution.call_in(user))] += 1
+    finally:
+        del frames
+    return elsewhere, database, waiting
+
+
+def blocked_elsewhere(elsewhere: Lines, database: Lines) -> tuple[Location, str | None, int] | None:
+    """The app's line (and call) where most of the worker threads not waiting for a connection are,
+    when that is outside the database; None when they work in the database or are spread out."""
+    if not elsewhere:
+        return None
+    (where, call), n = elsewhere.most_common(1)[0]
+    others = sum(elsewhere.values()) + sum(database.values())
+    return (where, call, n) if n >= 2 and 2 * n > others else None
 
 
 def _limit(pool: Any) -> int | None:

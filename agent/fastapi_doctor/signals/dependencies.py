@@ -13,14 +13,16 @@ original callables back.
 
 Generator dependencies count their set-up and their teardown, not the time the request spends
 between the two. A dependency's time is kept in the request's state; after the response the
-request hook records ``fastapi_doctor.dependency.duration`` and feeds a small window per
-(dependency, route): a finding is due when at least half of its recent builds took longer than
-``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS``, or more than half of their request (and ``SHARE_FLOOR_S``).
+request hook records ``fastapi_doctor.dependency.duration``.
 
-Known-expensive objects: an httpx ``Client``/``AsyncClient`` or an aiohttp ``ClientSession``
-created inside a request is a connection pool built per request; the same line doing it
-``REBUILD_REPEATS`` times is a ``dependency_rebuild`` finding at that line. (SQLAlchemy engines
-created after start-up are reported by the database signal.)
+The time is a metric, never a finding: a slow dependency may be waiting (for a pool connection, the
+loop, a query, a remote service), and what it waits for gets the finding. ``dependency_rebuild`` rests
+on evidence of the rebuild: a known-expensive object (:data:`EXPENSIVE_CLASSES`: HTTP clients and
+sessions, SQLAlchemy session factories, pydantic settings that parse the environment and files)
+built inside requests by the same line ``REBUILD_REPEATS`` times (:mod:`.rebuilds`), or a sync
+dependency computing the same thing again: more than ``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS`` of its
+own CPU time (the thread's, so waiting never counts) on the same inputs ``REBUILD_REPEATS`` times.
+SQLAlchemy engines built inside requests are reported the same way by the database signal.
 
 This module also holds the small helpers the request-path signals share (:class:`Window`,
 :func:`histogram`, :func:`code_of`).
@@ -33,13 +35,14 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.signals.eventloop import stall_clock, stalled_between
+from fastapi_doctor.signals.rebuilds import RebuildSites
 
 # -- shared by the request-path signals ---------------------------------------------------------
 
@@ -170,16 +173,14 @@ _KEY = "dependencies"  # per-request list of (timer, seconds) in RequestState.da
 
 
 class _Stats:
-    """One (dependency, route): attributes built once, the window of (seconds, share of request)."""
+    """One (dependency, route): its metric attributes, built once."""
 
-    __slots__ = ("route", "attrs", "window")
+    __slots__ = ("attrs",)
 
     def __init__(self, name: str, route: str | None) -> None:
-        self.route = route
         self.attrs: dict[str, Any] = {"fastapi.dependency": name}
         if route is not None:
             self.attrs["http.route"] = route
-        self.window = Window()
 
 
 class _Timed:
@@ -195,6 +196,10 @@ class _Timed:
         self.dependency = name
         self.location = location
         self.stats: dict[str | None, _Stats] = {}
+        # Sync callables: a build spending more CPU than this is a computation (see _SyncTimed).
+        self.sites: RebuildSites | None = None
+        self.cpu_limit_s = float("inf")
+        self.slow = False  # the last build took longer than cpu_limit_s
 
     def __repr__(self) -> str:
         return f"<timed dependency {self.__wrapped__!r}>"
@@ -208,28 +213,41 @@ class _Timed:
     def __hash__(self) -> int:
         return hash(self.__wrapped__)
 
-    def _done(self, state: RequestState, seconds: float, build: float | None = None) -> None:
-        """``seconds`` the whole (teardown included); ``build`` up to the value (generators)."""
+    def _done(self, state: RequestState, seconds: float) -> None:
+        """``seconds`` the whole (a generator's teardown included)."""
         try:
             data = state.signal_data()
             samples = data.get(_KEY)
             if samples is None:
                 data[_KEY] = samples = []
-            samples.append((self, seconds, seconds if build is None else build))
+            samples.append((self, seconds))
         except Exception as exc:
             containment.report("dependency timing", exc)
 
 
 class _SyncTimed(_Timed):
+    """A sync callable runs alone in its worker thread: the thread's CPU time is its own work, never
+    time spent waiting (for the GIL, a lock, the pool, the network). A build spending more than
+    ``cpu_limit_s`` of it is a computation; the same one on the same inputs in every request is rebuilt."""
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         state = current_request.get()
         if state is None:
             return self.__wrapped__(*args, **kwargs)
+        # The thread's CPU clock is a system call (about 2.6 us here, against 0.2 us for perf_counter):
+        # read only while the builds are slower than the limit (CPU time never exceeds wall time).
+        cpu = thread_time() if self.slow else None
         start = perf_counter()
         try:
             return self.__wrapped__(*args, **kwargs)
         finally:
-            self._done(state, perf_counter() - start)
+            seconds = perf_counter() - start
+            self._done(state, seconds)
+            self.slow = seconds > self.cpu_limit_s
+            if cpu is not None and self.sites is not None:
+                spent = thread_time() - cpu
+                if spent > self.cpu_limit_s:
+                    self.sites.computed(self.dependency, self.location, state.route, spent, (args, kwargs))
 
 
 class _AsyncTimed(_Timed):
@@ -248,12 +266,11 @@ class _AsyncTimed(_Timed):
 class _TimedIterator:
     """Forwards next/send/throw/close to a generator and adds up the time spent inside it."""
 
-    __slots__ = ("gen", "elapsed", "build")
+    __slots__ = ("gen", "elapsed")
 
     def __init__(self, gen: Any) -> None:
         self.gen = gen
         self.elapsed = 0.0
-        self.build: float | None = None  # the time up to the first value
 
     def __iter__(self) -> _TimedIterator:
         return self
@@ -264,8 +281,6 @@ class _TimedIterator:
             return next(self.gen)
         finally:
             self.elapsed += perf_counter() - start
-            if self.build is None:
-                self.build = self.elapsed
 
     def send(self, value: Any) -> Any:
         start = perf_counter()
@@ -300,7 +315,7 @@ class _GenTimed(_Timed):
             # yield from delegates send/throw/close exactly as to the generator itself.
             return (yield from timed)
         finally:
-            self._done(state, timed.elapsed, timed.build)
+            self._done(state, timed.elapsed)
 
 
 class _AsyncGenTimed(_Timed):
@@ -308,14 +323,12 @@ class _AsyncGenTimed(_Timed):
         state = current_request.get()
         agen = self.__wrapped__(*args, **kwargs)
         elapsed = 0.0
-        build: float | None = None
         try:
             stalled, start = stall_clock(), perf_counter()
             try:
                 value = await agen.__anext__()
             finally:
                 elapsed += perf_counter() - start - stalled_between(stalled)
-                build = elapsed
             while True:
                 try:
                     sent = yield value
@@ -342,7 +355,7 @@ class _AsyncGenTimed(_Timed):
             return
         finally:
             if state is not None:
-                self._done(state, max(elapsed, 0.0), max(build or 0.0, 0.0))
+                self._done(state, max(elapsed, 0.0))
 
 
 _TIMERS: dict[str, type[_Timed]] = {
@@ -352,20 +365,23 @@ _TIMERS: dict[str, type[_Timed]] = {
     "asyncgen": _AsyncGenTimed,
 }
 
-_KIND_WORDS = {"sync": "function", "async": "async function", "gen": "generator", "asyncgen": "async generator"}
-
-
 # -- the signal -------------------------------------------------------------------------------
 
-REBUILD_REPEATS = 3  # clients created in requests from the same line before it is a finding
 _MAX_ROOTS = 10_000
-_MAX_CREATION_SITES = 1_000
 
-# (module, class) of objects that hold a connection pool: expensive to build per request.
+_POOL = "each one builds its own connection pool (and TLS context), so connections are never reused."
+# (module, class, what building one per request costs): objects meant to be built once.
 EXPENSIVE_CLASSES = (
-    ("httpx", "Client"),
-    ("httpx", "AsyncClient"),
-    ("aiohttp", "ClientSession"),
+    ("httpx", "Client", _POOL),
+    ("httpx", "AsyncClient", _POOL),
+    ("aiohttp", "ClientSession", _POOL),
+    ("requests", "Session", _POOL),
+    ("sqlalchemy.orm", "sessionmaker",
+     "each one makes a new Session class (and its configuration) where one factory made at start-up serves all."),
+    ("sqlalchemy.ext.asyncio", "async_sessionmaker",
+     "each one makes a new session factory where one made at start-up serves all."),
+    ("pydantic_settings", "BaseSettings",
+     "each one reads the environment and parses its env files again and validates every field."),
 )
 
 
@@ -375,7 +391,6 @@ class DependencySignal:
     def __init__(self) -> None:
         self._agent: Any = None
         self._histogram: Any = None
-        self._slow_s = 0.025
         self._routing: Any = None
         self._original_solve: Any = None
         self._classify: Callable[[Any], str] | None = None
@@ -388,14 +403,16 @@ class DependencySignal:
         self._timers: dict[int, _Timed | None] = {}  # id(original callable) -> its timer (None: not timed)
         self._originals: list[tuple[Any, Any]] = []  # (Dependant, original call) for the undo
         self._patched_inits: list[tuple[type, Any]] = []  # (class, original __init__ or None)
-        self._creations: dict[tuple[str, Location | None], int] = {}
+        self._sites: RebuildSites | None = None
+        self._cpu_limit_s = float("inf")
         self._active = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def instrument(self, agent: Any) -> None:
         self._agent = agent
-        self._slow_s = agent.settings.slow_dependency_ms / 1000.0
+        self._sites = RebuildSites(agent.findings)
+        self._cpu_limit_s = agent.settings.slow_dependency_ms / 1000.0
         self._histogram = histogram(
             agent,
             "fastapi_doctor.dependency.duration",
@@ -406,7 +423,7 @@ class DependencySignal:
         self._active = True
         agent.request_metrics.finished_hooks.append(self._finished)
         agent.on_fastapi(self._on_fastapi)
-        for module in dict.fromkeys(m for m, _ in EXPENSIVE_CLASSES):
+        for module in dict.fromkeys(m for m, _, _ in EXPENSIVE_CLASSES):
             agent.when_imported(module, self._on_client_library)
 
     def uninstrument(self) -> None:
@@ -568,6 +585,8 @@ class DependencySignal:
         # FastAPI must see the same kind of callable, or the dependency is left alone.
         if self._classify(candidate) == kind:
             timer = candidate
+            timer.sites = self._sites
+            timer.cpu_limit_s = self._cpu_limit_s
             if code is not None:
                 attribution.register_code(code, "dependency", name)
         self._timers[key] = timer
@@ -583,131 +602,39 @@ class DependencySignal:
         if not samples:
             return
         route = state.route
-        duration = state.duration
         record = self._histogram.record
-        slow_s = self._slow_s
-        for timer, seconds, build in samples:
+        for timer, seconds in samples:
             stats = timer.stats.get(route)
             if stats is None:
                 stats = timer.stats[route] = _Stats(timer.dependency, route)
             record(seconds, stats.attrs)
-            # The finding is about building: a slow teardown (closing a session) is not a rebuild.
-            share = build / duration if duration > 0 else 0.0
-            flag = build > slow_s or (share > 0.5 and build >= SHARE_FLOOR_S)
-            if stats.window.add((build, share), flag):
-                self._report(timer, stats)
 
-    def _report(self, timer: _Timed, stats: _Stats) -> None:
-        try:
-            self._report_slow(timer, stats)
-        except Exception as exc:
-            containment.report("dependency finding", exc)
-
-    def _report_slow(self, timer: _Timed, stats: _Stats) -> None:
-        p50 = stats.window.p50(0)
-        share = stats.window.p50(1)
-        slow = p50 > self._slow_s
-        route = stats.route or "(no route)"
-        why = (
-            f"above FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS={self._slow_s * 1000:g}"
-            if slow
-            else f"{share:.0%} of the request"
-        )
-        self._agent.findings.report(
-            "dependency_rebuild",
-            route=stats.route,
-            summary=(
-                f"Dependency {timer.dependency} takes {ms(p50)} ms per request on {route} "
-                f"(p50 of the last {len(stats.window.items)} builds, {why}): it is built again for every "
-                f"request. Build it once (lifespan, a module-level object, functools.lru_cache) or make it cheaper."
-            ),
-            evidence={
-                "dependency": timer.dependency,
-                "kind": _KIND_WORDS.get(_kind_of(timer), "function"),
-                "p50_ms": ms(p50),
-                "share_of_request": round(share, 3),
-                "builds": stats.window.count,
-                "threshold_ms": round(self._slow_s * 1000.0, 3),
-            },
-            location=timer.location,
-        )
-
-    # -- clients built inside requests ---------------------------------------------------------
+    # -- expensive objects built inside requests -------------------------------------------------
 
     def _on_client_library(self, module: types.ModuleType) -> None:
         if not self._active:
             return
-        for module_name, class_name in EXPENSIVE_CLASSES:
+        for module_name, class_name, why in EXPENSIVE_CLASSES:
             if module_name != module.__name__:
                 continue
             cls = getattr(module, class_name, None)
             if isinstance(cls, type):
-                self._patch_init(cls, f"{module_name}.{class_name}")
+                self._patch_init(cls, f"{module_name}.{class_name}", why)
 
-    def _patch_init(self, cls: type, label: str) -> None:
+    def _patch_init(self, cls: type, label: str, why: str) -> None:
         own = cls.__dict__.get("__init__")
         original = own if own is not None else cls.__init__
-        created = self._created
+        sites = self._sites
+        assert sites is not None
 
         @functools.wraps(original)
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
             if current_request.get() is not None:
-                created(label)
+                sites.created(label, why, sys._getframe(1))
 
         self._patched_inits.append((cls, own))
         cls.__init__ = __init__  # type: ignore[misc]
-
-    def _created(self, label: str) -> None:
-        try:
-            state = current_request.get()
-            if state is None:
-                return
-            where, dependency = _creation_site(sys._getframe(2))
-            key = (label, where)
-            if key not in self._creations and len(self._creations) >= _MAX_CREATION_SITES:
-                return
-            count = self._creations.get(key, 0) + 1
-            self._creations[key] = count
-            if count < REBUILD_REPEATS:
-                return
-            inside = f" in dependency {dependency}" if dependency else ""
-            self._agent.findings.report(
-                "dependency_rebuild",
-                route=state.route,
-                summary=(
-                    f"A new {label} is created inside requests{inside} ({count} so far): each one builds its own "
-                    f"connection pool (and TLS context), so connections are never reused. Create it once at "
-                    f"start-up (lifespan) and share it."
-                ),
-                evidence={"object": label, "created_in_requests": count, "dependency": dependency},
-                location=where,
-            )
-        except Exception as exc:
-            containment.report("client creation", exc)
-
-
-def _creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None]:
-    """The user's line that created the object, and the dependency it ran in (if any)."""
-    where: Location | None = None
-    depth = 0
-    while frame is not None and depth < limit:
-        code = frame.f_code
-        if where is None and not attribution.is_library_file(code.co_filename):
-            where = Location(attribution.display_path(code.co_filename), frame.f_lineno or 0, code.co_qualname)
-        role = attribution.code_role(code)
-        if role is not None and where is not None:
-            return where, role[1] if role[0] == "dependency" else None
-        frame = frame.f_back
-        depth += 1
-    return where, None
-
-
-def _kind_of(timer: _Timed) -> str:
-    for kind, cls in _TIMERS.items():
-        if type(timer) is cls:
-            return kind
-    return "sync"
 
 
 def _fastapi_classifier() -> Callable[[Any], str] | None:

@@ -4,20 +4,21 @@ Sync endpoints, sync dependencies and ``run_in_threadpool`` share one capacity l
 (40 threads by default). Its statistics must be read on the loop: they are sampled on the heartbeat
 (see :mod:`fastapi_doctor.signals.eventloop`) and published through observable gauges. Tasks waiting
 for a thread for ``FASTAPI_DOCTOR_THREADPOOL_WAIT_SECONDS`` without a break make one finding per
-episode, naming the routes holding the threads and the line most of the worker threads are in.
+episode, naming the routes holding the threads and the line most of the worker threads are in. When
+most threads wait for a database pool connection, the pool is the bottleneck: the database signal
+reports the cause (the pool, or the line holding connections while it blocks), not this one.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi_doctor import attribution, containment
+from fastapi_doctor import containment
 from fastapi_doctor.context import active_requests
-from fastapi_doctor.findings import Location
+from fastapi_doctor.signals.db_pool import worker_lines, worker_threads
 
 _current: ThreadpoolSignal | None = None
 
@@ -163,7 +164,14 @@ class ThreadpoolSignal:
             if state.route is not None and (state.inner_task in holders or state.outer_task in holders):
                 routes[state.route] += 1
                 methods.setdefault(state.route, state.method)
-        location, call, in_call = _worker_line(hb.loop)
+        elsewhere, database, waiting_for_pool = worker_lines(worker_threads(hb.loop))
+        if waiting_for_pool and 2 * waiting_for_pool >= pool.busy:
+            # Most threads wait for a database connection: the pool is the bottleneck, and the database
+            # signal, which sees the pool and the threads, names its cause (the pool, or the line that
+            # holds connections while it blocks) with this saturation among the symptoms.
+            return
+        lines = elsewhere + database
+        (location, call), in_call = lines.most_common(1)[0] if lines else ((None, None), 0)
         route = routes.most_common(1)[0][0] if routes else None
         held = routes[route] if route is not None else 0
         holding = ", ".join(f"{methods[r]} {r} ({n})" for r, n in routes.most_common(5)) or "tasks outside any request"
@@ -186,28 +194,3 @@ class ThreadpoolSignal:
             "threads_in_call": in_call,
         }
         self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location)
-
-
-def _worker_line(loop: Any) -> tuple[Location | None, str | None, int]:
-    """The user line (and call) most of this loop's anyio worker threads are in."""
-    idents = {
-        t.ident
-        for t in threading.enumerate()
-        if t.name == "AnyIO worker thread" and getattr(t, "loop", loop) is loop and t.ident is not None
-    }
-    if not idents:
-        return None, None, 0
-    frames = sys._current_frames()
-    lines: Counter[tuple[Location, str | None]] = Counter()
-    for ident in idents:
-        frame = frames.get(ident)
-        if frame is None:
-            continue
-        user = attribution.first_user_frame(attribution.capture(frame))
-        if user is not None:
-            lines[(attribution.location(user), attribution.call_in(user))] += 1
-    del frames
-    if not lines:
-        return None, None, 0
-    (location, call), n = lines.most_common(1)[0]
-    return location, call, n
