@@ -33,6 +33,7 @@ DETECTORS = (
     "middleware",
     "responses",
     "db",
+    "asyncpg",
     "logs",
 )
 
