@@ -132,6 +132,7 @@ def test_small_pool_under_load_is_exhausted_a_sized_one_is_not(serve, database):
     f = wait_until(lambda: finding(app, "pool_leak", reason="pool_exhausted"), timeout=15)
     assert f["evidence"]["pool"] == database["pool"] and f["evidence"]["max_connections"] == 2
     assert f["evidence"]["waits_on_full_pool"] * 2 >= f["evidence"]["acquires"] >= 20
+    assert f["evidence"]["checked_out"] <= 2
     holders = {h["location"]: h for h in f["evidence"]["holders"]}
     hold = mark("hold")
     assert f"{hold['file']}:{hold['line']} in {hold['function']}" in holders
@@ -164,7 +165,7 @@ def test_pool_or_connection_per_request_is_a_rebuild(serve, database):
     assert sorted(found) == ["/api/search/fresh-connection", "/api/search/fresh-database", "/api/search/fresh-pool"]
     for route, marker, made in (
         ("/api/search/fresh-pool", "pool-per-request", "asyncpg.Pool"),
-        ("/api/search/fresh-connection", "connect-per-request", "asyncpg.connect"),
+        ("/api/search/fresh-connection", "connect-per-request", "asyncpg.Connection"),
         ("/api/search/fresh-database", "databases-per-request", "databases.Database"),
     ):
         f = found[route]

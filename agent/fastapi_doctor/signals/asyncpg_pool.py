@@ -39,13 +39,13 @@ from fastapi_doctor.context import current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.signals.db_pool import Checkout, PoolStats, PoolTracker, occupancy, user_location
 from fastapi_doctor.signals.db_queries import QueryCounter
-from fastapi_doctor.signals.dependencies import REBUILD_REPEATS, Window, _creation_site
+from fastapi_doctor.signals.dependencies import Window
+from fastapi_doctor.signals.rebuilds import RebuildSites
 from fastapi_doctor.version import __version__
 
 # An acquire that found every connection in use and waited at least this long counts towards
 # exhaustion; shorter waits are the loop's own scheduling, not a pool too small for its load.
 EXHAUSTED_WAIT_S = 0.005
-_MAX_CREATION_SITES = 1_000
 
 # Packages whose frames stand between the app and a statement without having sent it: the pool's
 # proxies and shortcuts (``pool.fetch``), wrappers (contrib's asyncpg instrumentor, wrapt).
@@ -53,6 +53,13 @@ _PASS_THROUGH = ("asyncpg.pool", "opentelemetry", "wrapt")
 # Statements sent by these are not the app's: asyncpg's own (reset on release, transactions,
 # introspection) and SQLAlchemy's, which the database signal counts through its dialect events.
 _NOT_THE_APP = ("asyncpg", "sqlalchemy")
+
+# Why a pool or a connection per request costs (the rebuild finding's words).
+_POOL = "each one opens its own connections to the database (TCP, TLS, authentication), so none is reused."
+_CONNECTION = (
+    "each request pays a new connection's TCP, TLS and authentication handshake, and none is reused; acquire "
+    "from a pool made at start-up (asyncpg.create_pool in lifespan) instead."
+)
 
 _STATEMENT_METHODS = {
     "Connection": ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany"),
@@ -284,7 +291,7 @@ class AsyncpgSignal:
         self.pools: AsyncpgPoolTracker | None = None
         self.queries: QueryCounter | None = None
         self._wrapped: list[tuple[Any, str, Any]] = []  # (owner, attribute, wrapt's FunctionWrapper)
-        self._creations: dict[tuple[str, Location | None], int] = {}
+        self._rebuilds: RebuildSites | None = None
         self._running = False
         self._installed = False
         self._scan_existing = False
@@ -292,6 +299,7 @@ class AsyncpgSignal:
     def instrument(self, agent: Any) -> None:
         self.agent = agent
         self.queries = QueryCounter(agent)
+        self._rebuilds = RebuildSites(agent.findings)
         agent.request_metrics.finished_hooks.append(self.queries.finished)
         self._running = True
         self._scan_existing = "asyncpg" in sys.modules
@@ -309,7 +317,8 @@ class AsyncpgSignal:
             self.agent.request_metrics.remove_hook(self.queries.finished)
         if self.pools is not None:
             self.pools.stop()
-        self._creations.clear()
+        if self._rebuilds is not None:
+            self._rebuilds.clear()
         self._installed = False
 
     def after_fork(self) -> None:
@@ -437,57 +446,23 @@ class AsyncpgSignal:
 
     def _pool_init(self, wrapped: Any, pool: Any, args: Any, kwargs: Any) -> None:
         wrapped(*args, **kwargs)
-        if not self._running:
-            return
-        try:
-            if current_request.get() is not None:
+        if self._running and self._rebuilds is not None and current_request.get() is not None:
+            try:
                 frame = sys._getframe(1)
-                label = "databases.Database" if inside(frame, ("databases",)) else "asyncpg.Pool"
-                self._created(label, frame)
-        except Exception as exc:
-            containment.report("asyncpg pool", exc)
+                if inside(frame, ("databases",)):
+                    self._rebuilds.created("databases.Database", _POOL, frame)
+                else:
+                    self._rebuilds.created("asyncpg.Pool", _POOL, frame)
+            except Exception as exc:
+                containment.report("asyncpg pool", exc)
 
     def _connect(self, wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Any:
-        if self._running and current_request.get() is not None:
+        if self._running and self._rebuilds is not None and current_request.get() is not None:
             try:
                 frame = sys._getframe(1)
                 # A pool opening its connections (asyncpg's, SQLAlchemy's) is not a connection per request.
                 if not inside(frame, ("asyncpg.pool", "sqlalchemy")):
-                    self._created("asyncpg.connect", frame)
+                    self._rebuilds.created("asyncpg.Connection", _CONNECTION, frame)
             except Exception as exc:
                 containment.report("asyncpg connect", exc)
         return wrapped(*args, **kwargs)
-
-    def _created(self, label: str, frame: types.FrameType) -> None:
-        """A pool or connection made inside a request; the same line doing it again is a rebuild."""
-        state = current_request.get()
-        if state is None:
-            return
-        where, dependency = _creation_site(frame)
-        key = (label, where)
-        if key not in self._creations and len(self._creations) >= _MAX_CREATION_SITES:
-            return
-        count = self._creations.get(key, 0) + 1
-        self._creations[key] = count
-        if count < REBUILD_REPEATS:
-            return
-        inside_dependency = f" in dependency {dependency}" if dependency else ""
-        if label == "asyncpg.connect":
-            what = (
-                f"A new asyncpg connection (asyncpg.connect) is opened inside requests{inside_dependency} "
-                f"({count} so far): every request pays a TCP and authentication handshake and no connection "
-                "is reused. Create a pool once at start-up (asyncpg.create_pool in lifespan) and acquire from it."
-            )
-        else:
-            what = (
-                f"A new {label} is connected inside requests{inside_dependency} ({count} so far): every request "
-                "builds a new connection pool and opens new database connections. Create it once at start-up "
-                "(lifespan) and share it."
-            )
-        self.agent.findings.report(
-            "dependency_rebuild",
-            route=state.route,
-            summary=what,
-            evidence={"object": label, "created_in_requests": count, "dependency": dependency},
-            location=where,
-        )

@@ -1,0 +1,89 @@
+"""Expensive objects built inside requests: the evidence of a ``dependency_rebuild``.
+
+An engine, a connection pool, an HTTP client, a session factory or a settings object parsed from the
+environment and files is meant to be built once. Built inside a request by the same line
+``REBUILD_REPEATS`` times, it is rebuilt per request: the finding names the object, the line, the
+dependency it ran in and how often. A slow dependency is not evidence of a rebuild (it may be waiting
+for the pool, the loop or a remote service); only the building is.
+
+Shared by the signals that see the objects being built (the dependencies signal patches the classes'
+``__init__``; the database signal wraps ``Engine.__init__``).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from fastapi_doctor import attribution, containment
+from fastapi_doctor.context import current_request
+from fastapi_doctor.findings import Location
+
+REBUILD_REPEATS = 3  # objects created in requests from the same line before it is a finding
+_MAX_SITES = 1_000
+
+
+class RebuildSites:
+    """Counts, per (object, line), the objects built inside requests; reports the repeated ones."""
+
+    def __init__(self, findings: Any) -> None:
+        self.findings = findings
+        self.counts: dict[tuple[str, Location | None], int] = {}
+
+    def created(self, label: str, why: str, frame: types.FrameType | None, evidence: dict[str, Any] | None = None) -> None:
+        """``label`` (e.g. ``httpx.AsyncClient``) was built; ``frame`` is the frame that called its constructor."""
+        try:
+            state = current_request.get()
+            if state is None:
+                return  # start-up work, built once: not a rebuild
+            where, dependency = creation_site(frame)
+            key = (label, where)
+            counts = self.counts
+            if key not in counts and len(counts) >= _MAX_SITES:
+                return
+            count = counts.get(key, 0) + 1
+            counts[key] = count
+            if count < REBUILD_REPEATS:
+                return
+            inside = f" in dependency {dependency}" if dependency else ""
+            self.findings.report(
+                "dependency_rebuild",
+                route=state.route,
+                summary=(
+                    f"A new {label} is built inside requests{inside} ({count} so far): {why} "
+                    "Build it once at start-up (lifespan, a module-level object, functools.lru_cache) and share it."
+                ),
+                evidence={"object": label, "created_in_requests": count, "dependency": dependency, **(evidence or {})},
+                location=where,
+            )
+        except Exception as exc:
+            containment.report("rebuild evidence", exc)
+
+    def clear(self) -> None:
+        self.counts.clear()
+
+
+def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None]:
+    """The user's line that built the object, and the dependency it ran in (if any)."""
+    where: Location | None = None
+    depth = 0
+    while frame is not None and depth < limit:
+        code = frame.f_code
+        filename = code.co_filename
+        # "<string>": functions libraries generate for their decorators (SQLAlchemy's), not the user's code.
+        if where is None and not filename.startswith("<") and not attribution.is_library_file(filename):
+            where = Location(attribution.display_path(filename), frame.f_lineno or 0, code.co_qualname)
+        role = attribution.code_role(code)
+        if role is not None and where is not None:
+            return where, role[1] if role[0] == "dependency" else None
+        frame = frame.f_back
+        depth += 1
+    return where, None
+
+
+def caller_frame(depth: int) -> types.FrameType | None:
+    try:
+        return sys._getframe(depth + 1)
+    except ValueError:
+        return None
