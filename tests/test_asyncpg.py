@@ -236,3 +236,27 @@ def test_uninstrument_undoes_every_wrapper(tmp_path):
     assert report["restored"] == names
     assert report["watchdogs"] == [1, 0]  # the pool watchdog (no sqlalchemy here: the db signal has none)
     assert report["hooked"] == [True, False]
+
+
+def _observable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() != "date"]
+    return response.status_code, headers, response.content
+
+
+def test_failures_inside_the_signal_never_change_the_response(serve, database):
+    paths = ["/api/articles/?limit=12", "/api/articles/feed", "/api/reports/count", "/api/reports/leaky",
+             *["/api/search/fresh-pool", "/api/search/fresh-connection", "/api/search/fresh-database"] * 3]
+    bare = serve("asyncpg_app:app", wrapper=False, env={"PG_DSN": database["dsn"]})
+    auth = login(bare)
+    expected = [_observable(httpx.get(bare.url + p, headers=auth)) for p in paths]
+    bare.stop()
+    faulty = serve("asyncpg_faulty:app", env={"PG_DSN": database["dsn"]})
+    auth = login(faulty)
+    assert [_observable(httpx.get(faulty.url + p, headers=auth)) for p in paths] == expected
+    components = ("asyncpg acquire", "asyncpg release", "asyncpg statements", "asyncpg pool", "asyncpg connect")
+    text = metrics_when(
+        faulty, lambda t: all(metric_value(t, "fastapi_doctor_internal_errors_total", fastapi_doctor_component=c)
+                              for c in components),
+    )
+    assert faulty.logs().count("internal error in asyncpg statements") == 1  # logged once
+    assert metric_value(text, "fastapi_doctor_internal_errors_total", fastapi_doctor_component="asyncpg statements") > 50
