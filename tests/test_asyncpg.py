@@ -174,6 +174,18 @@ def test_pool_or_connection_per_request_is_a_rebuild(serve, database):
     assert len(database_findings(app)) == 3
 
 
+def test_pool_name_has_no_credentials_or_query():
+    from fastapi_doctor.signals.asyncpg_pool import pool_name
+
+    # The name a SQLAlchemy pool on the same database gets (test_db.py), from a DSN or from keywords.
+    assert pool_name(("postgresql://u:pw@db.internal:6432/app?sslpassword=x",), {}) == "postgresql://db.internal:6432/app"
+    assert pool_name(("postgres://u:p@ss:w@db/shop",), {}) == "postgresql://db/shop"
+    assert pool_name((), {"host": "db", "port": 5433, "user": "u", "password": "pw", "database": "app"}) == (
+        "postgresql://db:5433/app"
+    )
+    assert pool_name((), {"dsn": "postgresql:///app?host=/run/postgresql"}) == "postgresql:///app"
+
+
 UNDO_SCRIPT = textwrap.dedent(
     """
     import json, sys, threading
