@@ -48,7 +48,8 @@ def mark(name: str) -> dict[str, Any]:
     """The location of the line marked ``name`` in the app."""
     line = marked_line(name, APP)
     function = {"n+1": "list_articles", "leak": "leaky", "hold": "slow", "pool-per-request": "fresh_pool",
-                "connect-per-request": "fresh_connection", "databases-per-request": "fresh_database"}[name]
+                "connect-per-request": "fresh_connection", "databases-per-request": "fresh_database",
+                "databases-n+1": "article_authors"}[name]
     return {"file": "asyncpg_app.py", "line": line, "function": function}
 
 
@@ -80,6 +81,17 @@ def test_one_query_per_listed_article_is_an_n_plus_one_at_the_loop(serve, databa
     assert metric_value(text, "fastapi_doctor_db_statements_sum", http_route="/api/articles/feed") == 2
     assert metric_value(text, "fastapi_doctor_db_statements_count", http_route="/api/auth/token") == 1
     assert PASSWORD not in text and PASSWORD not in json.dumps(app.doctor())
+
+
+def test_one_query_per_row_through_databases_is_an_n_plus_one(serve, database):
+    app = start(serve, database)
+    assert len(httpx.get(app.url + "/api/articles/authors?limit=9").json()) == 9
+    assert app.findings("n_plus_one") == []
+    assert len(httpx.get(app.url + "/api/articles/authors?limit=15").json()) == 15
+    (f,) = wait_until(lambda: app.findings("n_plus_one"))
+    assert f["route"] == "/api/articles/authors" and f["location"] == mark("databases-n+1")
+    assert f["evidence"]["fingerprint"] == "SELECT name FROM authors WHERE id = ?"
+    assert f["evidence"]["executions"] == 15 and f["evidence"]["statements_in_request"] == 16
 
 
 def test_connection_never_released_is_a_leak_at_its_acquire_line(serve, database):

@@ -119,6 +119,18 @@ async def feed(limit: int = 20, pool: asyncpg.Pool = Depends(get_pool),
     return [{**dict(r), "tags": list(r["tags"])} for r in rows]
 
 
+@articles.get("/authors")
+async def article_authors(request: Request, limit: int = 20) -> list[dict[str, Any]]:
+    """The same N+1 through `databases` (asyncpg underneath): one author query per article."""
+    database = request.app.state.database
+    rows = await database.fetch_all("SELECT id, author_id FROM articles ORDER BY id LIMIT :limit", {"limit": limit})
+    out = []
+    for row in rows:
+        name = await database.fetch_val("SELECT name FROM authors WHERE id = :id", {"id": row["author_id"]})  # mark: databases-n+1
+        out.append({"id": row["id"], "author": name})
+    return out
+
+
 reports = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(current_user)])
 
 
