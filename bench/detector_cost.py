@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "tasks", "logs")
+DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "asyncpg", "tasks", "logs")
 ROUTES = {"hello": "/hello", "deps_db_mw": "/items/7"}
 CLIENTS = 32
 

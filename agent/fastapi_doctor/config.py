@@ -35,6 +35,7 @@ DETECTORS = (
     "responses",
     "db",
     "tasks",
+    "asyncpg",
     "logs",
 )
 

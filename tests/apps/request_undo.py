@@ -108,7 +108,7 @@ def main() -> None:
     before = {name: get() for name, get in PATCH_POINTS.items()}
     calls_before = dependant_calls()
     fastapi_doctor.instrument(
-        app, prometheus_port=0, disabled_detectors="eventloop,threadpool,gc,process,db,tasks,logs"
+        app, prometheus_port=0, disabled_detectors="eventloop,threadpool,gc,process,db,asyncpg,tasks,logs"
     )
     agent = _agent.get()
     assert agent is not None

@@ -27,6 +27,7 @@ REGISTRY: list[tuple[str, str]] = [
     ("gc", "fastapi_doctor.signals.gc_pauses:GCSignal"),
     ("process", "fastapi_doctor.signals.process:ProcessSignal"),
     ("db", "fastapi_doctor.signals.db:DatabaseSignal"),
+    ("asyncpg", "fastapi_doctor.signals.asyncpg_pool:AsyncpgSignal"),
     # request path: dependencies before middleware before responses (responses' stack counter may sit
     # below a middleware timer; undo runs in reverse).
     ("dependencies", "fastapi_doctor.signals.dependencies:DependencySignal"),

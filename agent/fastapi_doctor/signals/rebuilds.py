@@ -81,6 +81,9 @@ class RebuildSites:
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
+    def clear(self) -> None:
+        self.counts.clear()
+
     def _repeated(self, key: tuple[str, Location | None]) -> int | None:
         """Count one more of ``key``; the count once it is a repetition (``REBUILD_REPEATS``), else None."""
         counts = self.counts

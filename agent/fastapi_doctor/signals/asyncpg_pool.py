@@ -1,0 +1,468 @@
+"""Raw asyncpg (detector ``asyncpg``): pools, leaks, exhaustion, pools built per request, N+1 queries.
+
+Installed when the app imports asyncpg (also through ``databases``, which runs on asyncpg). It feeds
+the same decision code as the SQLAlchemy database signal, so the findings and the metric names are
+the ones dashboards and alerts already know:
+
+* ``Pool._acquire`` and ``PoolConnectionHolder._release`` are wrapped: every acquired connection is a
+  :class:`~fastapi_doctor.signals.db_pool.Checkout` of a :class:`~fastapi_doctor.signals.db_pool.PoolTracker`
+  (``db.client.connection.*`` metrics, leaks held too long or left behind by their request, with the
+  acquire line). asyncpg waits for a free connection without a time limit by default, so exhaustion is
+  decided on facts: at least half of a pool's recent acquires found it full and waited; an acquire
+  timeout is reported at once. Either names the pool's size and the routes holding its connections.
+* ``Connection.fetch/fetchrow/fetchval/execute/executemany/fetchmany`` and the prepared statements'
+  methods are wrapped: each statement the app sends counts in the request's statements by fingerprint
+  (:mod:`~fastapi_doctor.signals.db_queries`, the ``n_plus_one`` rule). asyncpg's own statements (reset on
+  release, transactions) and SQLAlchemy's (counted by the database signal) are left out.
+* ``Pool.__init__`` and ``asyncpg.connect`` are wrapped: a pool (``asyncpg.create_pool``, a
+  ``databases.Database(...).connect()``) or a connection opened inside requests again and again from
+  one line is a ``dependency_rebuild`` at that line.
+
+Wrappers are wrapt's; each is undone by ``uninstrument()``. Nothing here imports asyncpg before the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+import urllib.parse
+import weakref
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import metrics
+
+from fastapi_doctor import containment
+from fastapi_doctor.context import current_request
+from fastapi_doctor.findings import Location
+from fastapi_doctor.signals.db_pool import Checkout, PoolStats, PoolTracker, occupancy, user_location
+from fastapi_doctor.signals.db_queries import QueryCounter
+from fastapi_doctor.signals.dependencies import Window
+from fastapi_doctor.signals.rebuilds import RebuildSites
+from fastapi_doctor.version import __version__
+
+# An acquire that found every connection in use and waited at least this long counts towards
+# exhaustion; shorter waits are the loop's own scheduling, not a pool too small for its load.
+EXHAUSTED_WAIT_S = 0.005
+
+# Packages whose frames stand between the app and a statement without having sent it: the pool's
+# proxies and shortcuts (``pool.fetch``), wrappers (contrib's asyncpg instrumentor, wrapt).
+_PASS_THROUGH = ("asyncpg.pool", "opentelemetry", "wrapt")
+# Statements sent by these are not the app's: asyncpg's own (reset on release, transactions,
+# introspection) and SQLAlchemy's, which the database signal counts through its dialect events.
+_NOT_THE_APP = ("asyncpg", "sqlalchemy")
+
+# Why a pool or a connection per request costs (the rebuild finding's words).
+_POOL = "each one opens its own connections to the database (TCP, TLS, authentication), so none is reused."
+_CONNECTION = (
+    "each request pays a new connection's TCP, TLS and authentication handshake, and none is reused; acquire "
+    "from a pool made at start-up (asyncpg.create_pool in lifespan) instead."
+)
+
+_STATEMENT_METHODS = {
+    "Connection": ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany"),
+    "PreparedStatement": ("executemany", "fetch", "fetchrow", "fetchval", "fetchmany"),
+}
+
+_PASS, _APP, _OTHER = 0, 1, 2
+_senders: dict[str, int] = {}  # module name -> _PASS/_APP/_OTHER (a dict lookup per frame per statement)
+
+
+def in_packages(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _module_of(frame: types.FrameType) -> str:
+    name = frame.f_globals.get("__name__")
+    return name if isinstance(name, str) else ""
+
+
+def _sender_kind(module: str) -> int:
+    kind = _senders.get(module)
+    if kind is None:
+        kind = _PASS if in_packages(module, _PASS_THROUGH) else _OTHER if in_packages(module, _NOT_THE_APP) else _APP
+        if len(_senders) < 4096:
+            _senders[module] = kind
+    return kind
+
+
+def sent_by_the_app(frame: types.FrameType | None) -> bool:
+    """Whether the statement whose wrapper was called from ``frame`` comes from the app."""
+    depth = 0
+    while frame is not None and depth < 8:
+        kind = _sender_kind(_module_of(frame))
+        if kind != _PASS:
+            return kind == _APP
+        frame = frame.f_back
+        depth += 1
+    return True
+
+
+def inside(frame: types.FrameType | None, packages: tuple[str, ...], limit: int = 16) -> bool:
+    """Whether a frame of one of ``packages`` is among the ``limit`` innermost ones from ``frame``."""
+    depth = 0
+    while frame is not None and depth < limit:
+        if in_packages(_module_of(frame), packages):
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
+
+
+def pool_name(connect_args: tuple[Any, ...], connect_kwargs: dict[str, Any]) -> str:
+    """``postgresql://host:port/database`` from asyncpg's connect arguments: no user, password or query
+    (the name SQLAlchemy pools get, so one database has one name whichever client reaches it)."""
+    dsn = connect_args[0] if connect_args else connect_kwargs.get("dsn")
+    host = connect_kwargs.get("host")
+    port = connect_kwargs.get("port")
+    database = connect_kwargs.get("database")
+    if isinstance(dsn, str) and dsn:
+        parts = urllib.parse.urlsplit(dsn)
+        netloc = parts.netloc.rpartition("@")[2]  # drop user:password
+        if host is None and netloc:
+            host, _, dsn_port = netloc.partition(":") if netloc.count(":") == 1 else (netloc, "", "")
+            port = port or dsn_port or None
+        database = database or parts.path.lstrip("/") or None
+    if isinstance(host, (list, tuple)):
+        host = ",".join(str(h) for h in host)
+    if isinstance(port, (list, tuple)):
+        port = ",".join(str(p) for p in port)
+    host = str(host) if host else ""
+    if host and port and ":" not in host:
+        host = f"{host}:{port}"
+    return f"postgresql://{host}/{database or ''}"
+
+
+class PoolView:
+    """An asyncpg pool as the pool tracker reads a SQLAlchemy queue pool: connections in use and idle,
+    its size (``max_size``, no overflow). ``window`` holds its recent acquires.
+
+    asyncpg's ``Pool`` takes no weak reference; its connection holders do and live exactly as long as
+    it does (made once when the pool starts, each pointing back to it): the view holds one of them
+    weakly, so a pool dropped without ``close()`` is not kept alive by the agent.
+    """
+
+    __slots__ = ("_anchor", "stats", "window", "__weakref__")
+    _max_overflow = 0
+
+    def __init__(self, holder: Any, stats: PoolStats) -> None:
+        self._anchor = weakref.ref(holder)
+        self.stats = stats
+        self.window = Window()
+
+    def pool(self) -> Any:
+        holder = self._anchor()
+        return None if holder is None else holder._pool
+
+    def live(self) -> bool:
+        pool = self.pool()
+        return pool is not None and not pool.is_closing()
+
+    def full(self) -> bool:
+        """No free connection: the next acquire waits (asyncpg keeps free holders in ``_queue``)."""
+        pool = self.pool()
+        queue = getattr(pool, "_queue", None)
+        return queue is not None and queue.empty()
+
+    def checkedout(self) -> int:
+        pool = self.pool()
+        return 0 if pool is None else max(0, pool.get_size() - pool.get_idle_size())
+
+    def checkedin(self) -> int:
+        pool = self.pool()
+        return 0 if pool is None else int(pool.get_idle_size())
+
+    def size(self) -> int:
+        pool = self.pool()
+        return 0 if pool is None else int(pool.get_max_size())
+
+    def overflow(self) -> int:
+        return 0
+
+
+class AsyncpgPoolTracker(PoolTracker):
+    """The pool tracker of the database signal (metrics, leaks, its watchdog) over asyncpg pools."""
+
+    def __init__(self, agent: Any) -> None:
+        # The same instruments (names, units, descriptions) under this signal's own meter: created on the
+        # agent's meter they would be the database signal's, and the SDK keeps only its first callbacks.
+        # Prometheus merges the two scopes into one family; the histograms are the agent's lean ones.
+        scoped = types.SimpleNamespace(
+            findings=agent.findings,
+            settings=agent.settings,
+            lean=getattr(agent, "lean", None),
+            meter=metrics.get_meter("fastapi_doctor.asyncpg", __version__),
+        )
+        super().__init__(scoped)
+        # id(pool) -> its view (which holds the pool weakly); views of pools gone are dropped at collection.
+        self._views: dict[int, PoolView] = {}
+
+    def view_of(self, pool: Any) -> PoolView | None:
+        """The pool's view; None while the pool has not started (it has no connection holders yet)."""
+        view = self._views.get(id(pool))
+        if view is not None and view.pool() is pool:
+            return view
+        return self.add_pool(pool)
+
+    def add_pool(self, pool: Any) -> PoolView | None:
+        holders = getattr(pool, "_holders", None)
+        if not holders:
+            return None
+        stats = self.stats_named(pool_name(getattr(pool, "_connect_args", ()), getattr(pool, "_connect_kwargs", {})))
+        view = PoolView(holders[0], stats)
+        self._views[id(pool)] = view
+        self._bind(view, stats)
+        return view
+
+    def live_pools(self) -> list[tuple[Any, PoolStats]]:
+        live = []
+        for key, view in list(self._views.items()):
+            if view.pool() is None:
+                self._views.pop(key, None)
+            elif view.live():
+                live.append((view, view.stats))
+        return live
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def acquired(self, view: PoolView, holder: Any, waited: float, found_full: bool) -> None:
+        stats = view.stats
+        self.wait_time.record(waited, stats.attrs)
+        checkout = Checkout(holder)  # the holder outlives the connection's proxy: never collected early
+        checkout.stats = stats
+        checkout.pool_id = id(view)
+        checkout.request = current_request.get()
+        checkout.location = user_location()
+        checkout.reported = False
+        checkout.start = perf_counter()
+        self.out[id(holder)] = checkout
+        if view.window.add((waited,), found_full and waited >= EXHAUSTED_WAIT_S):
+            self.exhausted(view, checkout)
+
+    # -- findings --------------------------------------------------------------------------------
+
+    def exhausted(self, view: PoolView, waiter: Checkout) -> None:
+        """Most recent acquires waited on a full pool: name its size and who holds its connections."""
+        now = perf_counter()
+        holders: dict[tuple[str | None, Location | None], list[float]] = {}
+        for checkout in list(self.out.values()):
+            if checkout.pool_id == id(view) and checkout is not waiter:
+                entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
+                entry[0] += 1
+                entry[1] = max(entry[1], now - checkout.start)
+        ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+        window = view.window
+        waits = window.flagged
+        p50 = window.p50(0)
+        route = waiter.route()
+        named = ", ".join(
+            f"{r or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "") for (r, loc), (n, _age) in ranked[:3]
+        )
+        summary = (
+            f"Pool {view.stats.name} (max {view.size()} connections) is exhausted: {waits} of the last "
+            f"{len(window.items)} acquires found every connection in use and waited (median wait {p50:.3f} s)"
+            + (f" on {route}" if route else "")
+            + (f"; connections are held by {named}" if named else "")
+            + ". Hold a connection only for its queries (`async with pool.acquire()`), or size the pool for the load."
+        )
+        evidence = {
+            "reason": "pool_exhausted",
+            "pool": view.stats.name,
+            "waited_s": round(p50, 3),
+            "waits_on_full_pool": waits,
+            "acquires": len(window.items),
+            "waiting_route": route,
+            "holders": [
+                {"route": r, "connections": int(n), "oldest_age_s": round(age, 3), "location": str(loc) if loc else None}
+                for (r, loc), (n, age) in ranked[:5]
+            ],
+            **occupancy(view),
+        }
+        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=waiter.location)
+
+
+class AsyncpgSignal:
+    name = "asyncpg"
+
+    def __init__(self) -> None:
+        self.agent: Any = None
+        self.pools: AsyncpgPoolTracker | None = None
+        self.queries: QueryCounter | None = None
+        self._wrapped: list[tuple[Any, str, Any]] = []  # (owner, attribute, wrapt's FunctionWrapper)
+        self._rebuilds: RebuildSites | None = None
+        self._running = False
+        self._installed = False
+        self._scan_existing = False
+
+    def instrument(self, agent: Any) -> None:
+        self.agent = agent
+        self.queries = QueryCounter(agent)
+        self._rebuilds = RebuildSites(agent.findings)
+        agent.request_metrics.finished_hooks.append(self.queries.finished)
+        self._running = True
+        self._scan_existing = "asyncpg" in sys.modules
+        agent.when_imported("asyncpg", self._on_asyncpg)
+
+    def uninstrument(self) -> None:
+        self._running = False
+        for owner, attribute, wrapper in reversed(self._wrapped):
+            current = vars(owner).get(attribute)
+            if current is wrapper:
+                setattr(owner, attribute, wrapper.__wrapped__)
+            # else: wrapped again on top (contrib's instrumentor): ours stays, passing every call through.
+        self._wrapped.clear()
+        if self.agent is not None and self.queries is not None:
+            self.agent.request_metrics.remove_hook(self.queries.finished)
+        if self.pools is not None:
+            self.pools.stop()
+        if self._rebuilds is not None:
+            self._rebuilds.clear()
+        self._installed = False
+
+    def after_fork(self) -> None:
+        if self.pools is not None and self._installed:
+            self.pools.after_fork()
+
+    # -- installation ----------------------------------------------------------------------------
+
+    def _on_asyncpg(self, module: types.ModuleType) -> None:
+        if not self._running or self._installed:
+            return
+        try:
+            self._install(module)
+        except Exception as exc:
+            containment.report("asyncpg signal", exc)
+            self.uninstrument()
+
+    def _install(self, asyncpg: types.ModuleType) -> None:
+        import wrapt
+        from asyncpg import connection, pool, prepared_stmt
+
+        self._installed = True
+        self.pools = AsyncpgPoolTracker(self.agent)
+
+        def wrap(owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
+            wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+            self._wrapped.append((owner, attribute, vars(owner)[attribute]))
+
+        for method in _STATEMENT_METHODS["Connection"]:
+            wrap(connection.Connection, method, self._statement)
+        for method in _STATEMENT_METHODS["PreparedStatement"]:
+            if hasattr(prepared_stmt.PreparedStatement, method):
+                wrap(prepared_stmt.PreparedStatement, method, self._prepared_statement)
+        wrap(pool.Pool, "__init__", self._pool_init)
+        wrap(pool.Pool, "_acquire", self._acquire)
+        wrap(pool.Pool, "_get_new_connection", self._new_connection)
+        wrap(pool.PoolConnectionHolder, "_release", self._release)
+        wrap(asyncpg, "connect", self._connect)
+
+        if self._scan_existing:
+            import gc
+
+            for obj in gc.get_objects():
+                if isinstance(obj, pool.Pool):
+                    self.pools.add_pool(obj)
+        self.pools.start_watchdog()
+
+    # -- statements (per statement: keep it short) -----------------------------------------------
+
+    def _statement(self, wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Any:
+        if self._running and current_request.get() is not None:
+            try:
+                if sent_by_the_app(sys._getframe(1)):
+                    query = args[0] if args else kwargs.get("query", kwargs.get("command"))
+                    if isinstance(query, str):
+                        self.queries.on_statement(query)  # type: ignore[union-attr]
+            except Exception as exc:
+                containment.report("asyncpg statements", exc)
+        return wrapped(*args, **kwargs)
+
+    def _prepared_statement(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if self._running and current_request.get() is not None:
+            try:
+                if sent_by_the_app(sys._getframe(1)):
+                    self.queries.on_statement(instance.get_query())  # type: ignore[union-attr]
+            except Exception as exc:
+                containment.report("asyncpg statements", exc)
+        return wrapped(*args, **kwargs)
+
+    # -- pools -----------------------------------------------------------------------------------
+
+    async def _acquire(self, wrapped: Any, pool: Any, args: Any, kwargs: Any) -> Any:
+        tracker = self.pools
+        if not self._running or tracker is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            view = tracker.view_of(pool)
+            found_full = view is not None and view.full()
+        except Exception as exc:
+            containment.report("asyncpg pool", exc)
+            view = None
+        if view is None:
+            return await wrapped(*args, **kwargs)
+        pending = view.stats.pending
+        pending.append(None)
+        start = perf_counter()
+        try:
+            proxy = await wrapped(*args, **kwargs)
+        except (asyncio.TimeoutError, TimeoutError):
+            pending.pop()
+            tracker.timed_out(view, view.stats, perf_counter() - start)
+            raise
+        except BaseException:
+            pending.pop()
+            raise
+        pending.pop()
+        try:
+            tracker.acquired(view, proxy._holder, perf_counter() - start, found_full)
+        except Exception as exc:
+            containment.report("asyncpg acquire", exc)
+        return proxy
+
+    def _release(self, wrapped: Any, holder: Any, args: Any, kwargs: Any) -> Any:
+        # Every way back: release, a connection closed or terminated while out, the pool closing.
+        tracker = self.pools
+        if tracker is not None and self._running:
+            try:
+                tracker.on_checkin(holder)
+            except Exception as exc:
+                containment.report("asyncpg release", exc)
+        return wrapped(*args, **kwargs)
+
+    async def _new_connection(self, wrapped: Any, pool: Any, args: Any, kwargs: Any) -> Any:
+        start = perf_counter()
+        connection = await wrapped(*args, **kwargs)
+        tracker = self.pools
+        if tracker is not None and self._running:
+            try:
+                view = tracker.view_of(pool)  # the pool's first connections: its view starts here
+                if view is not None:
+                    tracker.create_time.record(perf_counter() - start, view.stats.attrs)
+            except Exception as exc:
+                containment.report("asyncpg pool", exc)
+        return connection
+
+    def _pool_init(self, wrapped: Any, pool: Any, args: Any, kwargs: Any) -> None:
+        wrapped(*args, **kwargs)
+        if self._running and self._rebuilds is not None and current_request.get() is not None:
+            try:
+                frame = sys._getframe(1)
+                if inside(frame, ("databases",)):
+                    self._rebuilds.created("databases.Database", _POOL, frame)
+                else:
+                    self._rebuilds.created("asyncpg.Pool", _POOL, frame)
+            except Exception as exc:
+                containment.report("asyncpg pool", exc)
+
+    def _connect(self, wrapped: Any, _instance: Any, args: Any, kwargs: Any) -> Any:
+        if self._running and self._rebuilds is not None and current_request.get() is not None:
+            try:
+                frame = sys._getframe(1)
+                # A pool opening its connections (asyncpg's, SQLAlchemy's) is not a connection per request.
+                if not inside(frame, ("asyncpg.pool", "sqlalchemy")):
+                    self._rebuilds.created("asyncpg.Connection", _CONNECTION, frame)
+            except Exception as exc:
+                containment.report("asyncpg connect", exc)
+        return wrapped(*args, **kwargs)

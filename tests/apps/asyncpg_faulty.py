@@ -1,0 +1,15 @@
+"""The raw-asyncpg app with every part of the asyncpg signal forced to fail: its responses must not change."""
+
+from asyncpg_app import app  # noqa: F401
+
+from fastapi_doctor.signals import asyncpg_pool, db_queries, rebuilds
+
+
+def broken(*args, **kwargs):
+    raise RuntimeError("forced failure inside the asyncpg signal")
+
+
+for name in ("acquired", "on_checkin"):
+    setattr(asyncpg_pool.AsyncpgPoolTracker, name, broken)
+db_queries.QueryCounter.on_statement = broken
+rebuilds.RebuildSites.created = broken
