@@ -148,6 +148,7 @@ class DatabaseSignal:
             self.agent.findings.report(
                 "dependency_rebuild",
                 route=state.route,
+                method=state.method,
                 summary=(
                     f"A SQLAlchemy engine (pool {stats.name}) is created inside a request: every request "
                     "builds a new connection pool and opens new database connections. Create the engine "

@@ -675,6 +675,7 @@ class DependencySignal:
             self._agent.findings.report(
                 "dependency_rebuild",
                 route=state.route,
+                method=state.method,
                 summary=(
                     f"A new {label} is created inside requests{inside} ({count} so far): each one builds its own "
                     f"connection pool (and TLS context), so connections are never reused. Create it once at "

@@ -614,7 +614,8 @@ class EventLoopSignal:
             evidence["middleware"] = middleware
         where = f"{state.method} {route}" if state is not None and route else "a request" if state else "a task outside any request"
         summary = _summary(root_cause, call, middleware, location, where, blocked_ms)
-        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location)
+        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location,
+                                   method=state.method if state is not None else None)
 
     def _count(self, route: str | None, root_cause: str | None, blocked: float) -> None:
         key = (route, root_cause)

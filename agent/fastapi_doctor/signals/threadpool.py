@@ -185,7 +185,8 @@ class ThreadpoolSignal:
             "call": call,
             "threads_in_call": in_call,
         }
-        self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location)
+        self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location,
+                                   method=methods.get(route) if route is not None else None)
 
 
 def _worker_line(loop: Any) -> tuple[Location | None, str | None, int]:

@@ -1,0 +1,113 @@
+"""Findings name the endpoint that pays, on an app laid out like real ones (tests/apps/shop_api.py,
+a real uvicorn under the wrapper): a GET and a POST on one path are two endpoints; a middleware
+that is slow for some paths is reported on those routes; a cheap middleware stays cheap under load."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import pytest
+from apps.shop_api import TOKEN
+from harness import APPS, AppProcess, metric_value, wait_until
+
+ROUNDS = 20  # findings need at least 20 calls (signals.dependencies.MIN_CALLS)
+
+
+def mark_line(mark: str) -> int:
+    lines = (APPS / "shop_api.py").read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.endswith(f"# mark: {mark}"))
+
+
+HEADERS = {"accept-encoding": "gzip", "origin": "https://shop.example.com", "authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def shop(serve: Any) -> AppProcess:
+    return serve("shop_api:app", env={"OTEL_TRACES_SAMPLER_ARG": "0"}, ready_path="/health")
+
+
+def send(app: AppProcess, method: str, path: str, n: int = ROUNDS, **kwargs: Any) -> None:
+    with httpx.Client(timeout=30.0, headers=HEADERS) as client:
+        for _ in range(n):
+            response = client.request(method, app.url + path, **kwargs)
+            assert response.status_code in (200, 201), (method, path, response.status_code, response.text[:200])
+
+
+def test_a_large_get_is_not_blamed_on_the_post_of_the_same_path(shop):
+    send(shop, "POST", "/items/", json={"name": "lamp", "price": 12.5})  # small answers, first
+    send(shop, "GET", "/items/")  # the large listing
+
+    found = wait_until(lambda: shop.findings("large_payload"))
+    assert [(f["method"], f["route"]) for f in found] == [("GET", "/items/")]
+    assert found[0]["location"] == {"file": "shop_api.py", "line": mark_line("large listing"),
+                                    "function": "list_items"}
+    assert "GET /items/" in found[0]["summary"]
+    page = httpx.get(shop.side_url + "/", timeout=5.0).text
+    assert "GET /items/" in page
+
+
+def test_a_middleware_slow_for_some_paths_is_reported_on_those_routes(shop):
+    for path in ("/orders/", "/items/3", "/orders/7", "/health"):
+        send(shop, "GET", path)
+
+    def audit_findings() -> list[dict[str, Any]]:
+        found = [f for f in shop.findings("slow_middleware") if f["evidence"]["middleware"] == "AuditMiddleware"]
+        return found if len(found) >= 2 else []
+
+    found = wait_until(audit_findings)
+    assert sorted((f["method"], f["route"]) for f in found) == [("GET", "/orders/"), ("GET", "/orders/{order_id}")]
+    for f in found:
+        assert f["location"]["line"] == mark_line("audit")
+        assert f["evidence"]["self_time_p50_ms"] >= 35
+        assert "every route" not in f["summary"].lower()
+    # Nothing else is slow: the routes that skip the audit, the timing and CORS layers.
+    assert [f for f in shop.findings("slow_middleware") if f not in found] == []
+
+
+async def _load(url: str, headers: dict[str, str], clients: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    sent = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while time.monotonic() < deadline:
+            response = await http.get(url)
+            assert response.status_code == 200
+            sent += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=30.0, limits=limits, headers=headers) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    return sent
+
+
+def test_a_cheap_timing_middleware_is_not_slow_under_concurrent_load(shop):
+    # 32 connections on a 2-core machine: every layer's task switches wait for the CPU behind the
+    # other requests. That wait is not the layer's work.
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    url = shop.url + "/items/3"
+    if shutil.which("wrk"):
+        out = subprocess.run(
+            ["wrk", "-t2", "-c32", "-d10s", "-H", f"authorization: {headers['authorization']}", url],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+        sent = int(re.search(r"(\d+) requests in", out).group(1))
+        assert "Non-2xx" not in out and "Socket errors" not in out, out
+    else:
+        sent = asyncio.run(_load(url, headers, clients=32, seconds=10.0))
+    assert sent > 1000
+
+    def timed() -> float | None:
+        text = shop.metrics_text()
+        count = metric_value(text, "fastapi_doctor_middleware_duration_seconds_count",
+                             fastapi_middleware="add_process_time_header")
+        return count if count and count >= 64 else None
+
+    wait_until(timed, timeout=15)  # a full window of timed requests was judged
+    assert shop.findings("slow_middleware") == []
