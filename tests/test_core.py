@@ -98,6 +98,12 @@ def test_a_get_and_a_post_on_one_route_are_two_findings():
     assert again is get and post is not get and get.id != post.id
     assert [(f.as_dict()["method"], f.as_dict()["route"], f.count) for f in registry.all()] == [
         ("POST", "/items/", 1), ("GET", "/items/", 2)]
+    from fastapi_doctor.report.terminal import render_finding, render_table
+
+    doc = {"service": "shop", "pid": 1, "findings": [f.as_dict() for f in registry.all()]}
+    table = render_table(doc)
+    assert "POST /items/" in table and "GET /items/" in table
+    assert "route     GET /items/" in render_finding(get.as_dict())
 
 
 # -- attribution ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ that is slow for some paths is reported on those routes; a cheap middleware stay
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -110,4 +111,5 @@ def test_a_cheap_timing_middleware_is_not_slow_under_concurrent_load(shop):
         return count if count and count >= 64 else None
 
     wait_until(timed, timeout=15)  # a full window of timed requests was judged
-    assert shop.findings("slow_middleware") == []
+    found = shop.findings("slow_middleware")
+    assert found == [], json.dumps(found, indent=1)

@@ -37,7 +37,8 @@ from fastapi_doctor.sql import fingerprint
         # comments go; names keep their digits; a slice and a % stay what they are
         ("SELECT a -- why :x\nFROM t1 /* ?::int */ WHERE t1.col2 = -5 AND x-1 > 2.5e3",
          "SELECT a FROM t1 WHERE t1.col2 = ? AND x-? > ?"),
-        ('SELECT a[1:3], x %% 2 FROM "Order:1" WHERE "col 2" = 7', 'SELECT a[?:?], x %% ? FROM "Order:1" WHERE "col 2" = ?'),
+        ('SELECT a[1:3], x %% 2 FROM "Order:1" WHERE "col 2" = 7',
+         'SELECT a[?:?], x %% ? FROM "Order:1" WHERE "col 2" = ?'),
     ],
 )
 def test_fingerprint_keeps_the_shape_and_drops_the_values(statement: str, expected: str) -> None:
@@ -49,7 +50,9 @@ _CASTS = st.sampled_from(["", "::UUID", "::int[]", "::varchar(36)"])
 _VALUES = st.one_of(
     st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
-    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20).map(lambda s: "'" + s.replace("'", "''") + "'"),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20).map(
+        lambda s: "'" + s.replace("'", "''") + "'"
+    ),
 )
 
 
