@@ -62,7 +62,7 @@ def test_a_middleware_slow_for_some_paths_is_reported_on_those_routes(shop):
         return found if len(found) >= 2 else []
 
     found = wait_until(audit_findings)
-    assert sorted((f["method"], f["route"]) for f in found) == [("GET", "/orders/"), ("GET", "/orders/{order_id}")]
+    assert sorted((f["method"], f["route"]) for f in found) == [("GET", "/orders/"), ("GET", "/orders/{order_id}")], json.dumps(found, indent=1)
     for f in found:
         assert f["location"]["line"] == mark_line("audit")
         assert f["evidence"]["self_time_p50_ms"] >= 35
@@ -71,45 +71,59 @@ def test_a_middleware_slow_for_some_paths_is_reported_on_those_routes(shop):
     assert [f for f in shop.findings("slow_middleware") if f not in found] == []
 
 
-async def _load(url: str, headers: dict[str, str], clients: int, seconds: float) -> int:
+async def _load(urls: list[str], headers: dict[str, str], clients: int, seconds: float) -> int:
+    """Requests sent by ``clients`` keep-alive clients per URL during ``seconds``; all must succeed."""
     deadline = time.monotonic() + seconds
     sent = 0
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: httpx.AsyncClient, url: str) -> None:
         nonlocal sent
         while time.monotonic() < deadline:
             response = await http.get(url)
             assert response.status_code == 200
             sent += 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=clients * len(urls), max_keepalive_connections=clients * len(urls))
     async with httpx.AsyncClient(timeout=30.0, limits=limits, headers=headers) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))
+        await asyncio.gather(*(client(http, url) for url in urls for _ in range(clients)))
     return sent
 
 
-def test_a_cheap_timing_middleware_is_not_slow_under_concurrent_load(shop):
-    # 32 connections on a 2-core machine: every layer's task switches wait for the CPU behind the
-    # other requests. That wait is not the layer's work.
-    headers = {"authorization": f"Bearer {TOKEN}"}
-    url = shop.url + "/items/3"
+def wrk(urls: list[str], header: str, connections: int, seconds: int) -> int:
+    """Requests sent by one wrk per URL, all at once, each with ``connections`` connections."""
+    runs = [
+        subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", header, url],
+                         stdout=subprocess.PIPE, text=True)
+        for url in urls
+    ]
+    sent = 0
+    for run in runs:
+        out, _ = run.communicate(timeout=seconds + 30)
+        assert run.returncode == 0 and "Non-2xx" not in out and "Socket errors" not in out, out
+        sent += int(re.search(r"(\d+) requests in", out).group(1))
+    return sent
+
+
+def test_under_concurrent_load_a_cheap_timing_middleware_is_not_slow_and_the_audit_still_is(shop):
+    # 32 connections on a 2-core machine: every layer's task switches wait for the loop behind the
+    # other requests, and the loop's thread waits for a CPU. Neither is a layer's work: the cheap
+    # layers stay silent, and the audit's 40 ms on the order routes is still found there.
+    urls = [shop.url + "/items/3", shop.url + "/orders/7"]
     if shutil.which("wrk"):
-        out = subprocess.run(
-            ["wrk", "-t2", "-c32", "-d10s", "-H", f"authorization: {headers['authorization']}", url],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout
-        sent = int(re.search(r"(\d+) requests in", out).group(1))
-        assert "Non-2xx" not in out and "Socket errors" not in out, out
+        sent = wrk(urls, f"authorization: Bearer {TOKEN}", connections=16, seconds=10)
     else:
-        sent = asyncio.run(_load(url, headers, clients=32, seconds=10.0))
+        sent = asyncio.run(_load(urls, {"authorization": f"Bearer {TOKEN}"}, clients=16, seconds=10.0))
     assert sent > 1000
 
     def timed() -> float | None:
         text = shop.metrics_text()
         count = metric_value(text, "fastapi_doctor_middleware_duration_seconds_count",
                              fastapi_middleware="add_process_time_header")
-        return count if count and count >= 64 else None
+        return count if count and count >= 128 else None
 
-    wait_until(timed, timeout=15)  # a full window of timed requests was judged
+    wait_until(timed, timeout=15)  # full windows of timed requests were judged
     found = shop.findings("slow_middleware")
-    assert found == [], json.dumps(found, indent=1)
+    described = json.dumps(found, indent=1)
+    assert [(f["evidence"]["middleware"], f["method"], f["route"]) for f in found] == [
+        ("AuditMiddleware", "GET", "/orders/{order_id}")], described
+    assert found[0]["evidence"]["self_time_p50_ms"] >= 35, described

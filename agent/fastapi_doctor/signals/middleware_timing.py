@@ -34,29 +34,34 @@ moment of it), in at least half of the recent requests, is a ``slow_middleware``
 dispatch/``__call__``: with no route when every route seen (two at least) is slow ("every route pays
 it"), else on each method and route that is (a middleware that works only for ``/orders…``).
 
-Waiting for a CPU: under CPU contention (other processes, a loaded machine) the loop thread waits on
-the kernel's run queue inside any segment. Each timestamp is paired with the thread's run delay
-(``run_delay``: Linux schedstat), and the delay inside a layer's segments is taken off its self-time.
+Waiting for a CPU: on a busy machine the loop thread waits on the kernel's run queue inside any
+segment (5-20 ms at a time, measured under a load average of 10 on 2 cores), enough to make a layer
+of a 2 ms request look like most of it. Each timestamp is paired with the thread's run delay
+(``run_delay``: Linux schedstat); in a request that ran alone, the delay inside a layer's segments is
+taken off its self-time (nothing else ran on the loop: the thread waited with this request's work).
+In a request that was not alone the thread's run delay may have passed while the layer awaited its
+own I/O and the loop ran other requests, which is still the layer's time: there the task hops are
+taken off instead.
 
 Task hops: a ``BaseHTTPMiddleware`` runs the inner app in another task and hops between the two tasks
 on every message, and each hop waits for every other ready task of the loop (one pass of its ready
-queue). Under load that wait is most of a fast request, and it is queueing, not the layer's work. The
-timer below such a layer schedules a probe (``call_soon``) at each message of the inner app: it runs
-one pass later, so its wait is one pass as this request met it. Measured with Starlette 1.x and anyio
-4 (wrk -c32 on 2 cores: segment / pass at the p50): the inner task's start is 1 pass, the response
-start 2 (anyio's ``send`` yields before it hands the message over, then the layer's task is woken),
-the final body 2, or, when the inner app emitted it before the layer's own response start, 1 plus 2
-when the layer above hops too; those passes are taken off. The share rule only applies to requests
-that ran alone. A sample that would count as slow is also charged the garbage collector's pauses
-inside its segments less (``gc_pauses.overlap``): under load one full collection can sit in the
-task switches of a whole window of requests.
+queue) and, on a busy machine, for a CPU. Under load that wait is most of a fast request, and it is
+waiting, not the layer's work. The timer below such a layer schedules a probe (``call_soon``) at each
+message of the inner app: it runs one pass later, so its wait is one pass as this request met it.
+Measured with Starlette 1.x and anyio 4 (wrk -c32 on 2 cores; segment / pass at the p50): the inner
+task's start is 1 pass, the response start 2 (anyio's ``send`` yields before it hands the message
+over, then the layer's task is woken), the final body 2, or, when the inner app emitted it before
+the layer's own response start, 1 plus 2 when the layer above hops too. In a request that was not
+alone those passes are taken off. The share rule only applies to requests that ran alone. A sample
+that would count as slow is also charged the garbage collector's pauses inside its segments less
+(``gc_pauses.overlap``): under load one full collection can sit in the task switches of a whole
+window of requests.
 
 Timed requests: at most ``FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND`` requests a second and process
 (a token bucket; 0 times every request). A layer's self-time is a property of the layer, and a
 window of 64 timed requests is as good a p50 at 50 a second as at 5,000; timing each layer of every
-request cost about 12 us per request on the benchmark app (docs/performance.md), before each timestamp
-also read the run delay (one ``pread``, 2-6 us). Below the rate every request is timed. A request
-left untimed passes the timers at the cost of one call each.
+request cost about 12 us per request on the benchmark app (docs/performance.md), before each of its
+timestamps also read the run delay (one ``pread``). Below the rate every request is timed. A request left untimed passes the timers at the cost of one call each.
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ class _Chain:
 
 # Per timer in a sample: when it was called, when its layer emitted the response start and the final
 # body message, when the probes scheduled at those two messages ran (0.0: did not happen); then the
-# loop thread's run delay (time waiting for a CPU) at each of these five moments.
+# loop thread's run delay (time waiting for a CPU) at each of these moments.
 _SLOTS = 10
 _RQ = 5  # offset of the run delays
 
@@ -426,9 +431,12 @@ class MiddlewareSignal:
                 break  # an earlier layer answered: no later layer ran
             if inner_called == 0.0 and routed:
                 continue
-            # Time in the layer, less the loop thread's waits for a CPU in the same segments.
-            own = _segments(t, at, inner, 0) - _segments(t, at, inner, _RQ)
-            if layer.hops and inner_called:
+            own = _segments(t, at, inner, 0)
+            if alone:
+                # Nothing else ran on the loop: when its thread was runnable and not running, it
+                # was this request's work that waited for a CPU.
+                own -= _segments(t, at, inner, _RQ)
+            elif layer.hops and inner_called:
                 own -= _queued(t, at, inner, layer.outer_hops)
             share = own / duration if duration > 0 else 0.0
             slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
@@ -506,31 +514,32 @@ def _segments(t: array[float], at: int, inner: int, clock: int) -> float:
     """A layer's segments (see the module doc) summed on one clock: wall (``clock`` 0) or the loop
     thread's run delay (``_RQ``). ``at`` and ``inner`` are the layer's and its inner timer's slots;
     the wall slots say which moments happened."""
+    called, started, ended = t[at], t[at + 1], t[at + 2]
     if t[inner] == 0.0:  # answered without the inner app: its time to its last message
-        last = 2 if t[at + 2] else 1 if t[at + 1] else 0
+        last = 2 if ended else 1 if started else 0
         return t[at + clock + last] - t[at + clock]
     own = t[inner + clock] - t[at + clock]
-    if t[at + 1] and t[inner + 1]:
+    if started and t[inner + 1]:
         own += t[at + clock + 1] - t[inner + clock + 1]
-    if t[at + 2] and t[inner + 2]:
+    if ended and t[inner + 2]:
         # From the inner final message or the layer's own start, whichever came later: a final body
         # emitted before the layer started its response waited in the layer's start segment.
-        since = inner + 2 if t[inner + 2] >= t[at + 1] else at + 1
+        since = inner + 2 if t[inner + 2] >= started else at + 1
         own += t[at + clock + 2] - t[since + clock]
     return own
 
 
 def _queued(t: array[float], at: int, inner: int, outer_hops: bool) -> float:
-    """Seconds a layer that runs its inner app in another task (``BaseHTTPMiddleware``) spent
-    waiting for the loop behind other ready tasks, net of the loop thread's waits for a CPU (taken
-    off with the segments). See "Task hops" in the module doc."""
+    """Seconds a layer that runs its inner app in another task (``BaseHTTPMiddleware``) spent ready
+    but waiting: for the loop, behind its other ready tasks, and for a CPU. See "Task hops" in the
+    module doc."""
     # One pass of the loop's ready queue, as this request met it: a probe scheduled at each message
     # of the inner app runs one pass later.
     start_wait = end_wait = -1.0
     if t[inner + 1] and t[inner + 3]:
-        start_wait = (t[inner + 3] - t[inner + 1]) - (t[inner + _RQ + 3] - t[inner + _RQ + 1])
+        start_wait = t[inner + 3] - t[inner + 1]
     if t[inner + 2] and t[inner + 4]:
-        end_wait = (t[inner + 4] - t[inner + 2]) - (t[inner + _RQ + 4] - t[inner + _RQ + 2])
+        end_wait = t[inner + 4] - t[inner + 2]
     if start_wait < 0.0 and end_wait < 0.0:
         return 0.0
     one_pass = (start_wait + end_wait) / 2 if start_wait >= 0.0 and end_wait >= 0.0 else max(start_wait, end_wait)
