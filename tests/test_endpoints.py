@@ -68,7 +68,8 @@ def test_a_middleware_slow_for_some_paths_is_reported_on_those_routes(shop):
         assert f["evidence"]["self_time_p50_ms"] >= 35
         assert "every route" not in f["summary"].lower()
     # Nothing else is slow: the routes that skip the audit, the timing and CORS layers.
-    assert [f for f in shop.findings("slow_middleware") if f not in found] == []
+    others = [f for f in shop.findings("slow_middleware") if "self_time_p50_ms" in f["evidence"] and f not in found]
+    assert others == [], json.dumps(others, indent=1)
 
 
 async def _load(urls: list[str], headers: dict[str, str], clients: int, seconds: float) -> int:
@@ -122,7 +123,8 @@ def test_under_concurrent_load_a_cheap_timing_middleware_is_not_slow_and_the_aud
         return count if count and count >= 128 else None
 
     wait_until(timed, timeout=15)  # full windows of timed requests were judged
-    found = shop.findings("slow_middleware")
+    # The layers' self-times (the event-loop watchdog's blocked-loop findings are another signal's).
+    found = [f for f in shop.findings("slow_middleware") if "self_time_p50_ms" in f["evidence"]]
     described = json.dumps(found, indent=1)
     assert [(f["evidence"]["middleware"], f["method"], f["route"]) for f in found] == [
         ("AuditMiddleware", "GET", "/orders/{order_id}")], described

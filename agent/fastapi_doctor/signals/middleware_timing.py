@@ -44,24 +44,29 @@ own I/O and the loop ran other requests, which is still the layer's time: there 
 taken off instead.
 
 Task hops: a ``BaseHTTPMiddleware`` runs the inner app in another task and hops between the two tasks
-on every message, and each hop waits for every other ready task of the loop (one pass of its ready
+on every message, and each hop waits for every other ready task of the loop (a pass of its ready
 queue) and, on a busy machine, for a CPU. Under load that wait is most of a fast request, and it is
-waiting, not the layer's work. The timer below such a layer schedules a probe (``call_soon``) at each
-message of the inner app: it runs one pass later, so its wait is one pass as this request met it.
-Measured with Starlette 1.x and anyio 4 (wrk -c32 on 2 cores; segment / pass at the p50): the inner
-task's start is 1 pass, the response start 2 (anyio's ``send`` yields before it hands the message
-over, then the layer's task is woken), the final body 2, or, when the inner app emitted it before
-the layer's own response start, 1 plus 2 when the layer above hops too. In a request that was not
-alone those passes are taken off. The share rule only applies to requests that ran alone. A sample
-that would count as slow is also charged the garbage collector's pauses inside its segments less
-(``gc_pauses.overlap``): under load one full collection can sit in the task switches of a whole
-window of requests.
+waiting, not the layer's work. With Starlette 1.x and anyio 4, a message of the inner app reaches
+the layer's task two passes later (anyio's ``send`` yields once before it hands the message over,
+then the layer's task is woken): the timer below such a layer starts a probe at each message that
+``call_soon``s itself once more, so it runs just before the layer's task, and the layer's segment is
+counted from then. Measured under wrk -c32 on 2 cores, the rest of those segments is the layer's
+own work to within 0.1 ms. The start of the inner task (one pass, no message to probe) is charged
+the request's pass as the probes measured it. In a request that was not alone those waits are taken
+off. The share rule only applies to requests that ran alone. A sample that would count as slow is
+also charged the garbage collector's pauses inside its segments less (``gc_pauses.overlap``): under
+load one full collection can sit in the task switches of a whole window of requests.
+
+Not corrected: on a machine with many more runnable threads than cores (load average 15 on 2 cores),
+the process can be descheduled for 100 ms and more at a time; when that lands in the start of the
+inner task of most requests of a window, a cheap ``BaseHTTPMiddleware`` still reads as slow there.
 
 Timed requests: at most ``FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND`` requests a second and process
 (a token bucket; 0 times every request). A layer's self-time is a property of the layer, and a
 window of 64 timed requests is as good a p50 at 50 a second as at 5,000; timing each layer of every
 request cost about 12 us per request on the benchmark app (docs/performance.md), before each of its
-timestamps also read the run delay (one ``pread``). Below the rate every request is timed. A request left untimed passes the timers at the cost of one call each.
+timestamps also read the run delay (one ``pread``, a few us). Below the rate every request is timed.
+A request left untimed passes the timers at the cost of one call each.
 """
 
 from __future__ import annotations
@@ -101,12 +106,11 @@ class _Layer:
     """One middleware layer: its name, attributes (built once), location, its window over every
     request, and one window per method and route (a layer may be slow only for some paths)."""
 
-    __slots__ = ("name", "attrs", "location", "window", "hops", "outer_hops", "routes", "route_count")
+    __slots__ = ("name", "attrs", "location", "window", "hops", "routes", "route_count")
 
-    def __init__(self, name: str, location: Location | None, hops: bool = False, outer_hops: bool = False) -> None:
+    def __init__(self, name: str, location: Location | None, hops: bool = False) -> None:
         self.name = name
         self.hops = hops  # it runs its inner app in another task (see the module doc)
-        self.outer_hops = outer_hops  # so does the layer that calls it
         self.attrs = {"fastapi.middleware": name}
         self.location = location
         self.window = Window()
@@ -122,16 +126,14 @@ class _Layer:
             self.route_count += 1
         return window
 
+    def slow_routes(self) -> int:
+        """Routes (method and route) slow in at least half of their recent requests."""
+        windows = (window for by_route in self.routes.values() for window in by_route.values())
+        return sum(2 * window.flagged >= len(window.items) for window in windows)
+
     def slow_everywhere(self) -> bool:
-        """Every route seen (at least two) is slow in at least half of its recent requests: the
-        layer's cost does not depend on the path."""
-        if self.route_count < 2:
-            return False
-        return all(
-            2 * window.flagged >= len(window.items)
-            for by_route in self.routes.values()
-            for window in by_route.values()
-        )
+        """Every route seen (at least two) is slow: the layer's cost does not depend on the path."""
+        return self.route_count >= 2 and self.slow_routes() == self.route_count
 
 
 class _Chain:
@@ -149,9 +151,9 @@ class _Chain:
 
 
 # Per timer in a sample: when it was called, when its layer emitted the response start and the final
-# body message, when the probes scheduled at those two messages ran (0.0: did not happen); then the
-# loop thread's run delay (time waiting for a CPU) at each of these moments.
-_SLOTS = 10
+# body message, when the probes started at those two messages ran their second pass (0.0: did not
+# happen); then the loop thread's run delay (time waiting for a CPU) at the first three moments.
+_SLOTS = 8
 _RQ = 5  # offset of the run delays
 
 
@@ -163,6 +165,14 @@ def _new_sample(size: int) -> array[float]:
 def _mark(t: array[float], at: int) -> None:
     t[at] = perf_counter()
     t[at + _RQ] = run_delay()
+
+
+def _probe(t: array[float], at: int) -> None:
+    t[at] = perf_counter()
+
+
+def _probe_next_pass(loop: Any, t: array[float], at: int) -> None:
+    loop.call_soon(_probe, t, at)
 
 
 class _TimedSend:
@@ -187,12 +197,13 @@ class _TimedSend:
         if kind == "http.response.start":
             _mark(self.t, self.at + 1)
             if self.loop is not None:
-                # Runs just before the task this message wakes: its wait is that task's queueing.
-                self.loop.call_soon(_mark, self.t, self.at + 3)
+                # Two passes of the loop later, just before the task this message wakes (see the
+                # module doc): its wait is that task's.
+                self.loop.call_soon(_probe_next_pass, self.loop, self.t, self.at + 3)
         elif kind == "http.response.body" and not message.get("more_body", False):
             _mark(self.t, self.at + 2)
             if self.loop is not None:
-                self.loop.call_soon(_mark, self.t, self.at + 4)
+                self.loop.call_soon(_probe_next_pass, self.loop, self.t, self.at + 4)
         return self.send(message)
 
 
@@ -392,13 +403,12 @@ class MiddlewareSignal:
                 parent.app = timer
                 chain.undo.append((parent, timer))
         # Every user layer but the last timer's is reported (the last timer only ends the chain).
-        for index, (_, layer) in enumerate(targets[: chain.size - 1]):
+        for _, layer in targets[: chain.size - 1]:
             name = layer_name(layer)
             code = layer_code(layer)
             if code is not None:
                 attribution.register_code(code, "middleware", name)
-            outer_hops = index > 0 and _hops_tasks(targets[index - 1][1])
-            chain.layers.append(_Layer(name, location_of(code), _hops_tasks(layer), outer_hops))
+            chain.layers.append(_Layer(name, location_of(code), _hops_tasks(layer)))
         self._chains.append(chain)
         return new_top
 
@@ -437,7 +447,7 @@ class MiddlewareSignal:
                 # was this request's work that waited for a CPU.
                 own -= _segments(t, at, inner, _RQ)
             elif layer.hops and inner_called:
-                own -= _queued(t, at, inner, layer.outer_hops)
+                own -= _queued(t, at, inner)
             share = own / duration if duration > 0 else 0.0
             slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
             if slow:
@@ -486,11 +496,16 @@ class MiddlewareSignal:
                     f"it, or limit the middleware to the paths that need it."
                 )
             else:
+                others = (
+                    "; other routes do not pay it: the work it does for these paths is the cost"
+                    if layer.slow_routes() < layer.route_count
+                    else " (the only route seen so far)"
+                )
                 summary = (
                     f"Middleware {layer.name} spends {ms(p50)} ms of its own on {method} {route or '(no route)'} "
-                    f"(p50 of the last {n} requests of this route, {why}); other routes do not pay it: the "
-                    f"work it does for these paths is the cost. Make that work cheaper, cache it, or move it "
-                    f"out of the request path."
+                    f"(p50 of the last {n} requests of this route, {why}){others}. Make that work cheaper, "
+                    f"cache it, or move it out of the request path (or into a dependency of the routes "
+                    f"that need it)."
                 )
             self._agent.findings.report(
                 "slow_middleware",
@@ -529,26 +544,23 @@ def _segments(t: array[float], at: int, inner: int, clock: int) -> float:
     return own
 
 
-def _queued(t: array[float], at: int, inner: int, outer_hops: bool) -> float:
-    """Seconds a layer that runs its inner app in another task (``BaseHTTPMiddleware``) spent ready
+def _queued(t: array[float], at: int, inner: int) -> float:
+    """Seconds a layer that runs its inner app in another task (``BaseHTTPMiddleware``) was ready
     but waiting: for the loop, behind its other ready tasks, and for a CPU. See "Task hops" in the
-    module doc."""
-    # One pass of the loop's ready queue, as this request met it: a probe scheduled at each message
-    # of the inner app runs one pass later.
-    start_wait = end_wait = -1.0
-    if t[inner + 1] and t[inner + 3]:
-        start_wait = t[inner + 3] - t[inner + 1]
-    if t[inner + 2] and t[inner + 4]:
-        end_wait = t[inner + 4] - t[inner + 2]
-    if start_wait < 0.0 and end_wait < 0.0:
-        return 0.0
-    one_pass = (start_wait + end_wait) / 2 if start_wait >= 0.0 and end_wait >= 0.0 else max(start_wait, end_wait)
-    passes = 1  # the inner task's start
-    if t[at + 1] and t[inner + 1]:
-        passes += 2  # the inner app's send yields once (anyio), then the layer's task is woken
-    if t[at + 2] and t[inner + 2]:
-        if t[inner + 2] >= t[at + 1]:
-            passes += 2  # the same for the final body
-        else:  # emitted before the layer's response start: one wake, and the outer layer's two
-            passes += 3 if outer_hops else 1
-    return passes * one_pass
+    module doc. A probe's slot holds when it ran, two passes after its message."""
+    started, ended, inner_started, inner_ended = t[at + 1], t[at + 2], t[inner + 1], t[inner + 2]
+    woken_for_start, woken_for_end = t[inner + 3], t[inner + 4]
+    queued = two_passes = 0.0
+    probes = 0
+    if started and inner_started and woken_for_start:
+        queued += woken_for_start - inner_started
+        two_passes += woken_for_start - inner_started
+        probes += 1
+    if ended and inner_ended and woken_for_end:
+        # Its segment starts at the later of the inner final message and the layer's own start.
+        queued += max(woken_for_end - max(inner_ended, started), 0.0)
+        two_passes += woken_for_end - inner_ended
+        probes += 1
+    if probes:
+        queued += two_passes / (2 * probes)  # the inner task's start: one pass
+    return queued
