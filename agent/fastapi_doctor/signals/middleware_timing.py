@@ -37,8 +37,9 @@ it"), else on each method and route that is (a middleware that works only for ``
 Waiting for a CPU: on a busy machine the loop thread waits on the kernel's run queue inside any
 segment (5-20 ms at a time, measured under a load average of 10 on 2 cores), enough to make a layer
 of a 2 ms request look like most of it. Each timestamp is paired with the thread's run delay
-(``run_delay``: Linux schedstat); in a request that ran alone, the delay inside a layer's segments is
-taken off its self-time (nothing else ran on the loop: the thread waited with this request's work).
+(``run_delay``: Linux schedstat; read only in requests that start alone, the only ones that can run
+alone); in a request that ran alone, the delay inside a layer's segments is taken off its self-time
+(nothing else ran on the loop: the thread waited with this request's work).
 In a request that was not alone the thread's run delay may have passed while the layer awaited its
 own I/O and the loop ran other requests, which is still the layer's time: there the task hops are
 taken off instead.
@@ -65,7 +66,7 @@ Timed requests: at most ``FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND`` requests 
 (a token bucket; 0 times every request). A layer's self-time is a property of the layer, and a
 window of 64 timed requests is as good a p50 at 50 a second as at 5,000; timing each layer of every
 request cost about 12 us per request on the benchmark app (docs/performance.md), before each of its
-timestamps also read the run delay (one ``pread``, a few us). Below the rate every request is timed.
+timestamps also read the run delay (one ``pread``, a few us) when the request started alone. Below the rate every request is timed.
 A request left untimed passes the timers at the cost of one call each.
 """
 
@@ -80,7 +81,7 @@ from time import perf_counter
 from typing import Any
 
 from fastapi_doctor import attribution, containment
-from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.context import RequestState, active_requests, current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.run_delay import run_delay
 from fastapi_doctor.sampling import TokenBucket
@@ -97,8 +98,6 @@ from fastapi_doctor.signals.dependencies import (
 
 _KEY = "middleware"
 _MAX_DEPTH = 64
-
-
 _MAX_ROUTES = 1000  # per layer; requests of further routes count only to the layer's own window
 
 
@@ -152,19 +151,25 @@ class _Chain:
 
 # Per timer in a sample: when it was called, when its layer emitted the response start and the final
 # body message, when the probes started at those two messages ran their second pass (0.0: did not
-# happen); then the loop thread's run delay (time waiting for a CPU) at the first three moments.
+# happen); then the loop thread's run delay (time waiting for a CPU) at the first three moments. The
+# sample's last item is 1.0 when run delays are read: only in a request that started alone (it
+# cannot run alone otherwise), as the read is a system call that lets other threads take the GIL.
 _SLOTS = 8
 _RQ = 5  # offset of the run delays
 
 
 def _new_sample(size: int) -> array[float]:
     """An ``array``, not a list: it is not tracked by the garbage collector (see ``_TimedSend``)."""
-    return array("d", bytes(8 * _SLOTS * size))
+    t = array("d", bytes(8 * (_SLOTS * size + 1)))
+    if len(active_requests) <= 1:
+        t[-1] = 1.0
+    return t
 
 
 def _mark(t: array[float], at: int) -> None:
     t[at] = perf_counter()
-    t[at + _RQ] = run_delay()
+    if t[-1]:
+        t[at + _RQ] = run_delay()
 
 
 def _probe(t: array[float], at: int) -> None:
@@ -242,7 +247,8 @@ class _LayerTimer:
                 return self.app(scope, receive, send)
         at = _SLOTS * self.index
         t[at] = now
-        t[at + _RQ] = run_delay()
+        if t[-1]:
+            t[at + _RQ] = run_delay()
         return self.app(scope, receive, _TimedSend(send, t, at, _get_running_loop() if self.probe else None))
 
 
@@ -442,7 +448,7 @@ class MiddlewareSignal:
             if inner_called == 0.0 and routed:
                 continue
             own = _segments(t, at, inner, 0)
-            if alone:
+            if alone and t[-1]:
                 # Nothing else ran on the loop: when its thread was runnable and not running, it
                 # was this request's work that waited for a CPU.
                 own -= _segments(t, at, inner, _RQ)
