@@ -47,16 +47,18 @@ taken off instead.
 Task hops: a ``BaseHTTPMiddleware`` runs the inner app in another task and hops between the two tasks
 on every message, and each hop waits for every other ready task of the loop (a pass of its ready
 queue) and, on a busy machine, for a CPU. Under load that wait is most of a fast request, and it is
-waiting, not the layer's work. With Starlette 1.x and anyio 4, a message of the inner app reaches
-the layer's task two passes later (anyio's ``send`` yields once before it hands the message over,
-then the layer's task is woken): the timer below such a layer starts a probe at each message that
-``call_soon``s itself once more, so it runs just before the layer's task, and the layer's segment is
-counted from then. Measured under wrk -c32 on 2 cores, the rest of those segments is the layer's
-own work to within 0.1 ms. The start of the inner task (one pass, no message to probe) is charged
-the request's pass as the probes measured it. In a request that was not alone those waits are taken
-off. The share rule only applies to requests that ran alone. A sample that would count as slow is
-also charged the garbage collector's pauses inside its segments less (``gc_pauses.overlap``): under
-load one full collection can sit in the task switches of a whole window of requests.
+waiting, not the layer's work. With Starlette 1.x and anyio 4, the inner app's response start
+reaches the layer's task two passes later (anyio's ``send`` yields once before it hands the message
+over, then the layer's task is woken): the timer below such a layer starts a probe at each message
+that ``call_soon``s itself once more, so it runs just before the layer's task, and the segment is
+counted from then (measured under wrk -c32 on 2 cores: the rest is the layer's own work to within
+0.1 ms). The start of the inner task (one pass, no message to probe) is charged the request's pass
+as the probes measured it. The final body segment is not the layer's: its dispatch has returned
+before its response starts, and the body only streams from one task to the other. In a request that
+was not alone those waits are taken off. The share rule only applies to requests that ran alone. A
+sample that would count as slow is also charged the garbage collector's pauses inside its segments
+less (``gc_pauses.overlap``): under load one full collection can sit in the task switches of a whole
+window of requests.
 
 Not corrected: on a machine with many more runnable threads than cores (load average 15 on 2 cores),
 the process can be descheduled for 100 ms and more at a time; when that lands in the start of the
@@ -551,9 +553,10 @@ def _segments(t: array[float], at: int, inner: int, clock: int) -> float:
 
 
 def _queued(t: array[float], at: int, inner: int) -> float:
-    """Seconds a layer that runs its inner app in another task (``BaseHTTPMiddleware``) was ready
-    but waiting: for the loop, behind its other ready tasks, and for a CPU. See "Task hops" in the
-    module doc. A probe's slot holds when it ran, two passes after its message."""
+    """Seconds of a ``BaseHTTPMiddleware``'s segments that are not its work: waits for the loop and
+    for a CPU (see "Task hops" in the module doc), and its final body segment. Its dispatch has
+    returned before its response starts: what follows is Starlette streaming the body from one task
+    to the other. A probe's slot holds when it ran, two passes after its message."""
     started, ended, inner_started, inner_ended = t[at + 1], t[at + 2], t[inner + 1], t[inner + 2]
     woken_for_start, woken_for_end = t[inner + 3], t[inner + 4]
     queued = two_passes = 0.0
@@ -562,11 +565,11 @@ def _queued(t: array[float], at: int, inner: int) -> float:
         queued += woken_for_start - inner_started
         two_passes += woken_for_start - inner_started
         probes += 1
-    if ended and inner_ended and woken_for_end:
-        # Its segment starts at the later of the inner final message and the layer's own start.
-        queued += max(woken_for_end - max(inner_ended, started), 0.0)
-        two_passes += woken_for_end - inner_ended
-        probes += 1
+    if ended and inner_ended:
+        queued += ended - max(inner_ended, started)  # the final body segment, all of it
+        if woken_for_end:
+            two_passes += woken_for_end - inner_ended
+            probes += 1
     if probes:
         queued += two_passes / (2 * probes)  # the inner task's start: one pass
     return queued
