@@ -82,11 +82,28 @@ def test_finding_document_schema():
     f = registry.report("large_payload", route="/big", summary="big", evidence={"p50_bytes": 3_000_000},
                         location=Location("app.py", 3, "big"))
     doc = f.as_dict()
-    assert set(doc) == {"id", "root_cause", "route", "summary", "evidence", "location", "first_seen",
+    assert set(doc) == {"id", "root_cause", "method", "route", "summary", "evidence", "location", "first_seen",
                         "last_seen", "count", "runbook"}
     assert doc["location"] == {"file": "app.py", "line": 3, "function": "big"}
     assert doc["first_seen"].endswith("Z")
+    assert doc["method"] is None
     json.dumps(doc)
+
+
+def test_a_get_and_a_post_on_one_route_are_two_findings():
+    registry = FindingsRegistry()
+    get = registry.report("large_payload", route="/items/", summary="s", evidence={}, method="GET")
+    post = registry.report("large_payload", route="/items/", summary="s", evidence={}, method="POST")
+    again = registry.report("large_payload", route="/items/", summary="s", evidence={}, method="GET")
+    assert again is get and post is not get and get.id != post.id
+    assert [(f.as_dict()["method"], f.as_dict()["route"], f.count) for f in registry.all()] == [
+        ("POST", "/items/", 1), ("GET", "/items/", 2)]
+    from fastapi_doctor.report.terminal import render_finding, render_table
+
+    doc = {"service": "shop", "pid": 1, "findings": [f.as_dict() for f in registry.all()]}
+    table = render_table(doc)
+    assert "POST /items/" in table and "GET /items/" in table
+    assert "route     GET /items/" in render_finding(get.as_dict())
 
 
 # -- attribution ----------------------------------------------------------------------------------

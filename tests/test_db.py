@@ -266,7 +266,7 @@ def test_prefork_worker_with_preloaded_app_reports_leaks(tmp_path):
     try:
         assert httpx.get(app.url + "/leak").status_code == 200
         # The worker's finding, as logged (with --preload the side server stays the master's).
-        line = f"fastapi-doctor finding [pool_leak] on /leak at db_app.py:{marked_line('leak')} in leak"
+        line = f"fastapi-doctor finding [pool_leak] on GET /leak at db_app.py:{marked_line('leak')} in leak"
         wait_until(lambda: line in app.logs(), timeout=15)
         assert "after its request finished" in app.logs()
     finally:

@@ -64,7 +64,7 @@ class Agent:
         self._findings_counter = self.meter.create_counter(
             "fastapi_doctor.findings",
             unit="{finding}",
-            description="Occurrences of findings, by root cause and route.",
+            description="Occurrences of findings, by root cause, route and request method.",
         )
         containment.set_counter(
             self.meter.create_counter(
@@ -207,6 +207,8 @@ class Agent:
         attrs = {"root_cause": finding.root_cause}
         if finding.route is not None:
             attrs["http.route"] = finding.route
+        if finding.method is not None:
+            attrs["http.request.method"] = finding.method
         self._findings_counter.add(1, attrs)
         state = current_request.get()
         if state is not None:

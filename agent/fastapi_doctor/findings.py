@@ -1,7 +1,9 @@
 """Findings: what the agent concluded, with the evidence and the line of code.
 
 Signals call :meth:`FindingsRegistry.report`; the server and the report only read. Occurrences with
-the same (root_cause, route, location) merge into one finding; memory is bounded.
+the same (root_cause, method, route, location) merge into one finding; memory is bounded. The method
+is the request's HTTP method: a ``GET`` and a ``POST`` on one route template are different endpoints,
+with different code, and never share a finding.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Location:
         return {"file": self.file, "line": self.line, "function": self.function}
 
 
+Key = tuple[str, str | None, str | None, Location | None]  # (root_cause, method, route, location)
+
+
 @dataclass(slots=True)
 class Finding:
     root_cause: str
@@ -48,7 +53,13 @@ class Finding:
     first_seen: float
     last_seen: float
     count: int = 1
-    key: tuple[str, str | None, Location | None] = field(default=("", None, None), repr=False)
+    key: Key = field(default=("", None, None, None), repr=False)
+    method: str | None = None  # the request's HTTP method, when the finding is about requests
+
+    @property
+    def endpoint(self) -> str | None:
+        """``GET /items/``: the method and the route template, as a user names an endpoint."""
+        return endpoint_text(self.method, self.route)
 
     @property
     def id(self) -> str:
@@ -62,6 +73,7 @@ class Finding:
         return {
             "id": self.id,
             "root_cause": self.root_cause,
+            "method": self.method,
             "route": self.route,
             "summary": self.summary,
             "evidence": dict(self.evidence),
@@ -71,6 +83,12 @@ class Finding:
             "count": self.count,
             "runbook": self.runbook,
         }
+
+
+def endpoint_text(method: str | None, route: str | None) -> str | None:
+    if route is None:
+        return None
+    return f"{method} {route}" if method else route
 
 
 def _iso(epoch: float) -> str:
@@ -87,7 +105,7 @@ class FindingsRegistry:
         self._max = max_findings
         self._clock = clock
         self._lock = threading.Lock()
-        self._findings: OrderedDict[tuple[str, str | None, Location | None], Finding] = OrderedDict()
+        self._findings: OrderedDict[Key, Finding] = OrderedDict()
         self._listeners: list[Listener] = []
         self.evicted = 0
 
@@ -103,16 +121,18 @@ class FindingsRegistry:
         summary: str,
         evidence: Mapping[str, Any],
         location: Location | None = None,
+        method: str | None = None,
     ) -> Finding:
+        """``method`` is the HTTP method of the request the finding is about (None: not one request's)."""
         if root_cause not in ROOT_CAUSES:
             raise ValueError(f"unknown root cause {root_cause!r}")
         now = self._clock()
-        key = (root_cause, route, location)
+        key = (root_cause, method, route, location)
         with self._lock:
             finding = self._findings.get(key)
             is_new = finding is None
             if finding is None:
-                finding = Finding(root_cause, route, summary, dict(evidence), location, now, now, 1, key)
+                finding = Finding(root_cause, route, summary, dict(evidence), location, now, now, 1, key, method)
                 self._findings[key] = finding
                 while len(self._findings) > self._max:
                     self._findings.popitem(last=False)
@@ -140,5 +160,5 @@ class FindingsRegistry:
 def log_first_occurrence(finding: Finding, is_new: bool) -> None:
     if is_new:
         where = f" at {finding.location}" if finding.location else ""
-        route = f" on {finding.route}" if finding.route else ""
+        route = f" on {finding.endpoint}" if finding.route else ""
         _log.warning("fastapi-doctor finding [%s]%s%s: %s", finding.root_cause, route, where, finding.summary)

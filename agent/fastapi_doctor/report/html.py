@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from fastapi_doctor.config import ROOT_CAUSES
+from fastapi_doctor.findings import endpoint_text
 
 TITLES = {
     "blocking_io": "Blocking call in async code",
@@ -60,9 +61,10 @@ def render_findings(findings: list[dict[str, Any]], diagnosed: bool = True) -> s
         for f in mine:
             loc = f.get("location")
             where = f"{loc['file']}:{loc['line']} in {loc['function']}" if loc else "—"
+            route = endpoint_text(f.get("method"), f["route"]) or "—"
             rows.append(
                 f'<tr class="finding" data-id="{escape(f["id"])}"><td>{escape(f["summary"])}</td>'
-                f'<td><code>{escape(f["route"] or "—")}</code></td><td><code>{escape(where)}</code></td>'
+                f'<td><code>{escape(route)}</code></td><td><code>{escape(where)}</code></td>'
                 f'<td>{_evidence(f["evidence"])}</td><td>{f["count"]}</td>'
                 f'<td><a href="/runbooks/{escape(f["root_cause"])}.md">runbook</a></td></tr>'
             )

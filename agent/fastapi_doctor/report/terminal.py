@@ -5,6 +5,13 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from fastapi_doctor.findings import endpoint_text
+
+
+def route_text(f: dict[str, Any]) -> str:
+    """``GET /items/`` (the method and the route template), or ``-`` for a finding with no route."""
+    return endpoint_text(f.get("method"), f.get("route")) or "-"
+
 
 def location_text(f: dict[str, Any]) -> str:
     loc = f.get("location")
@@ -41,14 +48,14 @@ def render_table(doc: dict[str, Any]) -> str:
     width = max(100, shutil.get_terminal_size((140, 20)).columns)
     rows = [("ROOT CAUSE", "ROUTE", "LOCATION", "COUNT", "SUMMARY")]
     for f in findings:
-        rows.append((f["root_cause"], f.get("route") or "-", _location(f), str(f["count"]), f["summary"]))
+        rows.append((f["root_cause"], route_text(f), _location(f), str(f["count"]), f["summary"]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [header, ""]
     for r in rows:
         lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
     lines.append("")
     for f in findings:
-        lines.append(f"[{f['root_cause']}] {f.get('route') or '-'}: {evidence_text(f, width - 8)}")
+        lines.append(f"[{f['root_cause']}] {route_text(f)}: {evidence_text(f, width - 8)}")
         lines.append(f"    runbook: {f['runbook']}")
     return "\n".join(lines)
 
@@ -59,7 +66,7 @@ def render_finding(
     """One finding as a block: where, evidence, summary, the fix and the runbook's fixes when given."""
     width = max(60, shutil.get_terminal_size((120, 20)).columns - len(indent) - 12)
     rows = [
-        ("route", f.get("route") or "-"),
+        ("route", route_text(f)),
         ("where", location_text(f)),
         ("evidence", evidence_text(f, width)),
         ("summary", f.get("summary", "")),

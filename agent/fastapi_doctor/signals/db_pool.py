@@ -412,7 +412,8 @@ class PoolTracker:
             }
             # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
             self.findings.report(
-                "pool_leak", route=waiting_route, summary=summary, evidence=evidence, location=user_location()
+                "pool_leak", route=waiting_route, summary=summary, evidence=evidence, location=user_location(),
+                method=state.method if state is not None else None,
             )
         except Exception as exc:
             containment.report("db pool timeout", exc)
@@ -551,7 +552,8 @@ class PoolTracker:
         }
         if pool is not None:
             evidence.update(occupancy(pool))
-        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=checkout.location)
+        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=checkout.location,
+                             method=checkout.request.method if checkout.request is not None else None)
 
     def check(self) -> None:
         """One watchdog round: deferred events, then checkouts held too long or past their request."""

@@ -120,6 +120,7 @@ class QueryCounter:
             self.findings.report(
                 "n_plus_one",
                 route=route,
+                method=state.method,
                 summary=(
                     f"One statement ran {n} times in one request (threshold {self.threshold}): `{short}`. "
                     "Load the rows in one query (WHERE ... IN, a join, or selectinload) instead of one per row."

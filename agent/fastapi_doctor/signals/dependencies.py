@@ -247,7 +247,7 @@ class _SyncTimed(_Timed):
             if cpu is not None and self.sites is not None:
                 spent = thread_time() - cpu
                 if spent > self.cpu_limit_s:
-                    self.sites.computed(self.dependency, self.location, state.route, spent, (args, kwargs))
+                    self.sites.computed(self.dependency, self.location, state.method, state.route, spent, (args, kwargs))
 
 
 class _AsyncTimed(_Timed):

@@ -898,8 +898,9 @@ class EventLoopSignal:
         if location is None:
             return  # no line of the app to show (library code outside any route): counted, not a finding
         blocked_ms = round(blocked * 1000.0, 1)
+        method = state.method if state is not None else None
         # One function blocking is one problem, whichever of its lines the samples caught most.
-        stat_key = (root_cause, route, (location.file, location.function) if location is not None else None)
+        stat_key = (root_cause, method, route, (location.file, location.function) if location is not None else None)
         stats = self._stats.get(stat_key)
         if stats is None:
             if len(self._stats) > 2 * self.agent.settings.max_findings:
@@ -929,8 +930,10 @@ class EventLoopSignal:
             return
         held = self._held.pop(stat_key, None)
         if held is not None:
-            self.agent.findings.report(root_cause, route=route, summary=held[0], evidence=held[1], location=location)
-        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location)
+            self.agent.findings.report(root_cause, route=route, summary=held[0], evidence=held[1], location=location,
+                                       method=method)
+        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location,
+                                   method=method)
 
     def stalls(self) -> dict[str, Any]:
         """What made the loop late that is not the app's code, for the doctor page (numbers only)."""

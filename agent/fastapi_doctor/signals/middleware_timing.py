@@ -12,8 +12,9 @@ that is a plain function too). A layer's self-time is then
 
 * its work before calling the inner app: inner timer called - its timer called;
 * its work on the response start: its start message - the inner layer's start message;
-* its work on the final body message: its final message - the inner layer's final message
-  (a signing or compressing ``send`` counts to its layer, not to the endpoint);
+* its work on the final body message: its final message - the inner layer's final message, or its
+  own start message when that came later (a signing or compressing ``send`` counts to its layer, not
+  to the endpoint; no moment is counted twice);
 
 and a layer that answers without calling the inner app (a CORS preflight, a 401) owns the time to its
 final message. Not counted: work on body chunks before the last one of a streamed response, and work
@@ -25,26 +26,50 @@ that turns out to call its inner app by another reference (its inner timer never
 middleware of its own gets no timer at all. ``uninstrument`` puts every layer back.
 
 ``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi.middleware`` (the class name,
-or the dispatch function's for ``@app.middleware("http")``). Every ``EVERY`` requests (after
-``MIN_CALLS``) a layer whose self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above
-half of the request time (and ``SHARE_FLOOR_S``) in a request that ran alone (no other in flight at
-any moment of it), in at least
-half of the recent requests, is a ``slow_middleware`` finding at its dispatch/``__call__``.
+or the dispatch function's for ``@app.middleware("http")``). Each layer keeps a window of its recent
+self-times over all requests and one per method and route. Every ``EVERY`` requests (after
+``MIN_CALLS``) a layer whose self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above half
+of the request time (and ``SHARE_FLOOR_S``) in a request that ran alone (no other in flight at any
+moment of it), in at least half of the recent requests, is a ``slow_middleware`` finding at its
+dispatch/``__call__``: with no route when every route seen (two at least) is slow ("every route pays
+it"), else on each method and route that is (a middleware that works only for ``/orders…``).
+
+Waiting for a CPU: on a busy machine the loop thread waits on the kernel's run queue inside any
+segment (5-20 ms at a time, measured under a load average of 10 on 2 cores), enough to make a layer
+of a 2 ms request look like most of it. Each timestamp is paired with the thread's run delay
+(``run_delay``: Linux schedstat; read only in requests that start alone, the only ones that can run
+alone); in a request that ran alone, the delay inside a layer's segments is taken off its self-time
+(nothing else ran on the loop: the thread waited with this request's work).
+In a request that was not alone the thread's run delay may have passed while the layer awaited its
+own I/O and the loop ran other requests, which is still the layer's time: there the task hops are
+taken off instead.
 
 Task hops: a ``BaseHTTPMiddleware`` runs the inner app in another task and hops between the two tasks
-three times per request (to start the inner app, for the response start, for the final body), and
-each hop waits for every other ready task of the loop. Under load that wait is most of a fast request,
-and it is queueing, not the layer's work: in a request that was not alone in flight, each hop is
-charged the loop's current queue wait (the heartbeat's recent lateness, ``eventloop.queue_wait``)
-less, and the share rule does not apply. A sample that would count as slow is also charged the
-garbage collector's pauses inside its segments less (``gc_pauses.overlap``): under load one full
-collection can sit in the task switches of a whole window of requests.
+on every message, and each hop waits for every other ready task of the loop (a pass of its ready
+queue) and, on a busy machine, for a CPU. Under load that wait is most of a fast request, and it is
+waiting, not the layer's work. With Starlette 1.x and anyio 4, the inner app's response start
+reaches the layer's task two passes later (anyio's ``send`` yields once before it hands the message
+over, then the layer's task is woken): the timer below such a layer starts a probe at each message
+that ``call_soon``s itself once more, so it runs just before the layer's task, and the segment is
+counted from then (measured under wrk -c32 on 2 cores: the rest is the layer's own work to within
+0.1 ms). The start of the inner task (one pass, no message to probe) is charged the request's pass
+as the probes measured it. The final body segment is not the layer's: its dispatch has returned
+before its response starts, and the body only streams from one task to the other. In a request that
+was not alone those waits are taken off. The share rule only applies to requests that ran alone. A
+sample that would count as slow is also charged the garbage collector's pauses inside its segments
+less (``gc_pauses.overlap``): under load one full collection can sit in the task switches of a whole
+window of requests.
+
+Not corrected: on a machine with many more runnable threads than cores (load average 15 on 2 cores),
+the process can be descheduled for 100 ms and more at a time; when that lands in the start of the
+inner task of most requests of a window, a cheap ``BaseHTTPMiddleware`` still reads as slow there.
 
 Timed requests: at most ``FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND`` requests a second and process
 (a token bucket; 0 times every request). A layer's self-time is a property of the layer, and a
 window of 64 timed requests is as good a p50 at 50 a second as at 5,000; timing each layer of every
-request cost about 12 us per request on the benchmark app (docs/performance.md). Below the rate every
-request is timed. A request left untimed passes the timers at the cost of one call each.
+request cost about 12 us per request on the benchmark app (docs/performance.md), before each of its
+timestamps also read the run delay (one ``pread``, a few us) when the request started alone. Below the rate every request is timed.
+A request left untimed passes the timers at the cost of one call each.
 """
 
 from __future__ import annotations
@@ -52,17 +77,20 @@ from __future__ import annotations
 import sys
 import types
 from array import array
+from asyncio import _get_running_loop
 from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
 from fastapi_doctor import attribution, containment
-from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.context import RequestState, active_requests, current_request
 from fastapi_doctor.findings import Location
+from fastapi_doctor.run_delay import run_delay
 from fastapi_doctor.sampling import TokenBucket
-from fastapi_doctor.signals import eventloop, gc_pauses
+from fastapi_doctor.signals import gc_pauses
 from fastapi_doctor.signals.dependencies import (
     DURATION_BUCKETS,
+    MIN_CALLS,
     SHARE_FLOOR_S,
     Window,
     histogram,
@@ -72,19 +100,41 @@ from fastapi_doctor.signals.dependencies import (
 
 _KEY = "middleware"
 _MAX_DEPTH = 64
+_MAX_ROUTES = 1000  # per layer; requests of further routes count only to the layer's own window
 
 
 class _Layer:
-    """One middleware layer: its name, attributes (built once), location and window."""
+    """One middleware layer: its name, attributes (built once), location, its window over every
+    request, and one window per method and route (a layer may be slow only for some paths)."""
 
-    __slots__ = ("name", "attrs", "location", "window", "hops")
+    __slots__ = ("name", "attrs", "location", "window", "hops", "routes", "route_count")
 
-    def __init__(self, name: str, location: Location | None, hops: int = 0) -> None:
+    def __init__(self, name: str, location: Location | None, hops: bool = False) -> None:
         self.name = name
-        self.hops = hops  # task switches per request inside the layer (see the module doc)
+        self.hops = hops  # it runs its inner app in another task (see the module doc)
         self.attrs = {"fastapi.middleware": name}
         self.location = location
         self.window = Window()
+        # method -> route -> window (two lookups per request, no key built)
+        self.routes: dict[str, dict[str | None, Window]] = {}
+        self.route_count = 0
+
+    def route_window(self, method: str, route: str | None) -> Window | None:
+        by_route = self.routes.get(method)
+        window = by_route.get(route) if by_route is not None else None
+        if window is None and self.route_count < _MAX_ROUTES:
+            window = self.routes.setdefault(method, {})[route] = Window()
+            self.route_count += 1
+        return window
+
+    def slow_routes(self) -> int:
+        """Routes (method and route) slow in at least half of their recent requests."""
+        windows = (window for by_route in self.routes.values() for window in by_route.values())
+        return sum(2 * window.flagged >= len(window.items) for window in windows)
+
+    def slow_everywhere(self) -> bool:
+        """Every route seen (at least two) is slow: the layer's cost does not depend on the path."""
+        return self.route_count >= 2 and self.slow_routes() == self.route_count
 
 
 class _Chain:
@@ -101,11 +151,35 @@ class _Chain:
         self.undo: list[tuple[Any, Any]] = []  # (parent, timer) to splice out
 
 
+# Per timer in a sample: when it was called, when its layer emitted the response start and the final
+# body message, when the probes started at those two messages ran their second pass (0.0: did not
+# happen); then the loop thread's run delay (time waiting for a CPU) at the first three moments. The
+# sample's last item is 1.0 when run delays are read: only in a request that started alone (it
+# cannot run alone otherwise), as the read is a system call that lets other threads take the GIL.
+_SLOTS = 8
+_RQ = 5  # offset of the run delays
+
+
 def _new_sample(size: int) -> array[float]:
-    """Per request, per timer: when it was called, when its layer emitted the response start, when
-    its layer emitted the final body message (0.0: did not happen). An ``array``, not a list: it is
-    not tracked by the garbage collector (see ``_TimedSend``)."""
-    return array("d", bytes(24 * size))
+    """An ``array``, not a list: it is not tracked by the garbage collector (see ``_TimedSend``)."""
+    t = array("d", bytes(8 * (_SLOTS * size + 1)))
+    if len(active_requests) <= 1:
+        t[-1] = 1.0
+    return t
+
+
+def _mark(t: array[float], at: int) -> None:
+    t[at] = perf_counter()
+    if t[-1]:
+        t[at + _RQ] = run_delay()
+
+
+def _probe(t: array[float], at: int) -> None:
+    t[at] = perf_counter()
+
+
+def _probe_next_pass(loop: Any, t: array[float], at: int) -> None:
+    loop.call_soon(_probe, t, at)
 
 
 class _TimedSend:
@@ -117,19 +191,26 @@ class _TimedSend:
     docs/performance.md), so the request path allocates as few as it can.
     """
 
-    __slots__ = ("send", "t", "at")
+    __slots__ = ("send", "t", "at", "loop")
 
-    def __init__(self, send: Any, t: array[float], at: int) -> None:
+    def __init__(self, send: Any, t: array[float], at: int, loop: Any) -> None:
         self.send = send
         self.t = t
         self.at = at
+        self.loop = loop  # set when the layer above hops tasks: probe the loop's queue at each message
 
     def __call__(self, message: Any) -> Any:
         kind = message["type"]
         if kind == "http.response.start":
-            self.t[self.at + 1] = perf_counter()
+            _mark(self.t, self.at + 1)
+            if self.loop is not None:
+                # Two passes of the loop later, just before the task this message wakes (see the
+                # module doc): its wait is that task's.
+                self.loop.call_soon(_probe_next_pass, self.loop, self.t, self.at + 3)
         elif kind == "http.response.body" and not message.get("more_body", False):
-            self.t[self.at + 2] = perf_counter()
+            _mark(self.t, self.at + 2)
+            if self.loop is not None:
+                self.loop.call_soon(_probe_next_pass, self.loop, self.t, self.at + 4)
         return self.send(message)
 
 
@@ -137,12 +218,13 @@ class _LayerTimer:
     """ASGI app placed in front of a layer (``.app`` is the layer). A plain function: no frame of
     its own in the chain."""
 
-    __slots__ = ("app", "chain", "index")
+    __slots__ = ("app", "chain", "index", "probe")
 
-    def __init__(self, app: Any, chain: _Chain, index: int) -> None:
+    def __init__(self, app: Any, chain: _Chain, index: int, probe: bool = False) -> None:
         self.app = app
         self.chain = chain
         self.index = index
+        self.probe = probe  # the layer above this timer hops tasks (see the module doc)
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         now = perf_counter()
@@ -165,9 +247,11 @@ class _LayerTimer:
             t = data.get(chain) if data is not None else None
             if t is None:
                 return self.app(scope, receive, send)
-        at = 3 * self.index
+        at = _SLOTS * self.index
         t[at] = now
-        return self.app(scope, receive, _TimedSend(send, t, at))
+        if t[-1]:
+            t[at + _RQ] = run_delay()
+        return self.app(scope, receive, _TimedSend(send, t, at, _get_running_loop() if self.probe else None))
 
 
 def walk(stack: Any) -> Iterator[tuple[Any, Any]]:
@@ -219,9 +303,6 @@ def layer_code(layer: Any) -> types.CodeType | None:
     return None
 
 
-_HOPS = 3
-
-
 def _gc_overlap(called: float, inner_called: float, started: float, inner_started: float, ended: float,
                 inner_ended: float) -> float:
     """Seconds of garbage-collector pauses inside a layer's timed segments (``perf_counter`` and the
@@ -232,7 +313,7 @@ def _gc_overlap(called: float, inner_called: float, started: float, inner_starte
     if started and inner_started:
         paused += gc_pauses.overlap(inner_started, started)
     if ended and inner_ended:
-        paused += gc_pauses.overlap(inner_ended, ended)
+        paused += gc_pauses.overlap(max(inner_ended, started), ended)
     return paused
 
 
@@ -321,7 +402,8 @@ class MiddlewareSignal:
         chain.size = len(targets)
         new_top = stack
         for index, (parent, layer) in enumerate(targets):
-            timer = _LayerTimer(layer, chain, index)
+            hops_above = index > 0 and _hops_tasks(targets[index - 1][1])
+            timer = _LayerTimer(layer, chain, index, probe=hops_above)
             chain.timers.append(timer)
             if parent is None:
                 new_top = timer
@@ -334,7 +416,7 @@ class MiddlewareSignal:
             code = layer_code(layer)
             if code is not None:
                 attribution.register_code(code, "middleware", name)
-            chain.layers.append(_Layer(name, location_of(code), _HOPS if _hops_tasks(layer) else 0))
+            chain.layers.append(_Layer(name, location_of(code), _hops_tasks(layer)))
         self._chains.append(chain)
         return new_top
 
@@ -354,29 +436,26 @@ class MiddlewareSignal:
         slow_s = self._slow_s
         # Share of the request only counts when the request was alone in flight (see the module doc).
         alone = state.alone
-        wait = 0.0 if alone else eventloop.queue_wait()
         # A routed request went through every layer: a timer that never ran means the layer before it
         # calls its inner app by another attribute than .app; that layer's self-time is unknown.
-        routed = state.route is not None
-        at = 0
+        route = state.route
+        routed = route is not None
+        inner = 0
         for layer in layers:
+            at, inner = inner, inner + _SLOTS
             called, started, ended = t[at], t[at + 1], t[at + 2]
-            inner_called, inner_started, inner_ended = t[at + 3], t[at + 4], t[at + 5]
-            at += 3
+            inner_called, inner_started, inner_ended = t[inner], t[inner + 1], t[inner + 2]
             if called == 0.0:
                 break  # an earlier layer answered: no later layer ran
-            if inner_called == 0.0:
-                if routed:
-                    continue
-                own = (ended or started or called) - called  # answered without the inner app
-            else:
-                own = inner_called - called
-                if started and inner_started:
-                    own += started - inner_started
-                if ended and inner_ended:
-                    own += ended - inner_ended
-            if layer.hops and wait:
-                own -= layer.hops * wait
+            if inner_called == 0.0 and routed:
+                continue
+            own = _segments(t, at, inner, 0)
+            if alone and t[-1]:
+                # Nothing else ran on the loop: when its thread was runnable and not running, it
+                # was this request's work that waited for a CPU.
+                own -= _segments(t, at, inner, _RQ)
+            elif layer.hops and inner_called:
+                own -= _queued(t, at, inner)
             share = own / duration if duration > 0 else 0.0
             slow = own > slow_s or (alone and share > 0.5 and own >= SHARE_FLOOR_S)
             if slow:
@@ -391,35 +470,106 @@ class MiddlewareSignal:
             if own < 0.0:
                 own = 0.0
             record(own, layer.attrs)
-            if layer.window.add((own, share), slow):
-                self._report(layer)
+            sample = (own, share)
+            due = layer.window.add(sample, slow)
+            window = layer.route_window(state.method, route)
+            if window is not None and window.add(sample, slow):
+                due = True
+            if due:
+                self._decide(layer, state.method, route, window)
 
-    def _report(self, layer: _Layer) -> None:
+    def _decide(self, layer: _Layer, method: str, route: str | None, window: Window | None) -> None:
+        """A window is due: the layer is slow on every route (one finding, no route), or on this one."""
+        if layer.slow_everywhere() or window is None:
+            if 2 * layer.window.flagged >= len(layer.window.items):
+                self._report(layer, layer.window, None, None)
+        elif 2 * window.flagged >= len(window.items) and window.count >= MIN_CALLS:
+            self._report(layer, window, method, route)
+
+    def _report(self, layer: _Layer, window: Window, method: str | None, route: str | None) -> None:
         try:
-            p50 = layer.window.p50(0)
-            share = layer.window.p50(1)
+            p50 = window.p50(0)
+            share = window.p50(1)
             slow = p50 > self._slow_s
             why = (
                 f"above FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS={self._slow_s * 1000:g}"
                 if slow
                 else f"{share:.0%} of the request"
             )
+            n = len(window.items)
+            if route is None and method is None:
+                summary = (
+                    f"Middleware {layer.name} spends {ms(p50)} ms of its own on every request (p50 of the last "
+                    f"{n} requests, {why}). Every route pays it: move the work out of the request path, cache "
+                    f"it, or limit the middleware to the paths that need it."
+                )
+            else:
+                others = (
+                    "; other routes do not pay it: the work it does for these paths is the cost"
+                    if layer.slow_routes() < layer.route_count
+                    else " (the only route seen so far)"
+                )
+                summary = (
+                    f"Middleware {layer.name} spends {ms(p50)} ms of its own on {method} {route or '(no route)'} "
+                    f"(p50 of the last {n} requests of this route, {why}){others}. Make that work cheaper, "
+                    f"cache it, or move it out of the request path (or into a dependency of the routes "
+                    f"that need it)."
+                )
             self._agent.findings.report(
                 "slow_middleware",
-                route=None,
-                summary=(
-                    f"Middleware {layer.name} spends {ms(p50)} ms of its own on every request (p50 of the last "
-                    f"{len(layer.window.items)} requests, {why}). Every route pays it: move the work out of "
-                    f"the request path, cache it, or limit the middleware to the paths that need it."
-                ),
+                route=route,
+                method=method,
+                summary=summary,
                 evidence={
                     "middleware": layer.name,
                     "self_time_p50_ms": ms(p50),
                     "share_of_request": round(share, 3),
-                    "requests": layer.window.count,
+                    "requests": window.count,
                     "threshold_ms": round(self._slow_s * 1000.0, 3),
                 },
                 location=layer.location,
             )
         except Exception as exc:
             containment.report("middleware finding", exc)
+
+
+def _segments(t: array[float], at: int, inner: int, clock: int) -> float:
+    """A layer's segments (see the module doc) summed on one clock: wall (``clock`` 0) or the loop
+    thread's run delay (``_RQ``). ``at`` and ``inner`` are the layer's and its inner timer's slots;
+    the wall slots say which moments happened."""
+    called, started, ended = t[at], t[at + 1], t[at + 2]
+    if t[inner] == 0.0:  # answered without the inner app: its time to its last message
+        last = 2 if ended else 1 if started else 0
+        return t[at + clock + last] - t[at + clock]
+    own = t[inner + clock] - t[at + clock]
+    if started and t[inner + 1]:
+        own += t[at + clock + 1] - t[inner + clock + 1]
+    if ended and t[inner + 2]:
+        # From the inner final message or the layer's own start, whichever came later: a final body
+        # emitted before the layer started its response waited in the layer's start segment.
+        since = inner + 2 if t[inner + 2] >= started else at + 1
+        own += t[at + clock + 2] - t[since + clock]
+    return own
+
+
+def _queued(t: array[float], at: int, inner: int) -> float:
+    """Seconds of a ``BaseHTTPMiddleware``'s segments that are not its work: waits for the loop and
+    for a CPU (see "Task hops" in the module doc), and its final body segment. Its dispatch has
+    returned before its response starts: what follows is Starlette streaming the body from one task
+    to the other. A probe's slot holds when it ran, two passes after its message."""
+    started, ended, inner_started, inner_ended = t[at + 1], t[at + 2], t[inner + 1], t[inner + 2]
+    woken_for_start, woken_for_end = t[inner + 3], t[inner + 4]
+    queued = two_passes = 0.0
+    probes = 0
+    if started and inner_started and woken_for_start:
+        queued += woken_for_start - inner_started
+        two_passes += woken_for_start - inner_started
+        probes += 1
+    if ended and inner_ended:
+        queued += ended - max(inner_ended, started)  # the final body segment, all of it
+        if woken_for_end:
+            two_passes += woken_for_end - inner_ended
+            probes += 1
+    if probes:
+        queued += two_passes / (2 * probes)  # the inner task's start: one pass
+    return queued

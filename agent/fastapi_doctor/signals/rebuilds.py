@@ -44,6 +44,7 @@ class RebuildSites:
             self.findings.report(
                 "dependency_rebuild",
                 route=state.route,
+                method=state.method,
                 summary=(
                     f"A new {label} is built inside requests{inside} ({count} so far): {why} "
                     "Build it once at start-up (lifespan, a module-level object, functools.lru_cache) and share it."
@@ -55,7 +56,13 @@ class RebuildSites:
             containment.report("rebuild evidence", exc)
 
     def computed(
-        self, dependency: str, where: Location | None, route: str | None, cpu_s: float, inputs: tuple[Any, ...]
+        self,
+        dependency: str,
+        where: Location | None,
+        method: str | None,
+        route: str | None,
+        cpu_s: float,
+        inputs: tuple[Any, ...],
     ) -> None:
         """A sync dependency spent ``cpu_s`` of its own CPU on one build; the same ``inputs`` again and
         again is a pure computation repeated per request (inputs that cannot be compared never are)."""
@@ -70,6 +77,7 @@ class RebuildSites:
             self.findings.report(
                 "dependency_rebuild",
                 route=route,
+                method=method,
                 summary=(
                     f"Dependency {dependency} computes the same result in every request: {cpu_ms} ms of its own "
                     f"CPU time per build, on the same inputs, {count} times so far. Compute it once "

@@ -14,7 +14,8 @@ serialisation time.
 Every ``EVERY`` responses of a route (after ``MIN_CALLS``) it is a ``large_payload`` finding when
 at least half of its recent bodies were sent uncompressed, in a compressible media type, to clients
 that accept gzip, above ``FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES``; or when serialisation took more than
-half of the request (and at least ``SHARE_FLOOR_S``). The location is the route's endpoint.
+half of the request (and at least ``SHARE_FLOOR_S``). Windows are kept per method and route (a ``GET``
+and a ``POST`` on one path are different endpoints); the location is that endpoint.
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def _is_compression(layer: Any) -> bool:
 
 
 class _Route:
-    """One route: attribute sets built once, where its endpoint is, the window of its responses."""
+    """One method and route: attribute sets built once, where its endpoint is, the window of its responses."""
 
-    __slots__ = ("route", "attrs", "by_encoding", "location", "window", "compression", "encoding")
+    __slots__ = ("method", "route", "attrs", "by_encoding", "location", "window", "compression", "encoding")
 
-    def __init__(self, route: str | None, location: Location | None) -> None:
+    def __init__(self, method: str, route: str | None, location: Location | None) -> None:
+        self.method = method
         self.route = route
         self.attrs: dict[str, Any] = {} if route is None else {"http.route": route}
         self.by_encoding: dict[str, dict[str, Any]] = {}
@@ -158,7 +160,9 @@ class ResponseSignal:
         self._uncompressed: Any = None
         self._serialize: Any = None
         self._large = 262144
-        self._routes: dict[str | None, _Route] = {}
+        # method -> route -> its _Route (two lookups, no key built per request)
+        self._routes: dict[str, dict[str | None, _Route]] = {}
+        self._route_count = 0
         self._patched: list[tuple[Any, str, Any, bool]] = []  # (owner, name, original, was own attribute)
         self._counters: list[tuple[Any, _BodyCounter]] = []
         self._active = False
@@ -255,13 +259,15 @@ class ResponseSignal:
 
     def _route(self, state: RequestState) -> _Route:
         route = state.route
-        stats = self._routes.get(route)
+        by_route = self._routes.get(state.method)
+        stats = by_route.get(route) if by_route is not None else None
         if stats is None:
             endpoint = getattr((state.scope or {}).get("route"), "endpoint", None)
             location = location_of(code_of(endpoint)) if endpoint is not None else None
-            stats = _Route(route, location)
-            if len(self._routes) < 10000:
-                self._routes[route] = stats
+            stats = _Route(state.method, route, location)
+            if self._route_count < 10000:
+                self._routes.setdefault(state.method, {})[route] = stats
+                self._route_count += 1
         return stats
 
     def _finished(self, state: RequestState) -> None:
@@ -303,7 +309,7 @@ class ResponseSignal:
             serialize = window.p50(2)
             share = window.p50(3)
             large = exposed > self._large
-            route = stats.route or "(no route)"
+            route = f"{stats.method} {stats.route}" if stats.route else "(no route)"
             n = len(window.items)
             if large:
                 fix = (
@@ -324,6 +330,7 @@ class ResponseSignal:
             self._agent.findings.report(
                 "large_payload",
                 route=stats.route,
+                method=stats.method,
                 summary=summary,
                 evidence={
                     "p50_bytes": int(window.p50(0)),

@@ -344,6 +344,7 @@ class TaskSignal:
                 self._agent.findings.report(
                     verdict.root_cause,
                     route=verdict.route,
+                    method=verdict.method,
                     summary=verdict.summary,
                     evidence=verdict.evidence,
                     location=verdict.location,

@@ -193,4 +193,5 @@ class ThreadpoolSignal:
             "call": call,
             "threads_in_call": in_call,
         }
-        self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location)
+        self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location,
+                                   method=methods.get(route) if route is not None else None)
