@@ -388,3 +388,30 @@ def test_uninstrument_removes_every_listener_and_patch(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+ENGINE_KEYWORDS_SCRIPT = """
+import asyncio, json
+import fastapi_doctor
+from fastapi import FastAPI
+fastapi_doctor.instrument(FastAPI(), prometheus_port=0)
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+sync = create_engine("sqlite://", echo=True, hide_parameters=True, logging_name="app", query_cache_size=10)
+with sync.connect() as conn:
+    one = conn.execute(text("select 1")).scalar()
+engine = create_async_engine("sqlite+aiosqlite://", echo=False, pool_pre_ping=True)
+async def main():
+    async with engine.connect() as conn:
+        return (await conn.execute(text("select 2"))).scalar()
+two = asyncio.run(main())
+print(json.dumps({"echo": sync.echo, "hide": sync.hide_parameters, "one": one, "two": two}))
+"""
+
+
+def test_engines_take_every_keyword_they_take_without_the_agent() -> None:
+    # create_engine reads the keywords Engine accepts from its constructor's signature: a published app
+    # (create_async_engine(url, echo=True)) did not start under the agent.
+    out = subprocess.run([str(BIN / "python"), "-c", ENGINE_KEYWORDS_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"echo": True, "hide": True, "one": 1, "two": 2}

@@ -6,7 +6,8 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
   to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.db_pool`;
 * the dialect's ``do_execute`` events (every statement sent to the driver) feed
   :mod:`~fastapi_doctor.signals.db_queries`;
-* ``Engine.__init__`` is wrapped to know each engine (its pool and a credential-free name) and to
+* ``Dialect.engine_created`` (the hook ``create_engine`` calls with every engine it made) is wrapped to
+  know each engine (its pool and a credential-free name) and to
   report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`.rebuilds`);
 * ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts;
 * the ORM ``Session``'s ``after_begin`` event (once the app imports ``sqlalchemy.orm``) ties a checkout
@@ -131,9 +132,11 @@ class DatabaseSignal:
             self._patched.append((cls, "connect", original))
             setattr(cls, "connect", self.pools.wrap_connect(original, exc.TimeoutError))
 
-        original_init = Engine.__dict__["__init__"]
-        self._patched.append((Engine, "__init__", original_init))
-        setattr(Engine, "__init__", self._wrap_engine_init(original_init))
+        # Not Engine.__init__: create_engine reads the keywords Engine accepts (echo, logging_name…) from
+        # its __init__'s own signature, and a wrapper's (*args, **kwargs) made it refuse them.
+        original_hook = Dialect.__dict__["engine_created"]
+        self._patched.append((Dialect, "engine_created", original_hook))
+        setattr(Dialect, "engine_created", self._wrap_engine_created(original_hook))
 
         if self._scan_existing:
             import gc
@@ -146,17 +149,18 @@ class DatabaseSignal:
         if orm is not None:
             self._on_orm(orm)
 
-    def _wrap_engine_init(self, original: Any) -> Any:
+    def _wrap_engine_created(self, original: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]:
         signal = self
+        hook = original.__func__
 
-        def __init__(engine: Any, *args: Any, **kwargs: Any) -> None:
-            original(engine, *args, **kwargs)
+        def engine_created(cls: Any, engine: Any) -> None:
+            hook(cls, engine)
             signal._engine_created(engine, sys._getframe(1))
 
-        __init__.__wrapped__ = original  # type: ignore[attr-defined]
-        __init__.__qualname__ = getattr(original, "__qualname__", "__init__")
-        __init__.__doc__ = original.__doc__
-        return __init__
+        engine_created.__wrapped__ = hook  # type: ignore[attr-defined]
+        engine_created.__qualname__ = hook.__qualname__
+        engine_created.__doc__ = hook.__doc__
+        return classmethod(engine_created)
 
     # -- listeners (all contained: an exception in a pool listener would fail the app's checkout) --
 
