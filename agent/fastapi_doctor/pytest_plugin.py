@@ -231,7 +231,9 @@ class DoctorSession:
         failing = []
         for finding in fresh:
             status = self._status(finding, allowed)
-            report.user_properties.append((PROPERTY, json.dumps(_public(finding, status), sort_keys=True)))
+            prop = (PROPERTY, json.dumps(_public(finding, status), sort_keys=True))
+            report.user_properties.append(prop)
+            item.user_properties.append(prop)  # the teardown report carries them to JUnit XML
             if status == "failed":
                 failing.append(finding)
         if failing and report.passed and self.options.mode == "fail" and not self.options.update_baseline:

@@ -1,0 +1,108 @@
+"""pytest --doctor on the patient's own test suite (agent/fastapi_doctor/demo/tests), in a real pytest
+subprocess: each sick route's test fails naming its root cause and line, each healthy twin passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = ROOT / "agent" / "fastapi_doctor" / "demo" / "tests" / "test_patient.py"
+
+# test -> (root cause, file:function of the line it must name)
+SICK = {
+    "test_quote_blocking_client": ("blocking_io", "demo/pricing.py", "fetch_quote_blocking"),
+    "test_live_server_quote_blocking_client": ("blocking_io", "demo/pricing.py", "fetch_quote_blocking"),
+    "test_recent_orders_new_engine": ("dependency_rebuild", "demo/db.py", "get_session_new_engine"),
+    "test_customer_orders_n_plus_one": ("n_plus_one", "demo/orders.py", "orders_with_lines_n_plus_one"),
+    "test_async_client_customer_orders_n_plus_one": ("n_plus_one", "demo/orders.py", "orders_with_lines_n_plus_one"),
+    "test_products_export_uncompressed": ("large_payload", "demo/patient.py", "export"),
+    "test_cart_session_left_open": ("pool_leak", "demo/carts.py", "_cart_of"),
+}
+HEALTHY = {
+    "test_quote_v2_async_client",
+    "test_live_server_quote_v2",
+    "test_recent_orders_v2_shared_engine",
+    "test_customer_orders_v2_selectinload",
+    "test_async_client_customer_orders_v2",
+    "test_products_v2_paginated",
+    "test_cart_v2_scoped_session",
+}
+
+
+def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, ET.Element]]:
+    junit = tmp_path / "junit.xml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTAPI_DOCTOR_", "OTEL_", "PATIENT_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", f"--junitxml={junit}", "-o",
+         "addopts=", "--rootdir", str(tmp_path), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    return proc, cases
+
+
+def failed(case: ET.Element) -> bool:
+    return case.find("failure") is not None or case.find("error") is not None
+
+
+def findings_of(case: ET.Element) -> list[dict]:
+    return [json.loads(p.get("value")) for p in case.iter("property") if p.get("name") == "fastapi_doctor.finding"]
+
+
+def test_without_the_flag_the_plugin_does_nothing(tmp_path: Path) -> None:
+    proc, cases = run_suite(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert set(cases) == set(SICK) | HEALTHY
+    assert all(not findings_of(c) for c in cases.values())
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+def test_sick_route_tests_fail_with_root_cause_and_line_healthy_twins_pass(tmp_path: Path, workers: str | None) -> None:
+    report = tmp_path / "doctor.json"
+    args = ["--doctor", f"--doctor-json={report}"] + (["-n", workers] if workers else [])
+    proc, cases = run_suite(tmp_path, *args)
+    out = proc.stdout
+    for name, (root_cause, file, function) in SICK.items():
+        case = cases[name]
+        assert failed(case), f"{name} passed under --doctor:\n{out[-4000:]}"
+        text = case.find("failure").text or case.find("failure").get("message", "")
+        assert f"fastapi-doctor: {root_cause}" in text, text
+        assert file in text and f"in {function}" in text, text
+        assert "runbook: docs/runbooks/" in text and "fix: " in text, text
+        assert any(f["root_cause"] == root_cause and f["status"] == "failed" for f in findings_of(case))
+    for name in HEALTHY:
+        assert not failed(cases[name]), f"{name} failed under --doctor:\n{out[-6000:]}"
+        assert not [f for f in findings_of(cases[name]) if f["status"] == "failed"], findings_of(cases[name])
+    assert "fastapi-doctor:" in out and "finding(s)" in out  # the session summary
+    document = json.loads(report.read_text())
+    by_cause = {f["root_cause"]: f for f in document["findings"]}
+    assert {"blocking_io", "dependency_rebuild", "n_plus_one", "large_payload", "pool_leak"} <= set(by_cause)
+    n_plus_one = [f for f in document["findings"] if f["root_cause"] == "n_plus_one"][0]
+    assert any(t.endswith("::test_customer_orders_n_plus_one") for t in n_plus_one["tests"])
+
+
+def test_report_mode_lists_without_failing(tmp_path: Path) -> None:
+    report = tmp_path / "doctor.json"
+    proc, cases = run_suite(tmp_path, "--doctor=report", f"--doctor-json={report}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert findings_of(cases["test_customer_orders_n_plus_one"])
+    assert json.loads(report.read_text())["findings"]
+
+
+def test_a_baseline_lets_known_findings_pass_and_a_marker_allows_a_root_cause(tmp_path: Path) -> None:
+    baseline = tmp_path / "doctor-baseline.json"
+    proc, _ = run_suite(tmp_path, "--doctor", f"--doctor-baseline={baseline}", "--doctor-update-baseline")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    entries = json.loads(baseline.read_text())["findings"]
+    assert {"root_cause": "n_plus_one", "route": "/customers/{customer_id}/orders", "file":
+            "agent/fastapi_doctor/demo/orders.py", "function": "orders_with_lines_n_plus_one"} in entries
+    proc, cases = run_suite(tmp_path, "--doctor", f"--doctor-baseline={baseline}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert {f["status"] for f in findings_of(cases["test_customer_orders_n_plus_one"])} == {"baseline"}
