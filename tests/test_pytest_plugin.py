@@ -36,13 +36,18 @@ HEALTHY = {
 }
 
 
-def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, ET.Element]]:
+SHOP = ROOT / "tests" / "apps" / "pytest_shop"
+
+
+def run_suite(
+    tmp_path: Path, *args: str, suite: Path = SUITE, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, ET.Element]]:
     junit = tmp_path / "junit.xml"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTAPI_DOCTOR_", "OTEL_", "PATIENT_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FASTAPI_DOCTOR_", "OTEL_", "PATIENT_", "SHOP_"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", f"--junitxml={junit}", "-o",
-         "addopts=", "--rootdir", str(tmp_path), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", f"--junitxml={junit}", "-o",
+         "addopts=", "--rootdir", str(cwd if cwd != ROOT else tmp_path), *args],
+        cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=240,
     )
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
     return proc, cases
@@ -106,3 +111,54 @@ def test_a_baseline_lets_known_findings_pass_and_a_marker_allows_a_root_cause(tm
     proc, cases = run_suite(tmp_path, "--doctor", f"--doctor-baseline={baseline}")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert {f["status"] for f in findings_of(cases["test_customer_orders_n_plus_one"])} == {"baseline"}
+
+
+# The shop (tests/apps/pytest_shop): routers, CORS, token auth, password hashing, sync SQLAlchemy sessions.
+SHOP_SICK = {
+    "test_login_hashes_on_the_loop": ("blocking_io", "hash_password"),  # CPU-bound: the loop watchdog
+    "test_my_orders_n_plus_one_sync_session": ("n_plus_one", "my_orders"),
+    "test_summary_parks_a_sync_session": ("pool_leak", "summary"),
+    "test_pause_behaves_as_without_the_plugin": ("blocking_io", "pause"),  # time.sleep, intercepted
+}
+SHOP_HEALTHY = {
+    "test_login_v2_hashes_in_a_thread",
+    "test_my_orders_v2_selectinload",
+    "test_summary_v2_closes_its_session",
+    "test_my_orders_n_plus_one_allowed_here",  # @pytest.mark.doctor(allow=["n_plus_one"])
+}
+
+
+def test_shop_suite_sync_sessions_cpu_bound_hashing_and_an_allow_marker(tmp_path: Path) -> None:
+    env = {"SHOP_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"}
+    proc, cases = run_suite(tmp_path, "--doctor", suite=SHOP / "test_shop.py", cwd=SHOP, env=env)
+    for name, (root_cause, function) in SHOP_SICK.items():
+        assert failed(cases[name]), f"{name} passed under --doctor:\n{proc.stdout[-4000:]}"
+        text = cases[name].find("failure").text or ""
+        assert f"fastapi-doctor: {root_cause}" in text and f"app.py:" in text and f"in {function}" in text, text
+    for name in SHOP_HEALTHY:
+        assert not failed(cases[name]), f"{name} failed under --doctor:\n{proc.stdout[-6000:]}"
+    allowed = findings_of(cases["test_my_orders_n_plus_one_allowed_here"])
+    assert [f["status"] for f in allowed if f["root_cause"] == "n_plus_one"] == ["allowed"]
+
+
+def test_the_plugin_does_not_change_what_the_app_does(tmp_path: Path) -> None:
+    """blockbuster alone raises BlockingError in /misc/pause, whose except answers "fallback": under
+    --doctor=report every test passes, so each route answered exactly as without the plugin."""
+    env = {"SHOP_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"}
+    proc, cases = run_suite(tmp_path, "--doctor=report", suite=SHOP / "test_shop.py", cwd=SHOP, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    pause = findings_of(cases["test_pause_behaves_as_without_the_plugin"])
+    assert [(f["root_cause"], f["evidence"]["call"], f["basis"]) for f in pause] == [("blocking_io", "time.sleep", "fact")]
+
+
+def test_patient_suite_on_postgresql(tmp_path: Path, postgres, pg_database: str) -> None:
+    env = {"PATIENT_DATABASE_URL": postgres.url(pg_database)}
+    proc, cases = run_suite(tmp_path, "--doctor", "-k", "not live_server", env=env)
+    for name, (root_cause, _, function) in SICK.items():
+        if "live_server" in name:
+            continue
+        assert failed(cases[name]), f"{name} passed under --doctor:\n{proc.stdout[-4000:]}"
+        assert f"fastapi-doctor: {root_cause}" in (cases[name].find("failure").text or "")
+    for name in HEALTHY:
+        if name in cases:
+            assert not failed(cases[name]), f"{name} failed on PostgreSQL:\n{proc.stdout[-6000:]}"

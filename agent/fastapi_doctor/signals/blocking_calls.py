@@ -27,6 +27,15 @@ _AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.se
 _DEMO_DIR = os.path.join(_AGENT_DIR, "demo") + os.sep
 
 
+# Library internals that make a blocking call on the loop by design, once per connection, where the
+# app has no line to change (blockbuster's own ``can_block_in``): asyncpg stats and reads its
+# configuration files (~/.pgpass, ~/.postgresql/*) when it opens a connection.
+LIBRARY_CAN_BLOCK = (
+    ("asyncpg/connect_utils.py", {"_read_password_file", "_read_password_from_pgpass", "_dot_postgresql_path",
+                                  "_parse_connect_dsn_and_args", "_parse_connect_arguments"}),
+)
+
+
 class _Inside(threading.local):
     active = False  # this thread is already running a blocking call that was recorded
 
@@ -45,6 +54,8 @@ class BlockingCallSignal:
         self.agent = agent
         for function in BlockBuster().functions.values():
             try:
+                for filename, functions in LIBRARY_CAN_BLOCK:
+                    function.can_block_in(filename, functions)
                 function.activate()  # blockbuster's checker is now in place: wrap it
                 if function.activated:
                     checker = getattr(function.module, function.func_name)
@@ -95,11 +106,12 @@ class BlockingCallSignal:
                 return  # the test's own code on the loop, a fixture, start-up: not a request's
             stack = attribution.capture(sys._getframe(2))
             user = None
-            for info in stack:
+            for info in stack:  # innermost first: the first frame of the agent or of the app decides
                 if info.filename.startswith(_AGENT_DIR) and not info.filename.startswith(_DEMO_DIR):
                     return  # the agent's own work (attribution reading a file) is never the app's blame
-                if user is None and not info.filename.startswith("<") and not attribution.is_library_file(info.filename):
+                if not info.filename.startswith("<") and not attribution.is_library_file(info.filename):
                     user = info  # generated code (<string>, SQLAlchemy's) is not a line the user wrote
+                    break
             if user is None:
                 return  # no line of the app's to name: library internals, not the app's call
             location = attribution.location(user)

@@ -452,6 +452,11 @@ class EventLoopSignal:
 
     def _register_routes(self, routes: Any, prefix: str) -> None:
         for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:  # FastAPI 0.16x keeps an included router whole (routing._IncludedRouter)
+                context = getattr(route, "include_context", None)
+                self._register_routes(getattr(included, "routes", ()), prefix + (getattr(context, "prefix", "") or ""))
+                continue
             path = getattr(route, "path", None)
             endpoint = getattr(route, "endpoint", None)
             if endpoint is not None and isinstance(path, str):
