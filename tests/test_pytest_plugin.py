@@ -81,7 +81,8 @@ def test_sick_route_tests_fail_with_root_cause_and_line_healthy_twins_pass(tmp_p
         assert f"fastapi-doctor: {root_cause}" in text, text
         assert file in text and f"in {function}" in text, text
         assert "runbook: docs/runbooks/" in text and "fix: " in text, text
-        assert any(f["root_cause"] == root_cause and f["status"] == "failed" for f in findings_of(case))
+        assert any(f["root_cause"] == root_cause and f["status"] == "failed" for f in findings_of(case)), (
+            name, findings_of(case), ET.tostring(case, encoding="unicode")[:3000])
     for name in HEALTHY:
         assert not failed(cases[name]), f"{name} failed under --doctor:\n{out[-6000:]}"
         assert not [f for f in findings_of(cases[name]) if f["status"] == "failed"], findings_of(cases[name])
