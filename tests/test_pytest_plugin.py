@@ -163,3 +163,47 @@ def test_patient_suite_on_postgresql(tmp_path: Path, postgres, pg_database: str)
     for name in HEALTHY:
         if name in cases:
             assert not failed(cases[name]), f"{name} failed on PostgreSQL:\n{proc.stdout[-6000:]}"
+
+
+TEST_MODE_PROBE = r"""
+import json, socket, sys, threading
+import fastapi_doctor
+fastapi_doctor.instrument(test_mode=True, disabled_detectors=["logs"])  # as the plugin starts it
+from opentelemetry import metrics, trace
+sys.path.insert(0, sys.argv[1])
+import os
+os.environ["SHOP_DATABASE_URL"] = "sqlite:///" + sys.argv[2]
+from app import app
+from fastapi.testclient import TestClient
+with TestClient(app) as client:
+    client.get("/me/orders", headers={"authorization": "Bearer user-1"})
+    threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("fastapi-doctor"))
+try:
+    socket.create_connection(("localhost", 9464), timeout=1).close()
+    bound = True
+except OSError:
+    bound = False
+print(json.dumps({
+    "threads": threads,
+    "side_server": bound,
+    "tracer_provider": type(trace.get_tracer_provider()).__name__,
+    "meter_provider": type(metrics.get_meter_provider()).__name__,
+    "findings": [f["root_cause"] for f in fastapi_doctor.get_findings()],
+}))
+"""
+
+
+def test_test_mode_binds_no_port_exports_nothing_and_leaves_the_global_providers(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTAPI_DOCTOR_", "OTEL_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", TEST_MODE_PROBE, str(SHOP), str(tmp_path / "shop.db")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["findings"] == ["n_plus_one"]  # the agent works...
+    assert not seen["side_server"]  # ...with no side server,
+    assert seen["tracer_provider"] == "ProxyTracerProvider"  # no global provider set,
+    assert seen["meter_provider"] == "_ProxyMeterProvider"
+    # and no thread but the watchdogs (no history, no exporter, no log flusher).
+    assert set(seen["threads"]) <= {"fastapi-doctor-loop-watchdog", "fastapi-doctor-db-watchdog"}, seen["threads"]
