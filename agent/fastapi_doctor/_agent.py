@@ -203,7 +203,7 @@ class Agent:
             return
         from fastapi_doctor.instrumentation import FastAPIHooks
 
-        self.fastapi = FastAPIHooks(self.request_metrics)
+        self.fastapi = FastAPIHooks(self.request_metrics, configure_telemetry=not self.settings.test_mode)
         self.fastapi.instrument()
         for callback in self._fastapi_callbacks:
             try:
