@@ -25,6 +25,7 @@ from fastapi_doctor.context import current_request
 DETECTED_BY = "call_interception"
 _AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _DEMO_DIR = os.path.join(_AGENT_DIR, "demo") + os.sep
+_FRAMEWORK = frozenset({"fastapi", "starlette"})
 
 
 # Library internals that make a blocking call on the loop by design, once per connection, where the
@@ -109,6 +110,11 @@ class BlockingCallSignal:
             for info in stack:  # innermost first: the first frame of the agent or of the app decides
                 if info.filename.startswith(_AGENT_DIR) and not info.filename.startswith(_DEMO_DIR):
                     return  # the agent's own work (attribution reading a file) is never the app's blame
+                if info.module.partition(".")[0] in _FRAMEWORK:
+                    # Reached through FastAPI's or Starlette's own code (its routing reading an endpoint's
+                    # source, Jinja2's loader under TemplateResponse, the TestClient's receive): the
+                    # framework's call, or the test harness's; the app has no line to change.
+                    return
                 if not info.filename.startswith("<") and not attribution.is_library_file(info.filename):
                     user = info  # generated code (<string>, SQLAlchemy's) is not a line the user wrote
                     break
