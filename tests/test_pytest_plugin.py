@@ -207,3 +207,16 @@ def test_test_mode_binds_no_port_exports_nothing_and_leaves_the_global_providers
     assert seen["meter_provider"] == "_ProxyMeterProvider"
     # and no thread but the watchdogs (no history, no exporter, no log flusher).
     assert set(seen["threads"]) <= {"fastapi-doctor-loop-watchdog", "fastapi-doctor-db-watchdog"}, seen["threads"]
+
+
+def test_pyproject_table_sets_thresholds_and_allowed_root_causes(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.fastapi-doctor]\nallow = ["pool_leak"]\nn_plus_one_threshold = 20\n', encoding="utf-8"
+    )
+    env = {"SHOP_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"}
+    proc, cases = run_suite(tmp_path, "--doctor", "--rootdir", str(tmp_path), "-k", "orders or summary",
+                            suite=SHOP / "test_shop.py", cwd=SHOP, env=env)
+    assert not failed(cases["test_my_orders_n_plus_one_sync_session"]), proc.stdout[-4000:]  # 12 < 20
+    assert not failed(cases["test_summary_parks_a_sync_session"]), proc.stdout[-4000:]
+    leak = findings_of(cases["test_summary_parks_a_sync_session"])
+    assert [(f["root_cause"], f["status"]) for f in leak] == [("pool_leak", "allowed")]
