@@ -67,7 +67,7 @@ def main() -> int:
         tail = out.strip().splitlines()
         print(f"with:    {seconds:.1f} s (exit {code}) {tail[-1] if tail else ''}", flush=True)
         (ROOT / "bench" / "results").mkdir(exist_ok=True)
-        (ROOT / "bench" / "results" / f"pytest_cost-{args.suite}.log").write_text(out)
+        (ROOT / ".cache" / f"pytest_cost-{args.suite}.log").write_text(out)  # the last run's output
     result = {
         "suite": args.suite,
         "rounds": args.rounds,
