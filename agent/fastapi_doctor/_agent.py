@@ -56,10 +56,14 @@ class Agent:
         from fastapi_doctor.middleware import RequestMetrics
 
         attribution.configure(self.settings.library_modules)
-        if _pipelines is None:
-            _pipelines = telemetry.build(self.settings)
-        self.pipelines = _pipelines
-        self.meter = metrics.get_meter("fastapi_doctor", __version__)
+        if self.settings.test_mode:
+            self.pipelines = telemetry.in_process(self.settings)
+            self.meter = self.pipelines.meter_provider.get_meter("fastapi_doctor", __version__)
+        else:
+            if _pipelines is None:
+                _pipelines = telemetry.build(self.settings)
+            self.pipelines = _pipelines
+            self.meter = metrics.get_meter("fastapi_doctor", __version__)
         self.tracer = trace.get_tracer("fastapi_doctor", __version__)
         self._findings_counter = self.meter.create_counter(
             "fastapi_doctor.findings",
@@ -98,8 +102,9 @@ class Agent:
             self.on_fastapi(self.profiling.install)
         # The side server binds when the app imports fastapi (at once if it already has): a supervisor
         # that never imports the app (gunicorn's master, uvicorn's --workers and --reload parent)
-        # holds no port, and its workers get the ports (docs/reliability.md).
-        self.when_imported("fastapi", self._ensure_server)
+        # holds no port, and its workers get the ports (docs/reliability.md). A test suite gets none.
+        if not self.settings.test_mode:
+            self.when_imported("fastapi", self._ensure_server)
 
     def stop(self) -> None:
         self.running = False
@@ -119,6 +124,17 @@ class Agent:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+    def settle(self) -> None:
+        """Let the detectors that decide on a later round decide now (the pytest plugin calls it when a
+        test's requests are over, so that what they left behind is that test's)."""
+        for signal in self.signals:
+            hook = getattr(signal, "settle", None)
+            if hook is not None:
+                try:
+                    hook()
+                except Exception as exc:
+                    containment.report(f"signal {getattr(signal, 'name', signal)} settle", exc)
 
     def _ensure_server(self, _module: Any = None) -> None:
         if self.server is None and not self._server_attempted:
@@ -187,7 +203,7 @@ class Agent:
             return
         from fastapi_doctor.instrumentation import FastAPIHooks
 
-        self.fastapi = FastAPIHooks(self.request_metrics)
+        self.fastapi = FastAPIHooks(self.request_metrics, configure_telemetry=not self.settings.test_mode)
         self.fastapi.instrument()
         for callback in self._fastapi_callbacks:
             try:

@@ -50,6 +50,7 @@ _AGENT_MODULES = ("opentelemetry",)
 SERIALISATION_FUNCTIONS = frozenset(
     {
         ("fastapi.routing", "serialize_response"),
+        ("fastapi_doctor.signals.responses", "serialize_response"),  # the response signal's timer around it
         ("fastapi.encoders", "jsonable_encoder"),
         ("fastapi.routing", "_prepare_response_content"),
         ("starlette.responses", "render"),

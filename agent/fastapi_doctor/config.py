@@ -159,6 +159,9 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("enabled", "FASTAPI_DOCTOR_ENABLED", True, _bool, "true or false", "Turn the whole agent on or off."),
+    Setting("test_mode", "FASTAPI_DOCTOR_TEST_MODE", False, _bool, "true or false",
+            "Inside a test suite (the pytest plugin sets it): no side server, no exporters, the global "
+            "OpenTelemetry providers left alone; findings stay in the process."),
     Setting("loop_block_ms", "FASTAPI_DOCTOR_LOOP_BLOCK_MS", 100.0, _positive_float, "a number of milliseconds > 0",
             "The event loop not ticking for this long is a blocked episode."),
     Setting("heartbeat_ms", "FASTAPI_DOCTOR_HEARTBEAT_MS", 50.0, _positive_float, "a number of milliseconds > 0",
@@ -242,6 +245,7 @@ SETTINGS_BY_FIELD = {s.field: s for s in SETTINGS}
 @dataclass(frozen=True)
 class Settings:
     enabled: bool = True
+    test_mode: bool = False
     loop_block_ms: float = 100.0
     heartbeat_ms: float = 50.0
     threadpool_wait_seconds: float = 2.0

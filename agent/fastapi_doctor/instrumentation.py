@@ -54,8 +54,11 @@ def fastapi_has_native_telemetry() -> bool:
 class FastAPIHooks:
     """Owns every patch made to fastapi; ``uninstrument`` restores the originals."""
 
-    def __init__(self, metrics: RequestMetrics) -> None:
+    def __init__(self, metrics: RequestMetrics, configure_telemetry: bool = True) -> None:
         self.metrics = metrics
+        # False in test mode: the agent exports nothing there, so FastAPI's own telemetry stays as
+        # the app configured it (its metrics, its exclude hook).
+        self.configures_telemetry = configure_telemetry
         # Signals add app hooks: each runs once per built middleware stack, with the app.
         self.app_hooks: list[AppHook] = []
         # Signals add stack wrappers: each takes (app, built stack) and returns the stack to use.
@@ -151,7 +154,7 @@ class FastAPIHooks:
 
     def configure_telemetry(self, app: Any, user: dict[str, Any]) -> None:
         config = getattr(app, "_telemetry", None)
-        if not isinstance(config, dict):
+        if not isinstance(config, dict) or not self.configures_telemetry:
             return
         # An app that hands FastAPI its own providers gets FastAPI's telemetry as it asked for it: the
         # agent's sampling and metrics apply to the global providers only.

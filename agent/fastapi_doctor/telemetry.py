@@ -285,6 +285,15 @@ def build(settings: Settings) -> Pipelines:
     return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, lean, outage)
 
 
+def in_process(settings: Settings) -> Pipelines:
+    """Pipelines for a test suite: nothing is exported or served, no global provider is set, no thread
+    is started. Instruments are no-ops; findings, which the tests read, do not go through them."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    sampling.configure(1.0, 0.0)  # every request is measured in full, whatever the app's own telemetry says
+    return Pipelines(trace.get_tracer_provider(), NoOpMeterProvider(), None, False, LeanMetrics("fastapi_doctor", __version__))
+
+
 def _is_proxy(provider: Any) -> bool:
     cls = type(provider)
     return cls.__name__ in ("ProxyTracerProvider", "_ProxyMeterProvider", "NoOpTracerProvider", "NoOpMeterProvider")

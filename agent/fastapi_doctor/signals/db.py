@@ -79,6 +79,11 @@ class DatabaseSignal:
             self.pools.stop()
         self._installed = self._orm_installed = False
 
+    def settle(self) -> None:
+        """Report now the connections that finished requests left checked out (Agent.settle)."""
+        if self.pools is not None:
+            self.pools.check(grace=0.0)
+
     def after_fork(self) -> None:
         if self.pools is not None and self._installed:
             self.pools.after_fork()

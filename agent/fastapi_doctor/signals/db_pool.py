@@ -176,6 +176,7 @@ class PoolTracker:
         self.pool_wait_s = float(getattr(agent.settings, "pool_wait_seconds", 2.0))
         # Time a connection may stay out after its request finished before it counts as left behind.
         self.grace = min(1.0, self.leak_seconds / 2)
+        self._check_lock = threading.Lock()
         self.active = True
         meter = agent.meter
         self.wait_time = histogram(
@@ -555,8 +556,13 @@ class PoolTracker:
         self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=checkout.location,
                              method=checkout.request.method if checkout.request is not None else None)
 
-    def check(self) -> None:
-        """One watchdog round: deferred events, then checkouts held too long or past their request."""
+    def check(self, grace: float | None = None) -> None:
+        """One watchdog round: deferred events, then checkouts held too long or past their request.
+        ``grace=0`` (the pytest plugin, once a test's requests are over) reports at once what they left."""
+        with self._check_lock:  # the watchdog and a settling test may both run a round
+            self._check(self.grace if grace is None else grace)
+
+    def _check(self, grace: float) -> None:
         deferred = self.deferred
         while deferred:
             item = deferred.popleft()
@@ -577,7 +583,7 @@ class PoolTracker:
             age = now - checkout.start
             request = checkout.request
             # Left behind by a finished request is the sharper diagnosis: it wins over the age.
-            if request is not None and request.finished and now - (request.start + request.duration) > self.grace:
+            if request is not None and request.finished and now - (request.start + request.duration) > grace:
                 self.report_leak(checkout, "request_finished", age, self._pool_by_id(checkout.pool_id))
             elif age > self.leak_seconds:
                 self.report_leak(checkout, "held_too_long", age, self._pool_by_id(checkout.pool_id))
