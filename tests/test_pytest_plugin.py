@@ -24,6 +24,7 @@ SICK = {
     "test_async_client_customer_orders_n_plus_one": ("n_plus_one", "demo/orders.py", "orders_with_lines_n_plus_one"),
     "test_products_export_uncompressed": ("large_payload", "demo/patient.py", "export"),
     "test_cart_session_left_open": ("pool_leak", "demo/carts.py", "_cart_of"),
+    "test_product_page_task_per_view": ("task_leak", "demo/analytics.py", "Analytics.track_view"),
 }
 HEALTHY = {
     "test_quote_v2_async_client",
@@ -33,6 +34,7 @@ HEALTHY = {
     "test_async_client_customer_orders_v2",
     "test_products_v2_paginated",
     "test_cart_v2_scoped_session",
+    "test_product_page_v2_view_queue",
 }
 
 

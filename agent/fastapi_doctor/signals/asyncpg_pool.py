@@ -299,7 +299,7 @@ class AsyncpgSignal:
     def instrument(self, agent: Any) -> None:
         self.agent = agent
         self.queries = QueryCounter(agent)
-        self._rebuilds = RebuildSites(agent.findings)
+        self._rebuilds = RebuildSites.of(agent)
         agent.request_metrics.finished_hooks.append(self.queries.finished)
         self._running = True
         self._scan_existing = "asyncpg" in sys.modules

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.signals.rebuilds import BUILDERS
 
 DETECTED_BY = "call_interception"
 _AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -110,6 +111,8 @@ class BlockingCallSignal:
             for info in stack:  # innermost first: the first frame of the agent or of the app decides
                 if info.filename.startswith(_AGENT_DIR) and not info.filename.startswith(_DEMO_DIR):
                     return  # the agent's own work (attribution reading a file) is never the app's blame
+                if (info.module, info.code.co_name) in BUILDERS:
+                    return  # building an engine, client or pool: the rebuild is the finding, not its I/O
                 if info.module.partition(".")[0] in _FRAMEWORK:
                     # Reached through FastAPI's or Starlette's own code (its routing reading an endpoint's
                     # source, Jinja2's loader under TemplateResponse, the TestClient's receive): the

@@ -50,7 +50,7 @@ class DatabaseSignal:
         self.agent = agent
         self.pools = PoolTracker(agent)
         self.queries = QueryCounter(agent)
-        self.rebuilds = RebuildSites(agent.findings)
+        self.rebuilds = RebuildSites.of(agent)
         self._finished_hook = self.queries.finished
         agent.request_metrics.finished_hooks.append(self._finished_hook)
         self._running = True

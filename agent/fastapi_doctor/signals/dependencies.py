@@ -411,7 +411,7 @@ class DependencySignal:
 
     def instrument(self, agent: Any) -> None:
         self._agent = agent
-        self._sites = RebuildSites(agent.findings)
+        self._sites = RebuildSites.of(agent)
         self._cpu_limit_s = agent.settings.slow_dependency_ms / 1000.0
         self._histogram = histogram(
             agent,

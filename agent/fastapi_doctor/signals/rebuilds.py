@@ -26,9 +26,15 @@ _MAX_SITES = 1_000
 class RebuildSites:
     """Counts, per (object, line), the objects built inside requests; reports the repeated ones."""
 
-    def __init__(self, findings: Any) -> None:
+    def __init__(self, findings: Any, repeats: int = REBUILD_REPEATS) -> None:
         self.findings = findings
+        self.repeats = repeats
         self.counts: dict[tuple[str, Location | None], int] = {}
+
+    @classmethod
+    def of(cls, agent: Any) -> RebuildSites:
+        """The agent's: in a test (``test_mode``) one object built inside a request is already the fact."""
+        return cls(agent.findings, 1 if agent.settings.test_mode else REBUILD_REPEATS)
 
     def created(self, label: str, why: str, frame: types.FrameType | None, evidence: dict[str, Any] | None = None) -> None:
         """``label`` (e.g. ``httpx.AsyncClient``) was built; ``frame`` is the frame that called its constructor."""
@@ -93,13 +99,13 @@ class RebuildSites:
         self.counts.clear()
 
     def _repeated(self, key: tuple[str, Location | None]) -> int | None:
-        """Count one more of ``key``; the count once it is a repetition (``REBUILD_REPEATS``), else None."""
+        """Count one more of ``key``; the count once it is a repetition (``repeats``), else None."""
         counts = self.counts
         if key not in counts and len(counts) >= _MAX_SITES:
             return None
         count = counts.get(key, 0) + 1
         counts[key] = count
-        return count if count >= REBUILD_REPEATS else None
+        return count if count >= self.repeats else None
 
 
 def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None]:
@@ -131,3 +137,17 @@ def _fingerprint(inputs: tuple[Any, ...]) -> int | None:
     if not all(isinstance(v, _PLAIN) for v in values):
         return None
     return hash((args, tuple(sorted(kwargs.items()))))
+
+
+# Where libraries build the objects watched here: a blocking call made while one is built (SQLAlchemy
+# importing its dialect, reading a file) is part of that rebuild, which the rebuild finding names.
+BUILDERS = frozenset(
+    {
+        ("sqlalchemy.engine.create", "create_engine"),
+        ("sqlalchemy.ext.asyncio.engine", "create_async_engine"),
+        ("httpx._client", "__init__"),
+        ("asyncpg.pool", "create_pool"),
+        ("asyncpg.connection", "connect"),
+        ("databases.core", "connect"),
+    }
+)

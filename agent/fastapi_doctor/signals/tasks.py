@@ -306,12 +306,17 @@ class TaskSignal:
         self._next_cycle = now + CYCLE_S
         self.cycle(now)
 
-    def cycle(self, now: float) -> None:
+    def settle(self) -> None:
+        """Decide now as if the limit had passed (``Agent.settle``: the pytest plugin at the end of a test,
+        when the test's requests are over): a task its requests left pending is that test's leak."""
+        self.cycle(_monotonic(), leak_seconds=0.0)
+
+    def cycle(self, now: float, leak_seconds: float | None = None) -> None:
         """Count the watched tasks by creator, then let the rule decide for each creator."""
         alive: dict[Creator, int] = {}
         oldest: dict[Creator, float] = {}
         keep: list[_Watched] = []
-        leak_s = self._leak_s
+        leak_s = self._leak_s if leak_seconds is None else leak_seconds
         for watched in self._watched:
             task = watched.ref()
             if task is None or task.done():

@@ -52,6 +52,14 @@ def test_cart_v2_scoped_session(client) -> None:
     assert client.get("/v2/carts/5").json()["user_id"] == 5
 
 
+def test_product_page_task_per_view(client) -> None:
+    assert client.get("/products/6/page").json() == {"id": 6}
+
+
+def test_product_page_v2_view_queue(client) -> None:
+    assert client.get("/v2/products/6/page").json() == {"id": 6}
+
+
 # -- the same app tested the other common ways --------------------------------------------------------
 
 
