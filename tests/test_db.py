@@ -319,19 +319,19 @@ UNDO_SCRIPT = textwrap.dedent(
     import fastapi_doctor
     from fastapi_doctor import _agent
     from sqlalchemy import create_engine, event, text
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.pool import Pool, SingletonThreadPool
 
     originals = {
         "Pool.connect": Pool.__dict__["connect"],
         "SingletonThreadPool.connect": SingletonThreadPool.__dict__["connect"],
-        "Engine.__init__": Engine.__dict__["__init__"],
+        "Dialect.engine_created": Dialect.__dict__["engine_created"],
     }
     def patched():
         current = {
             "Pool.connect": Pool.__dict__["connect"],
             "SingletonThreadPool.connect": SingletonThreadPool.__dict__["connect"],
-            "Engine.__init__": Engine.__dict__["__init__"],
+            "Dialect.engine_created": Dialect.__dict__["engine_created"],
         }
         return sorted(k for k in originals if current[k] is not originals[k])
 
@@ -377,7 +377,7 @@ def test_uninstrument_removes_every_listener_and_patch(tmp_path):
     # Importing the signal imports no app library.
     assert report["imported_early"] is False
     assert report["during"] == {
-        "patched": ["Engine.__init__", "Pool.connect", "SingletonThreadPool.connect"],
+        "patched": ["Dialect.engine_created", "Pool.connect", "SingletonThreadPool.connect"],
         "listening": 8,
         "watchdog": True,
         "hooked": True,
