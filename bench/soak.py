@@ -59,6 +59,7 @@ class Collector:
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._conns: list[socket.socket] = []
+        self._thread: threading.Thread | None = None
         self.received_batches = 0
 
     @property
@@ -76,7 +77,8 @@ class Collector:
             self._listener.bind(("127.0.0.1", self.port))
             self._listener.listen(64)
             self._stop.clear()
-            threading.Thread(target=self._serve, args=(phase, self._listener), daemon=True).start()
+            self._thread = threading.Thread(target=self._serve, args=(phase, self._listener), daemon=True)
+            self._thread.start()
 
     def _serve(self, phase: str, listener: socket.socket) -> None:
         listener.settimeout(0.5)
@@ -99,6 +101,9 @@ class Collector:
             self._receiver.stop()
             self._receiver = None
         self._stop.set()
+        if self._thread is not None:  # out of accept() first: the port is free only then
+            self._thread.join(timeout=5)
+            self._thread = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -157,7 +162,9 @@ def side_servers(base: int) -> dict[int, dict[str, Any]]:
     for port in range(base, base + 8):
         try:
             doc = httpx.get(f"http://127.0.0.1:{port}/doctor", timeout=2).json()
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError) as exc:
+            if os.environ.get("SOAK_DEBUG"):
+                print(f"soak: side server {port}: {exc!r}", flush=True)
             continue
         causes: dict[str, int] = {}
         for f in doc["findings"]:

@@ -50,6 +50,18 @@ def test_every_environment_value_parses_or_is_named_with_the_default_applied(set
     assert others == {k: v for k, v in dataclasses.asdict(DEFAULTS).items() if k != setting.field}
 
 
+def test_every_number_has_a_range_stated_in_its_error():
+    # An accepted value must not break things (1e308 stopped a thread, 1e-300 burnt a core): every
+    # numeric setting has bounds, and the error says them.
+    numeric = [s for s in SETTINGS if isinstance(s.default, (int, float)) and not isinstance(s.default, bool)]
+    assert numeric
+    for setting in numeric:
+        assert " from " in setting.allowed and " to " in setting.allowed, setting.env
+        for extreme in ("1e308", "-1e308", "inf", "nan"):
+            _, errors = config.load(environ={setting.env: extreme})
+            assert errors, (setting.env, extreme)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from([s.env for s in SETTINGS]), _VALUES, max_size=8))
 def test_many_bad_values_at_once_give_one_error_each(environ):

@@ -367,7 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prometheus_host", "OTEL_EXPORTER_PROMETHEUS_HOST", "localhost", _bind_host,
             "an address of this machine (a host name that resolves, or an IP address)",
             "Address the side server (/metrics, /doctor, /) binds to."),
-    Setting("prometheus_port", "OTEL_EXPORTER_PROMETHEUS_PORT", 9464, _port, "a port number 0-65535",
+    Setting("prometheus_port", "OTEL_EXPORTER_PROMETHEUS_PORT", 9464, _port, "a port number from 0 to 65535",
             "Port of the side server; 0 picks a free one."),
     Setting("child_side_server", "FASTAPI_DOCTOR_CHILD_SIDE_SERVER", True, _bool, "true or false",
             "A Python process started by an instrumented one (a test runner's worker, a subprocess that "
