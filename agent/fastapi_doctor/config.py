@@ -219,10 +219,15 @@ def _resource_detectors(raw: str) -> str:
     return raw
 
 
-def _readable_file(raw: str) -> str:
+def _pem_file(raw: str) -> str:
+    """A readable PEM file (gRPC would otherwise fail every connection, logging from C, not Python)."""
     value = raw.strip()
-    if not (os.path.isfile(value) and os.access(value, os.R_OK)):
-        raise ValueError
+    try:
+        with open(value, "rb") as f:
+            if b"-----BEGIN " not in f.read(1_000_000):
+                raise ValueError
+    except OSError:
+        raise ValueError from None
     return value
 
 
@@ -297,7 +302,7 @@ def _sdk_settings() -> tuple[Setting, ...]:
                     f"OTLP exporter: headers of every export ({what}).", secret=True),
             Setting(None, name + "PROTOCOL", None, _choice("grpc", "http/protobuf", "http/json"),
                     "grpc, http/protobuf or http/json", f"OTLP protocol ({what}; the agent exports OTLP/gRPC)."),
-            *(Setting(None, name + file, None, _readable_file, "a readable file",
+            *(Setting(None, name + file, None, _pem_file, "a readable PEM file",
                       f"OTLP exporter: TLS {label} ({what}).")
               for file, label in (("CERTIFICATE", "CA certificate"), ("CLIENT_CERTIFICATE", "client certificate"),
                                   ("CLIENT_KEY", "client key"))),

@@ -230,6 +230,7 @@ def build(settings: Settings) -> Pipelines:
                 "(Prometheus pull and /doctor work)", endpoint, type(exc).__name__, exc,
             )
             outage, span_exporter = None, None
+            _wrappers.clear()  # nothing to re-create after a fork
 
     current_tracer = trace.get_tracer_provider()
     current_meter = metrics.get_meter_provider()
