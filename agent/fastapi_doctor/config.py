@@ -209,14 +209,18 @@ def _key_values(raw: str) -> str:
     return raw
 
 
-def _resource_detectors(raw: str) -> str:
-    """Names of installed resource detectors (entry points the SDK loads), or *."""
-    from importlib.metadata import entry_points
+def _installed(group: str, *also: str) -> Callable[[str], str]:
+    """A comma-separated list of names of installed entry points of ``group`` (what the SDK loads)."""
 
-    names = {n.strip() for n in raw.split(",") if n.strip()}
-    if not names <= {"*", *(ep.name for ep in entry_points(group="opentelemetry_resource_detector"))}:
-        raise ValueError
-    return raw
+    def parse(raw: str) -> str:
+        from importlib.metadata import entry_points
+
+        names = {n.strip() for n in raw.split(",") if n.strip()}
+        if not names <= {*also, *(ep.name for ep in entry_points(group=group))}:
+            raise ValueError
+        return raw
+
+    return parse
 
 
 def _pem_file(raw: str) -> str:
@@ -277,9 +281,18 @@ def _sdk_settings() -> tuple[Setting, ...]:
                 "SDK: metrics about the SDK's own processors."),
         Setting(None, "OTEL_RESOURCE_ATTRIBUTES", None, _key_values, "key=value pairs separated by commas",
                 "Extra resource attributes of everything the agent emits."),
-        Setting(None, "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", None, _resource_detectors,
+        Setting(None, "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", None, _installed("opentelemetry_resource_detector", "*"),
                 "a comma-separated list of installed resource detectors, or *",
                 "SDK: resource detectors run at start-up."),
+        # Read by the OpenTelemetry API when it is first imported: under the wrapper before any agent code,
+        # and by FastAPI itself. A bad propagator stops the app at import with or without the agent;
+        # only check-config can name it in advance.
+        Setting(None, "OTEL_PROPAGATORS", None, _installed("opentelemetry_propagator", "none"),
+                "a comma-separated list of installed propagators (tracecontext, baggage, ...) or none",
+                "API: context propagation formats (read at import, before the agent: check it with check-config)."),
+        Setting(None, "OTEL_PYTHON_CONTEXT", None, _installed("opentelemetry_context"),
+                "an installed context implementation (contextvars_context)",
+                "API: the runtime context implementation (read at import, before the agent)."),
         Setting(None, "OTEL_METRICS_EXEMPLAR_FILTER", None, _choice("always_on", "always_off", "trace_based"),
                 "always_on, always_off or trace_based", "SDK: which measurements keep exemplars."),
         Setting(None, "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", None,
