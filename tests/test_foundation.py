@@ -151,10 +151,10 @@ def test_selected_beside_opentelemetry_distro(serve):
 @pytest.mark.parametrize(
     ("variable", "value", "allowed"),
     [
-        ("FASTAPI_DOCTOR_LOOP_BLOCK_MS", "fast", "a number of milliseconds > 0"),
-        ("FASTAPI_DOCTOR_LEAK_SECONDS", "-3", "a number of seconds > 0"),
+        ("FASTAPI_DOCTOR_LOOP_BLOCK_MS", "fast", "a number of milliseconds from 1 to 60000"),
+        ("FASTAPI_DOCTOR_LEAK_SECONDS", "-3", "a number of seconds from 0.1 to 86400"),
         ("FASTAPI_DOCTOR_ENABLED", "maybe", "true or false"),
-        ("FASTAPI_DOCTOR_MAX_FINDINGS", "1.5", "a whole number > 0"),
+        ("FASTAPI_DOCTOR_MAX_FINDINGS", "1.5", "a whole number from 1 to 100000"),
     ],
 )
 def test_invalid_setting_is_named_once_and_the_app_serves(serve, variable, value, allowed):

@@ -100,7 +100,7 @@ def test_default_render_is_valid_kubernetes(tmp_path: Path) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted([
         "ServiceAccount", "ConfigMap", "ConfigMap", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
-        "Service", "Deployment", "ServiceMonitor", "PrometheusRule",
+        "Service", "Deployment", "ServiceMonitor", "PrometheusRule", "Secret",
     ])
     for doc in docs:
         assert len(doc["metadata"]["name"]) <= 63
@@ -289,12 +289,13 @@ def test_ports_agree_with_the_agent_defaults() -> None:
 
 def test_agent_settings_reach_the_environment(tmp_path: Path) -> None:
     docs = helm_template({"agent": {"settings": {"LOOP_BLOCK_MS": "50", "LOG_FORMAT": "json"},
-                                    "authTokenSecret": "doctor-token"}}, tmp_path)
+                                    "authToken": {"enabled": True, "existingSecret": "doctor-token"}}}, tmp_path)
     env_cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-agent-env"))
     assert env_cm["data"]["FASTAPI_DOCTOR_LOOP_BLOCK_MS"] == "50"
     assert env_cm["data"]["FASTAPI_DOCTOR_LOG_FORMAT"] == "json"
     token = {e["name"]: e for e in container(docs, "Deployment", "app")["env"]}["FASTAPI_DOCTOR_AUTH_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "doctor-token", "key": "token"}
+    assert not by_kind(docs, "Secret")  # the user's Secret: the chart creates none
     # Every variable the chart sets is one the agent parses, with a value it accepts.
     from fastapi_doctor import config
 
@@ -306,8 +307,30 @@ def test_agent_settings_reach_the_environment(tmp_path: Path) -> None:
     assert {k for k in environ if k.startswith("FASTAPI_DOCTOR_")} <= known
 
 
+def test_side_server_needs_a_token_by_default(tmp_path: Path) -> None:
+    # The side server listens on 0.0.0.0 in the pod: by default its token comes from a Secret the chart
+    # generates (a random one), and the agent accepts it.
+    docs = helm_template(None)
+    secret = one(docs, "Secret")
+    import base64
+
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    from fastapi_doctor import config
+
+    settings, errors = config.load({"FASTAPI_DOCTOR_AUTH_TOKEN": token})
+    assert errors == [] and settings.auth_token == token and len(token) >= 32
+    env = {e["name"]: e for e in container(docs, "Deployment", "app")["env"]}
+    assert env["FASTAPI_DOCTOR_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "token"}
+    assert helm_template(None) != docs  # generated per install (an upgrade keeps the live one: lookup)
+    validate_manifests(docs, tmp_path)
+    # Switched off on purpose: no Secret, no token, and the notes say the findings are open.
+    off = helm_template({"agent": {"authToken": {"enabled": False, "existingSecret": ""}}}, tmp_path)
+    assert not by_kind(off, "Secret")
+    assert "FASTAPI_DOCTOR_AUTH_TOKEN" not in {e["name"] for e in container(off, "Deployment", "app")["env"]}
+
+
 def test_schema_names_every_agent_setting() -> None:
-    # agent.settings takes any FASTAPI_DOCTOR_ variable but the token (a Secret, authTokenSecret);
+    # agent.settings takes any FASTAPI_DOCTOR_ variable but the token (a Secret, agent.authToken);
     # a setting added to the agent and not here would be refused by `helm install`.
     from fastapi_doctor import config
 
@@ -368,4 +391,4 @@ def test_schema_is_strict_and_accepts_the_defaults() -> None:
     names = set(schema["properties"]["agent"]["properties"]["settings"]["propertyNames"]["enum"])
     known = {s.env.removeprefix("FASTAPI_DOCTOR_") for s in config.SETTINGS if s.env.startswith("FASTAPI_DOCTOR_")}
     assert names <= known, f"the schema allows settings the agent does not have: {names - known}"
-    assert "AUTH_TOKEN" not in names  # a secret: only through agent.authTokenSecret
+    assert "AUTH_TOKEN" not in names  # a secret: only through agent.authToken

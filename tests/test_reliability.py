@@ -470,3 +470,68 @@ def test_fork_gives_the_child_its_own_side_server_and_uninstrument_undoes_it(tmp
     assert result["undone"]["port"] is None
     assert "fastapi-doctor-server" not in result["undone"]["threads"]
 
+
+
+# -- child processes under the wrapper ------------------------------------------------------------------
+
+# Run under opentelemetry-instrument: this process serves the side server on its port, then starts a
+# Python child that inherits the environment (as a test runner's worker or a task runner would) and a
+# multiprocessing spawn child. Prints what the children wrote to stderr and which port serves them.
+_PARENT_SCRIPT = textwrap.dedent(
+    """
+    import json, multiprocessing, os, subprocess, sys
+    import fastapi  # the side server binds now, on OTEL_EXPORTER_PROMETHEUS_PORT
+
+    CHILD = '''
+    import json, os, sys, urllib.request
+    import fastapi
+    base = int(os.environ["OTEL_EXPORTER_PROMETHEUS_PORT"])
+    port = None
+    for candidate in range(base, base + 65):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{candidate}/doctor", timeout=1) as r:
+                if json.load(r)["pid"] == os.getpid():
+                    port = candidate
+                    break
+        except OSError:
+            pass
+    print(json.dumps({"port": port}))
+    '''
+
+    def spawned(queue):
+        import fastapi  # noqa: F401
+        queue.put(os.getpid())
+
+    if __name__ == "__main__":
+        child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60)
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=spawned, args=(queue,))
+        proc.start()
+        queue.get(timeout=60)
+        proc.join(timeout=60)
+        print(json.dumps({"child": json.loads(child.stdout.strip().splitlines()[-1]), "stderr": child.stderr,
+                          "returncode": child.returncode}))
+    """
+)
+
+
+@pytest.mark.parametrize("child_side_server", ["true", "false"])
+def test_a_python_child_under_the_wrapper_takes_the_next_port_quietly(tmp_path, child_side_server):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_SCRIPT)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+    env.update({"OTEL_EXPORTER_PROMETHEUS_PORT": str(port), "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+                "FASTAPI_DOCTOR_CHILD_SIDE_SERVER": child_side_server})
+    out = subprocess.run([str(BIN / "opentelemetry-instrument"), str(BIN / "python"), str(script)],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Nothing on the children's stderr (before: "side server cannot listen ... address already in use").
+    assert result["returncode"] == 0 and result["stderr"] == ""
+    assert out.stderr == ""  # the parent's, with the multiprocessing child's
+    if child_side_server == "true":
+        assert port < result["child"]["port"] <= port + 64
+    else:
+        assert result["child"]["port"] is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -252,3 +253,89 @@ def test_runbooks_are_served_next_to_the_findings(guarded):
         assert page.text == (ROOT / "docs" / "runbooks" / f"{root_cause}.md").read_text()
     assert _get(guarded, "/runbooks/../../etc/passwd", GOOD).status_code == 404
     assert _get(guarded, "/runbooks/gremlins.md", GOOD).status_code == 404
+
+
+# -- slow and idle clients: a scrape is answered while they go on -----------------------------------------
+
+
+def _connect(port: int, source: str) -> socket.socket | None:
+    try:
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.settimeout(2)
+        sock.connect(("127.0.0.1", port))
+        return sock
+    except OSError:
+        return None
+
+
+def _scrape_seconds(app: AppProcess) -> float:
+    started = time.monotonic()
+    response = httpx.get(app.side_url + "/metrics", timeout=3)
+    assert response.status_code == 200 and "http_server_request_duration_seconds" in response.text
+    return time.monotonic() - started
+
+
+def test_scrapes_are_answered_while_slow_and_idle_clients_hold_connections(serve):
+    app = serve("rel_app:app")
+    httpx.get(app.url + "/items/1")
+    # One client (127.0.0.2) opens 20 connections sending one header byte every 4 s, and 500 that send
+    # nothing; before, /metrics went unanswered for as long as they stayed.
+    dripping = [s for s in (_connect(app.side_port, "127.0.0.2") for _ in range(20)) if s]
+    idle = [s for s in (_connect(app.side_port, "127.0.0.2") for _ in range(500)) if s]
+    stop = threading.Event()
+
+    def drip() -> None:
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n":
+            for sock in dripping:
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    pass
+            if stop.wait(4):
+                return
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    try:
+        # Scrapes from another client, and from the same one, are answered at once all along.
+        for _ in range(4):
+            assert _scrape_seconds(app) < 2
+            same_client = socket.create_connection(("127.0.0.1", app.side_port), timeout=3,
+                                                   source_address=("127.0.0.2", 0))
+            with same_client:
+                same_client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert same_client.recv(100).startswith(b"HTTP/1.0 200")
+            stop.wait(1.5)
+        # Each connection has a deadline for its whole request: the dripping ones are closed too.
+        def closed(sock: socket.socket) -> bool:
+            try:
+                sock.settimeout(0.01)
+                return sock.recv(1) == b""
+            except (TimeoutError, BlockingIOError):
+                return False
+            except OSError:
+                return True
+
+        wait_until(lambda: all(closed(s) for s in dripping), timeout=15)
+    finally:
+        stop.set()
+        dripper.join()
+        for sock in dripping + idle:
+            sock.close()
+    assert "internal error" not in app.logs()
+
+
+# -- exposure -------------------------------------------------------------------------------------------
+
+
+WIDE_OPEN = "listens on 0.0.0.0:{port} without FASTAPI_DOCTOR_AUTH_TOKEN"
+
+
+def test_a_side_server_open_to_the_network_without_a_token_says_so_once(serve):
+    app = serve("rel_app:app", env={"OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0"})
+    httpx.get(app.side_url + "/healthz")
+    assert app.logs().count(WIDE_OPEN.format(port=app.side_port)) == 1
+    guarded = serve("rel_app:app", env={"OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0", "FASTAPI_DOCTOR_AUTH_TOKEN": TOKEN})
+    assert httpx.get(guarded.side_url + "/doctor").status_code == 401
+    assert "without FASTAPI_DOCTOR_AUTH_TOKEN" not in guarded.logs()

@@ -173,8 +173,16 @@ class Agent:
             protect_metrics=self.settings.protect_metrics,
             profile=self.profiling.handle if self.profiling is not None else None,
         )
+        worker = _is_worker()
+        parent = None if worker else _instrumented_parent()
+        if parent is not None and not self.settings.child_side_server:
+            _log.info("fastapi-doctor: child process of instrumented pid %s: no side server "
+                      "(FASTAPI_DOCTOR_CHILD_SIDE_SERVER=false)", parent)
+            return
+        # A prefork worker, or a child process of an instrumented one (a test runner's worker, a
+        # subprocess that inherited the wrapper's environment): the next free port when it is taken.
         self.server = server.start(
-            side, self.settings.prometheus_host, self.settings.prometheus_port, worker=_is_worker()
+            side, self.settings.prometheus_host, self.settings.prometheus_port, worker=worker or parent is not None
         )
         if self.server is not None:  # the charts' points are read off the request path, every few seconds
             self.history = history
@@ -274,6 +282,20 @@ def _is_worker() -> bool:
         return False
 
 
+# Set by the first process of a tree that starts the agent; the Python processes it starts inherit it
+# (the wrapper's PYTHONPATH makes each of them start an agent too).
+AGENT_PID_ENV = "FASTAPI_DOCTOR_AGENT_PID"
+
+
+def _instrumented_parent() -> int | None:
+    """The pid of the instrumented process this one was started from, if any (not this one)."""
+    try:
+        pid = int(os.environ.get(AGENT_PID_ENV, ""))
+    except ValueError:
+        return None
+    return pid if pid != os.getpid() else None
+
+
 def _after_fork_in_child() -> None:
     global _forked, _lock
     _forked = True
@@ -295,9 +317,9 @@ def start(overrides: dict[str, Any] | None = None) -> Agent | None:
             if overrides:
                 _log.warning("fastapi-doctor: already instrumented; settings of the second call are ignored")
             return _agent
+        config.sanitize_environment()  # bad OTEL_* values named and removed before the SDK reads them
         settings, errors = config.load(overrides=overrides)
-        for error in errors:
-            _log.error("fastapi-doctor: %s", error)
+        config.report(errors)  # each bad value once, whoever found it first
         if not settings.enabled:
             _log.info("fastapi-doctor: disabled by FASTAPI_DOCTOR_ENABLED")
             return None
@@ -305,6 +327,7 @@ def start(overrides: dict[str, Any] | None = None) -> Agent | None:
         if not _fork_hook_installed and hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
             _fork_hook_installed = True
+        os.environ.setdefault(AGENT_PID_ENV, str(os.getpid()))
         agent = Agent(settings)
         try:
             agent.start()

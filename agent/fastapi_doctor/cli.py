@@ -14,8 +14,8 @@ from fastapi_doctor import config
 
 def check_config(args: argparse.Namespace) -> int:
     if args.list:
-        for env, default, meaning in config.environment_table():
-            print(f"{env:40} {default:20} {meaning}")
+        for (env, default, meaning), setting in zip(config.environment_table(), config.SETTINGS):
+            print(f"{env:40} {default:20} {meaning} Allowed: {setting.allowed}.")
         return 0
     _, errors = config.load()
     for error in errors:

@@ -18,10 +18,14 @@ import re
 import sys
 from typing import Any
 
-from opentelemetry.instrumentation.distro import BaseDistro
-from opentelemetry.sdk._configuration import _BaseConfigurator
+from fastapi_doctor import _imports, config
 
-from fastapi_doctor import _imports
+# Before the SDK is imported: it raises at import on some bad OTEL_* values (span limits), which would
+# keep this module, and so the whole agent, from loading. Each bad value is named once and removed.
+config.sanitize_environment()
+
+from opentelemetry.instrumentation.distro import BaseDistro  # noqa: E402
+from opentelemetry.sdk._configuration import _BaseConfigurator  # noqa: E402
 
 _log = logging.getLogger("fastapi_doctor")
 

@@ -221,29 +221,16 @@ def build(settings: Settings) -> Pipelines:
     span_exporter: SpanExporter | None = None
     endpoint = settings.otlp_endpoint
     if endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        outage = _Outage(endpoint)
-        for name in _EXPORTER_LOGGERS:
-            logging.getLogger(name).addFilter(_QuietExporterLogs())
-        insecure = not endpoint.startswith("https://")
-        timeout = settings.otlp_timeout_s
-        outage.factories = {
-            "traces": lambda: OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
-            "metrics": lambda: OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
-        }
-        readers.append(
-            lean_metrics.periodic_reader(
-                lean,
-                res,
-                OutageAwareMetricExporter(OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout), outage),
-                settings.metric_export_interval_ms,
+        try:
+            outage, span_exporter, reader = _otlp(settings, endpoint, lean, res)
+            readers.append(reader)
+        except Exception as exc:  # Prometheus pull and the findings do not need OTLP
+            _log.error(
+                "fastapi-doctor: OTLP export to %s cannot start (%s: %s); the agent runs without it "
+                "(Prometheus pull and /doctor work)", endpoint, type(exc).__name__, exc,
             )
-        )
-        span_exporter = OutageAwareSpanExporter(
-            OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout), outage
-        )
+            outage, span_exporter = None, None
+            _wrappers.clear()  # nothing to re-create after a fork
 
     current_tracer = trace.get_tracer_provider()
     current_meter = metrics.get_meter_provider()
@@ -292,6 +279,27 @@ def in_process(settings: Settings) -> Pipelines:
 
     sampling.configure(1.0, 0.0)  # every request is measured in full, whatever the app's own telemetry says
     return Pipelines(trace.get_tracer_provider(), NoOpMeterProvider(), None, False, LeanMetrics("fastapi_doctor", __version__))
+
+
+def _otlp(settings: Settings, endpoint: str, lean: LeanMetrics, res: Resource) -> tuple[_Outage, SpanExporter, Any]:
+    """The OTLP/gRPC span exporter and metric reader (built, not yet connected)."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    outage = _Outage(endpoint)
+    insecure = not endpoint.startswith("https://")
+    timeout = settings.otlp_timeout_s
+    outage.factories = {
+        "traces": lambda: OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
+        "metrics": lambda: OTLPMetricExporter(endpoint=endpoint, insecure=insecure, timeout=timeout),
+    }
+    reader = lean_metrics.periodic_reader(
+        lean, res, OutageAwareMetricExporter(outage.factories["metrics"](), outage), settings.metric_export_interval_ms
+    )
+    span_exporter = OutageAwareSpanExporter(outage.factories["traces"](), outage)
+    for name in _EXPORTER_LOGGERS:
+        logging.getLogger(name).addFilter(_QuietExporterLogs())
+    return outage, span_exporter, reader
 
 
 def _is_proxy(provider: Any) -> bool:

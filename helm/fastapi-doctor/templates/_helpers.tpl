@@ -98,3 +98,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     fieldRef:
       fieldPath: status.hostIP
 {{- end }}
+
+{{/* Name of the Secret holding the side server's token: the user's, or the one the chart creates. */}}
+{{- define "fastapi-doctor.tokenSecret" -}}
+{{- .Values.agent.authToken.existingSecret | default (include "fastapi-doctor.component" (dict "root" . "suffix" "doctor-token")) }}
+{{- end }}
