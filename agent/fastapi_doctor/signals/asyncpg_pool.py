@@ -37,7 +37,7 @@ from opentelemetry import metrics
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals.db_pool import Checkout, PoolStats, PoolTracker, occupancy, user_location
+from fastapi_doctor.signals.db_pool import Checkout, PoolStats, PoolTracker, occupancy
 from fastapi_doctor.signals.db_queries import QueryCounter
 from fastapi_doctor.signals.dependencies import Window
 from fastapi_doctor.signals.rebuilds import RebuildSites
@@ -230,13 +230,8 @@ class AsyncpgPoolTracker(PoolTracker):
     def acquired(self, view: PoolView, holder: Any, waited: float, found_full: bool) -> None:
         stats = view.stats
         self.wait_time.record(waited, stats.attrs)
-        checkout = Checkout(holder)  # the holder outlives the connection's proxy: never collected early
-        checkout.stats = stats
-        checkout.pool_id = id(view)
-        checkout.request = current_request.get()
-        checkout.location = user_location()
-        checkout.reported = False
-        checkout.start = perf_counter()
+        # The holder outlives the connection's proxy: never collected early.
+        checkout = Checkout.taken(holder, stats, id(view))
         self.out[id(holder)] = checkout
         if view.window.add((waited,), found_full and waited >= EXHAUSTED_WAIT_S):
             self.exhausted(view, checkout)

@@ -165,6 +165,19 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
     reported: bool
     owner: weakref.ref[Any] | None  # the ORM session whose transaction holds it, when one does
 
+    @classmethod
+    def taken(cls, connection: Any, stats: PoolStats, pool_id: int) -> Checkout:
+        """A connection taken now, in the current request (if any), at the caller's user line."""
+        checkout = cls(connection)
+        checkout.stats = stats
+        checkout.pool_id = pool_id
+        checkout.request = current_request.get()
+        checkout.location = user_location()
+        checkout.reported = False
+        checkout.owner = None
+        checkout.start = perf_counter()
+        return checkout
+
     def route(self) -> str | None:
         return self.request.route if self.request is not None else None
 
@@ -318,15 +331,7 @@ class PoolTracker:
             # reused): one holding, one leak, kept where it began.
             return
         pool = proxy._pool
-        checkout = Checkout(proxy)
-        checkout.stats = self.stats_for(pool)
-        checkout.pool_id = id(pool)
-        checkout.request = current_request.get()
-        checkout.location = user_location()
-        checkout.reported = False
-        checkout.owner = None
-        checkout.start = perf_counter()
-        self.out[id(connection_record)] = checkout
+        self.out[id(connection_record)] = Checkout.taken(proxy, self.stats_for(pool), id(pool))
 
     def on_session_begin(self, session: Any, connection: Any) -> None:
         """An ORM session began a transaction on ``connection``: its checkout belongs to that session."""
