@@ -24,6 +24,7 @@ CULPRITS = {
     "large_payload": ("fastapi_doctor/demo/", {"export", "export_all"}),
     "slow_middleware": ("fastapi_doctor/demo/middleware.py", {"AuditLogMiddleware.dispatch", "AuditStore.write"}),
     "pool_leak": ("fastapi_doctor/demo/carts.py", {"open_cart", "_cart_of"}),
+    "task_leak": ("fastapi_doctor/demo/analytics.py", {"Analytics.track_view"}),
 }
 
 

@@ -359,7 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("large_response_bytes", "FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES", 262144,
             *between(1, 2**40, "bytes", whole=True), "Uncompressed bodies above this are large payloads."),
     Setting("n_plus_one_threshold", "FASTAPI_DOCTOR_N_PLUS_ONE_THRESHOLD", 10,
-            *between(2, 100_000, whole=True), "Executions of one statement fingerprint in one request that make an N+1."),
+            *between(1, 100_000, whole=True), "Executions of one statement fingerprint in one request that make an N+1."),
     Setting("task_leak_seconds", "FASTAPI_DOCTOR_TASK_LEAK_SECONDS", 30.0, *between(0.1, 86_400, "seconds"),
             "A task of the app still pending this long after the request that created it is a leak."),
     Setting("gc_freeze", "FASTAPI_DOCTOR_GC_FREEZE", True, _bool, "true or false",
