@@ -71,8 +71,11 @@ class DoctorMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # A mounted FastAPI app has its own stack: the request is already measured by the outer app's
-        # (counted once, its route the full template).
-        if scope["type"] != "http" or current_request.get() is not None:
+        # (counted once, its route the full template). The same request is the same scope dict (Starlette's
+        # Mount updates it in place); a request uvicorn starts from inside the previous one's task (the
+        # next one pipelined on its connection) inherits that request's state but has a scope of its own.
+        outer = current_request.get()
+        if scope["type"] != "http" or (outer is not None and outer.scope is scope):
             if scope["type"] == "lifespan":
                 send = lifecycle.flushing_send(send)  # telemetry flushed when the app shuts down
             await self.app(scope, receive, send)
