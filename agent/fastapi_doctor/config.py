@@ -98,28 +98,6 @@ def between(low: float, high: float, unit: str = "", whole: bool = False) -> tup
     return parse, f"{number}{' of ' + unit if unit else ''} from {shown(low)} to {shown(high)}"
 
 
-# Parsers without an upper bound; a new setting should give its range with between().
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0 or value == float("inf"):
-        raise ValueError
-    return value
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw.strip())
-    if value <= 0:
-        raise ValueError
-    return value
-
-
 def _port(raw: str) -> int:
     value = int(raw.strip())
     if not 0 <= value <= 65535:
