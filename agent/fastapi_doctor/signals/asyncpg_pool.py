@@ -36,8 +36,14 @@ from opentelemetry import metrics
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.findings import Location
-from fastapi_doctor.signals.db_pool import Checkout, PoolStats, PoolTracker, occupancy
+from fastapi_doctor.signals.db_pool import (
+    Checkout,
+    PoolStats,
+    PoolTracker,
+    holders_evidence,
+    named_holders,
+    occupancy,
+)
 from fastapi_doctor.signals.db_queries import QueryCounter
 from fastapi_doctor.signals.dependencies import Window
 from fastapi_doctor.signals.rebuilds import RebuildSites
@@ -240,21 +246,12 @@ class AsyncpgPoolTracker(PoolTracker):
 
     def exhausted(self, view: PoolView, waiter: Checkout) -> None:
         """Most recent acquires waited on a full pool: name its size and who holds its connections."""
-        now = perf_counter()
-        holders: dict[tuple[str | None, Location | None], list[float]] = {}
-        for checkout in list(self.out.values()):
-            if checkout.pool_id == id(view) and checkout is not waiter:
-                entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
-                entry[0] += 1
-                entry[1] = max(entry[1], now - checkout.start)
-        ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+        ranked = self.holders(view, excluding=waiter)
         window = view.window
         waits = window.flagged
         p50 = window.p50(0)
         route = waiter.route()
-        named = ", ".join(
-            f"{r or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "") for (r, loc), (n, _age) in ranked[:3]
-        )
+        named = named_holders(ranked)
         summary = (
             f"Pool {view.stats.name} (max {view.size()} connections) is exhausted: {waits} of the last "
             f"{len(window.items)} acquires found every connection in use and waited (median wait {p50:.3f} s)"
@@ -269,13 +266,13 @@ class AsyncpgPoolTracker(PoolTracker):
             "waits_on_full_pool": waits,
             "acquires": len(window.items),
             "waiting_route": route,
-            "holders": [
-                {"route": r, "connections": int(n), "oldest_age_s": round(age, 3), "location": str(loc) if loc else None}
-                for (r, loc), (n, age) in ranked[:5]
-            ],
+            "holders": holders_evidence(ranked),
             **occupancy(view),
         }
-        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=waiter.location)
+        method = waiter.request.method if waiter.request is not None else None
+        self.findings.report(
+            "pool_leak", route=route, method=method, summary=summary, evidence=evidence, location=waiter.location
+        )
 
 
 class AsyncpgSignal:

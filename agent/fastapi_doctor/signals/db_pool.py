@@ -401,7 +401,7 @@ class PoolTracker:
             ranked = self.holders(pool)
             state = current_request.get()
             waiting_route = state.route if state is not None else None
-            named = _named(ranked)
+            named = named_holders(ranked)
             summary = (
                 f"Pool {stats.name} is exhausted: a checkout waited {waited:.2f} s and timed out"
                 + (f" on {waiting_route}" if waiting_route else "")
@@ -413,7 +413,7 @@ class PoolTracker:
                 "pool": stats.name,
                 "waited_s": round(waited, 3),
                 "waiting_route": waiting_route,
-                "holders": _holders_evidence(ranked),
+                "holders": holders_evidence(ranked),
                 **occupancy(pool),
             }
             # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
@@ -424,12 +424,14 @@ class PoolTracker:
         except Exception as exc:
             containment.report("db pool timeout", exc)
 
-    def holders(self, pool: Any) -> list[tuple[tuple[str | None, Location | None], list[float]]]:
+    def holders(
+        self, pool: Any, excluding: Checkout | None = None
+    ) -> list[tuple[tuple[str | None, Location | None], list[float]]]:
         """Connections of ``pool`` checked out now, by (route, checkout line): [count, oldest age], most first."""
         now = perf_counter()
         holders: dict[tuple[str | None, Location | None], list[float]] = {}
         for checkout in list(self.out.values()):
-            if checkout.pool_id == id(pool):
+            if checkout.pool_id == id(pool) and checkout is not excluding:
                 entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
                 entry[0] += 1
                 entry[1] = max(entry[1], now - checkout.start)
@@ -479,7 +481,7 @@ class PoolTracker:
             "waiting": waiting,
             "saturated_s": round(saturated_s, 2),
             "threads_waiting_for_a_connection": threads_waiting,
-            "holders": _holders_evidence(ranked),
+            "holders": holders_evidence(ranked),
         }
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
@@ -504,7 +506,7 @@ class PoolTracker:
         summary = (
             f"Pool {stats.name} (pool_size={size}, max_overflow={overflow}: {limit} connections) had every "
             f"connection in use for {saturated_s:.1f} s without a break while up to {waiting} callers waited: "
-            f"about {demand} needed a connection at once. Connections are held by {_named(ranked) or 'nobody known'}. "
+            f"about {demand} needed a connection at once. Connections are held by {named_holders(ranked) or 'nobody known'}. "
             f"Size the pool for the concurrency (pool_size + max_overflow >= {demand}, within the database's "
             "max_connections), or hold connections for less time (close sessions before slow work)."
         )
@@ -698,13 +700,13 @@ def _done_waiting(thread: int) -> None:
         pool_waiters.pop(thread, None)
 
 
-def _named(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> str:
+def named_holders(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> str:
     return ", ".join(
         f"{route or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "") for (route, loc), (n, _age) in ranked[:3]
     )
 
 
-def _holders_evidence(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> list[dict[str, Any]]:
+def holders_evidence(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> list[dict[str, Any]]:
     return [
         {"route": route, "connections": int(n), "oldest_age_s": round(age, 3), "location": str(loc) if loc else None}
         for (route, loc), (n, age) in ranked[:_MAX_HOLDERS]

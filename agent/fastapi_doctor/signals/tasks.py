@@ -379,52 +379,25 @@ def _observe(read: Callable[[Creator], float]) -> Callable[[Any], Iterable[Obser
     return callback
 
 
+# (name under fastapi_doctor.asyncio.tasks, kind, unit, description, what it reads of a creator)
+_INSTRUMENTS: tuple[tuple[str, str, str, str, Callable[[Creator], float]], ...] = (
+    ("alive", "gauge", "{task}", "Tasks of the app's code still pending after the request that created them, or "
+     "created outside any request, by creator (counted once a second).", lambda c: c.alive),
+    ("oldest_age", "gauge", "s", "Age of the oldest of those tasks, by creator.", lambda c: c.oldest_age_s),
+    ("created", "counter", "{task}", "Tasks of the app's code created, by creator.", lambda c: c.created),
+    ("leaked", "counter", "{task}", "Tasks still pending when the request that created them finished, by creator.",
+     lambda c: c.outlived),
+    ("destroyed_pending", "counter", "{task}",
+     "Pending tasks destroyed by the garbage collector (nothing kept a reference), by creator.",
+     lambda c: c.destroyed_pending),
+    ("exceptions_never_retrieved", "counter", "{task}",
+     "Tasks that failed with an exception nobody retrieved, by creator.", lambda c: c.never_retrieved),
+)
 # Module-level callbacks: a second instrument() in the same process gets the same instruments back.
-_CALLBACKS = {
-    "alive": _observe(lambda c: c.alive),
-    "oldest_age": _observe(lambda c: c.oldest_age_s),
-    "created": _observe(lambda c: c.created),
-    "leaked": _observe(lambda c: c.outlived),
-    "destroyed_pending": _observe(lambda c: c.destroyed_pending),
-    "exceptions_never_retrieved": _observe(lambda c: c.never_retrieved),
-}
+_CALLBACKS = {name: _observe(read) for name, _kind, _unit, _description, read in _INSTRUMENTS}
 
 
 def _create_instruments(meter: Any) -> None:
-    meter.create_observable_gauge(
-        "fastapi_doctor.asyncio.tasks.alive",
-        callbacks=[_CALLBACKS["alive"]],
-        unit="{task}",
-        description="Tasks of the app's code still pending after the request that created them, or created "
-        "outside any request, by creator (counted once a second).",
-    )
-    meter.create_observable_gauge(
-        "fastapi_doctor.asyncio.tasks.oldest_age",
-        callbacks=[_CALLBACKS["oldest_age"]],
-        unit="s",
-        description="Age of the oldest of those tasks, by creator.",
-    )
-    meter.create_observable_counter(
-        "fastapi_doctor.asyncio.tasks.created",
-        callbacks=[_CALLBACKS["created"]],
-        unit="{task}",
-        description="Tasks of the app's code created, by creator.",
-    )
-    meter.create_observable_counter(
-        "fastapi_doctor.asyncio.tasks.leaked",
-        callbacks=[_CALLBACKS["leaked"]],
-        unit="{task}",
-        description="Tasks still pending when the request that created them finished, by creator.",
-    )
-    meter.create_observable_counter(
-        "fastapi_doctor.asyncio.tasks.destroyed_pending",
-        callbacks=[_CALLBACKS["destroyed_pending"]],
-        unit="{task}",
-        description="Pending tasks destroyed by the garbage collector (nothing kept a reference), by creator.",
-    )
-    meter.create_observable_counter(
-        "fastapi_doctor.asyncio.tasks.exceptions_never_retrieved",
-        callbacks=[_CALLBACKS["exceptions_never_retrieved"]],
-        unit="{task}",
-        description="Tasks that failed with an exception nobody retrieved, by creator.",
-    )
+    for name, kind, unit, description, _read in _INSTRUMENTS:
+        create = meter.create_observable_gauge if kind == "gauge" else meter.create_observable_counter
+        create(f"fastapi_doctor.asyncio.tasks.{name}", callbacks=[_CALLBACKS[name]], unit=unit, description=description)
