@@ -42,6 +42,8 @@ class RebuildSites:
             state = current_request.get()
             if state is None:
                 return  # start-up work, built once: not a rebuild
+            if frame is not None and (frame.f_globals.get("__name__"), frame.f_code.co_name) in ONE_SHOT_HELPERS:
+                return  # requests.get() and friends: a session for one call, the helper's, not the app's object
             where, dependency = creation_site(frame)
             count = self._repeated((label, where))
             if count is None:
@@ -138,6 +140,10 @@ def _fingerprint(inputs: tuple[Any, ...]) -> int | None:
         return None
     return hash((args, tuple(sorted(kwargs.items()))))
 
+
+# Library helpers that build a watched object for one call and close it: the app called the helper,
+# it built nothing of its own (a blocking requests.get in an async route is that call's finding).
+ONE_SHOT_HELPERS = frozenset({("requests.api", "request")})
 
 # Where libraries build the objects watched here: a blocking call made while one is built (SQLAlchemy
 # importing its dialect, reading a file) is part of that rebuild, which the rebuild finding names.
