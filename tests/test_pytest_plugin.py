@@ -222,3 +222,17 @@ def test_pyproject_table_sets_thresholds_and_allowed_root_causes(tmp_path: Path)
     assert not failed(cases["test_summary_parks_a_sync_session"]), proc.stdout[-4000:]
     leak = findings_of(cases["test_summary_parks_a_sync_session"])
     assert [(f["root_cause"], f["status"]) for f in leak] == [("pool_leak", "allowed")]
+
+
+def test_a_suite_run_under_the_wrapper_with_warnings_as_errors_starts(tmp_path: Path) -> None:
+    # The wrapper imports the agent before pytest; pytest then marks the plugin's package for assertion
+    # rewriting, and its "already imported" warning stopped FastAPI's suite (filterwarnings = error).
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    assert 1 + 1 == 2\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FASTAPI_DOCTOR_", "OTEL_"))}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, "-m", "pytest", "-W", "error",
+         "-p", "no:cacheprovider", "-q", "test_nothing.py"],
+        cwd=tmp_path, env={**clean, "OTEL_EXPORTER_PROMETHEUS_PORT": "0"}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 passed" in proc.stdout

@@ -6,6 +6,10 @@ Start it with ``opentelemetry-instrument uvicorn app:app`` (no code change), or 
     fastapi_doctor.instrument(app)
 
 Importing this package imports none of the app's libraries.
+
+PYTEST_DONT_REWRITE: under ``opentelemetry-instrument pytest`` the agent is imported before pytest, which
+marks the package of a plugin (``pytest --doctor``) for assertion rewriting and would warn that it is
+already imported: an error in a suite run with ``-W error`` (FastAPI's own).
 """
 
 from __future__ import annotations
