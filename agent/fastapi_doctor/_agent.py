@@ -128,13 +128,17 @@ class Agent:
     def settle(self) -> None:
         """Let the detectors that decide on a later round decide now (the pytest plugin calls it when a
         test's requests are over, so that what they left behind is that test's)."""
+        self._each_signal("settle")
+
+    def _each_signal(self, hook_name: str) -> None:
+        """Call ``hook_name()`` on every signal that has it, each contained."""
         for signal in self.signals:
-            hook = getattr(signal, "settle", None)
+            hook = getattr(signal, hook_name, None)
             if hook is not None:
                 try:
                     hook()
                 except Exception as exc:
-                    containment.report(f"signal {getattr(signal, 'name', signal)} settle", exc)
+                    containment.report(f"signal {getattr(signal, 'name', signal)} {hook_name}", exc)
 
     def _ensure_server(self, _module: Any = None) -> None:
         if self.server is None and not self._server_attempted:
@@ -152,13 +156,7 @@ class Agent:
         self._server_attempted = False
         if "fastapi" in sys.modules:
             self._ensure_server()
-        for signal in self.signals:
-            hook = getattr(signal, "after_fork", None)
-            if hook is not None:
-                try:
-                    hook()
-                except Exception as exc:
-                    containment.report(f"signal {getattr(signal, 'name', signal)} after fork", exc)
+        self._each_signal("after_fork")
 
     def _start_server(self) -> None:
         from fastapi_doctor import server
