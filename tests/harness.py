@@ -81,6 +81,8 @@ class OTLPReceiver:
     server: Any = None
     # When set, every call waits this long before answering (a collector that hangs).
     delay_s: float = 0.0
+    # Calls received and not yet answered.
+    in_flight: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -143,9 +145,17 @@ class OTLPReceiver:
 def start_otlp_receiver(port: int | None = None) -> OTLPReceiver:
     receiver = OTLPReceiver(port or free_port())
 
+    counting = threading.Lock()
+
     def wait() -> None:
         if receiver.delay_s:
-            time.sleep(receiver.delay_s)
+            with counting:
+                receiver.in_flight += 1
+            try:
+                time.sleep(receiver.delay_s)
+            finally:
+                with counting:
+                    receiver.in_flight -= 1
 
     class Traces(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -470,6 +471,64 @@ def test_fork_gives_the_child_its_own_side_server_and_uninstrument_undoes_it(tmp
     assert result["undone"]["port"] is None
     assert "fastapi-doctor-server" not in result["undone"]["threads"]
 
+
+
+# Forks when told on stdin; the child prints its pid and lives until killed.
+_FORK_DURING_EXPORT_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from fastapi import FastAPI
+    import fastapi_doctor
+
+    app = FastAPI()
+    fastapi_doctor.instrument(app, prometheus_port=0, prometheus_host="127.0.0.1")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    pid = os.fork()
+    if pid == 0:
+        print(os.getpid(), flush=True)
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+    """
+)
+
+
+def test_worker_forked_while_the_parent_exports_metrics_exports_its_own(otlp, tmp_path):
+    # gunicorn --preload forks its workers while the master's metric reader may be exporting: the child
+    # must not inherit an export in progress (it would never export again).
+    script = tmp_path / "fork_during_export.py"
+    script.write_text(_FORK_DURING_EXPORT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint, OTEL_METRIC_EXPORT_INTERVAL="200")
+    otlp.delay_s = 3.0  # the parent's export hangs on the collector...
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    child = None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        wait_until(lambda: otlp.in_flight > 0, timeout=20)
+        proc.stdin.write("fork\n")  # ...while it forks
+        proc.stdin.flush()
+        child = int(proc.stdout.readline())
+        otlp.delay_s = 0.0
+
+        def child_exported():
+            return any(
+                a.key == "process.pid" and a.value.int_value == child
+                for req in list(otlp.metric_requests)
+                for rm in req.resource_metrics
+                for a in rm.resource.attributes
+            )
+
+        assert wait_until(child_exported, timeout=15)
+    finally:
+        for pid in (child, proc.pid):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        proc.wait()
 
 
 # -- child processes under the wrapper ------------------------------------------------------------------

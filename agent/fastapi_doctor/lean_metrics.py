@@ -209,7 +209,11 @@ def prometheus_reader(lean: LeanMetrics, resource: Resource) -> Any:
 
 def periodic_reader(lean: LeanMetrics, resource: Resource, exporter: Any, interval_ms: float) -> Any:
     class LeanPeriodicExportingMetricReader(_LeanReaderMixin, PeriodicExportingMetricReader):
-        pass
+        def _at_fork_reinit(self) -> None:
+            # The SDK restarts the export thread in a forked child but keeps the parent's export lock:
+            # forked while the parent's thread was exporting (held), the child would never export.
+            self._export_lock = threading.Lock()
+            super()._at_fork_reinit()
 
     reader = LeanPeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
     reader.lean, reader.lean_resource = lean, resource
