@@ -15,6 +15,7 @@ from typing import Any
 from fastapi_doctor import _imports, attribution, config, containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.findings import Finding, FindingsRegistry, log_first_occurrence
+from fastapi_doctor.findings_export import FindingsExport
 from fastapi_doctor.version import __version__
 
 _log = logging.getLogger("fastapi_doctor")
@@ -42,7 +43,7 @@ class Agent:
         self.signals: list[Any] = []
         self._fastapi_callbacks: list[Callable[[Any], None]] = []
         self._server_attempted = False
-        self._findings_counter: Any = None
+        self.findings_export: Any = None  # findings as metrics and log events (findings_export.py)
         self.history: Any = None  # the doctor page's charts (history.py), beside the side server
         self.profiling: Any = None  # GET /profile (profiling.py)
 
@@ -65,10 +66,12 @@ class Agent:
             self.pipelines = _pipelines
             self.meter = metrics.get_meter("fastapi_doctor", __version__)
         self.tracer = trace.get_tracer("fastapi_doctor", __version__)
-        self._findings_counter = self.meter.create_counter(
-            "fastapi_doctor.findings",
-            unit="{finding}",
-            description="Occurrences of findings, by root cause, route and request method.",
+        self.findings_export = FindingsExport(
+            self.findings,
+            self.meter,
+            max_findings=self.settings.max_findings,
+            logger_provider=self._finding_logs(),
+            quiet_s=self.settings.log_repeat_seconds,
         )
         containment.set_counter(
             self.meter.create_counter(
@@ -77,7 +80,8 @@ class Agent:
                 description="Exceptions caught inside the agent (the app was not affected).",
             )
         )
-        self.findings.add_listener(self._count_finding)
+        self.findings.add_listener(self.findings_export.on_finding)
+        self.findings.add_listener(self._mark_request)
         self.findings.add_listener(log_first_occurrence)
         # Histograms recorded on the request path: lean ones, read by the SDK's readers (lean_metrics.py).
         self.lean = self.pipelines.lean
@@ -150,6 +154,8 @@ class Agent:
         from fastapi_doctor import server
 
         self.findings._lock = threading.Lock()
+        if self.findings_export is not None:
+            self.findings_export.after_fork()
         if self.server is not None:
             server.close_inherited(self.server)
             self.server = None
@@ -225,13 +231,19 @@ class Agent:
             self._on_fastapi(__import__("fastapi"))
         instrument_app(app, self.fastapi)
 
-    def _count_finding(self, finding: Finding, is_new: bool) -> None:
-        attrs = {"root_cause": finding.root_cause}
-        if finding.route is not None:
-            attrs["http.route"] = finding.route
-        if finding.method is not None:
-            attrs["http.request.method"] = finding.method
-        self._findings_counter.add(1, attrs)
+    def _finding_logs(self) -> Any:
+        """The OTLP logs pipeline the findings' log events go through (None without an endpoint)."""
+        if self.settings.test_mode or not self.settings.otlp_endpoint:
+            return None
+        try:
+            from fastapi_doctor.signals import log_export
+
+            return log_export.logger_provider(self.settings, getattr(self.pipelines, "outage", None))
+        except Exception as exc:
+            containment.report("finding log events", exc)
+            return None
+
+    def _mark_request(self, finding: Finding, is_new: bool) -> None:
         state = current_request.get()
         if state is not None:
             state.add_root_cause(finding.root_cause)

@@ -365,7 +365,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Statements slower than this are logged."),
     Setting("log_repeat_seconds", "FASTAPI_DOCTOR_LOG_REPEAT_SECONDS", 60.0,
             *between(1, 86_400, "seconds"),
-            "Identical request or slow-query records within this window are written once, then summarised."),
+            "Identical request or slow-query records within this window are written once, then summarised; "
+            "a finding that recurs after this long without an occurrence gets a new log event."),
     Setting("redact_query", "FASTAPI_DOCTOR_REDACT_QUERY", True, _bool, "true or false",
             "Replace query-string values in exported spans (url.query, url.full) with REDACTED; keys stay."),
     # Standard OpenTelemetry variables the agent reads itself.
