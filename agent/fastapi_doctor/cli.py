@@ -48,6 +48,9 @@ def fetch_doctor(url: str, token: str | None = None, timeout: float = 5.0) -> di
     return doc
 
 
+DEFAULT_URL = "http://127.0.0.1:9464"
+
+
 class ReportError(Exception):
     pass
 
@@ -55,8 +58,10 @@ class ReportError(Exception):
 def report(args: argparse.Namespace) -> int:
     from fastapi_doctor.report.terminal import render_table
 
+    if args.prometheus or len(args.url or ()) > 1:
+        return fleet_report(args)
     try:
-        doc = fetch_doctor(args.url, args.token)
+        doc = fetch_doctor((args.url or [DEFAULT_URL])[0], args.token)
     except ReportError as exc:
         print(f"fastapi-doctor: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +69,32 @@ def report(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(render_table(doc))
+    return 0
+
+
+def fleet_report(args: argparse.Namespace) -> int:
+    """Several side servers merged, or the fleet from Prometheus: each finding once, by finding_id."""
+    from fastapi_doctor.report import fleet
+    from fastapi_doctor.report.terminal import render_fleet
+
+    try:
+        if args.prometheus:
+            doc = fleet.from_prometheus(fleet.PrometheusAPI(args.prometheus), args.selector)
+        else:
+            docs, unreachable = [], []
+            for url in args.url:
+                try:
+                    docs.append((url, fetch_doctor(url, args.token)))
+                except ReportError as exc:
+                    print(f"fastapi-doctor: {exc}", file=sys.stderr)
+                    unreachable.append(url)
+            if not docs:
+                return 2
+            doc = fleet.merge_documents(docs, unreachable)
+    except fleet.FleetError as exc:
+        print(f"fastapi-doctor: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else render_fleet(doc))
     return 0
 
 
@@ -81,10 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list every setting with its default")
     p.set_defaults(func=check_config)
 
-    p = sub.add_parser("report", help="print the findings of a running agent")
-    p.add_argument("--url", default="http://127.0.0.1:9464", help="the side server (default %(default)s)")
+    p = sub.add_parser("report", help="print the findings of a running agent, or of a fleet")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--url", action="append", default=None,
+                        help=f"a side server (default {DEFAULT_URL}); repeat it for several workers or "
+                             "replicas: their findings are merged by finding_id")
+    source.add_argument("--prometheus", default=None, metavar="URL",
+                        help="read the fleet's findings from Prometheus' HTTP API at URL")
+    p.add_argument("--selector", default=None, metavar="'{job=\"api\"}'",
+                   help="with --prometheus: label matchers for the agent's series")
     p.add_argument("--token", default=None, help="bearer token when FASTAPI_DOCTOR_AUTH_TOKEN is set")
-    p.add_argument("--json", action="store_true", help="print the /doctor JSON")
+    p.add_argument("--json", action="store_true", help="print the /doctor JSON (the fleet document when merged)")
     p.set_defaults(func=report)
 
     p = sub.add_parser("demo", help="run the patient app under the agent and print the diagnosis")

@@ -60,6 +60,35 @@ def render_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_fleet(doc: dict[str, Any]) -> str:
+    """The fleet table (``report --url A --url B``, ``report --prometheus``): a finding once, with the
+    instances that report it."""
+    findings = doc.get("findings", [])
+    sources = ", ".join(doc.get("sources", []))
+    header = f"fastapi-doctor fleet — {sources}: {len(findings)} finding(s)"
+    for url in doc.get("unreachable", []):
+        header += f"\nunreachable: {url}"
+    if not findings:
+        return header + "\nNo finding reported."
+    with_rate = any("rate" in f for f in findings)
+    columns = ("ROOT CAUSE", "ROUTE", "LOCATION", "INSTANCES", "COUNT", *(("RATE/S",) if with_rate else ()),
+               "FIRST SEEN", "LAST SEEN")
+    rows = [
+        (f["root_cause"], route_text(f), _location(f), str(len(f["instances"])), str(f["count"]),
+         *((f"{f.get('rate') or 0.0:.3g}",) if with_rate else ()), f.get("first_seen") or "-", f.get("last_seen") or "-")
+        for f in findings
+    ]
+    lines = [header, "", render_rows(columns, rows, indent=""), ""]
+    for f in findings:
+        lines.append(f"[{f['root_cause']}] {route_text(f)} ({f['id']}): " + ", ".join(_instance(i) for i in f["instances"]))
+        lines.append(f"    runbook: {f['runbook']}")
+    return "\n".join(lines)
+
+
+def _instance(i: dict[str, Any]) -> str:
+    return f"{i['instance']} (pid {i['pid']})" if i.get("pid") is not None else str(i["instance"])
+
+
 def render_finding(
     f: dict[str, Any], fix: str | None = None, runbook_notes: list[str] | None = None, indent: str = "    "
 ) -> str:
