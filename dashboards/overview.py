@@ -19,6 +19,8 @@ from grafana_foundation_sdk.models import common, units
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
     Threshold,
     ThresholdsMode,
     VariableRefresh,
@@ -31,6 +33,9 @@ from dashboards.promql import quantile, sel
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
+# A finding's identity and location on fastapi_doctor_finding_info (agent/fastapi_doctor/findings_export.py).
+FINDING_LABELS = ("finding_id, root_cause, http_request_method, http_route, code_file_path, code_line_number, "
+                  "code_function_name")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,12 @@ class PanelSpec:
     width: int = 12
     # The scenario in which the panel must show data, when not its row's ("pathology": any of them).
     meant_for: str | None = None
+    # A table of several queries: their rows merged on their common labels, columns (field, title) in
+    # this order (a query's value is "Value #<refId>"), sorted by the column titled ``sort_by``.
+    columns: tuple[tuple[str, str], ...] = ()
+    sort_by: str | None = None
+    # (field, URL with ${__value.raw}): each cell of the field links there (a runbook).
+    link: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,12 +113,21 @@ def rows(cfg: Config) -> list[RowSpec]:
                 threshold=t.slow_request_seconds, width=8,
             ),
             PanelSpec(
-                "Findings by root cause and route", units.Short,
-                (Query(f"sum by (root_cause, http_route) (increase(fastapi_doctor_findings_total{dr}[$__range]))",
-                       "{{root_cause}} {{http_route}}"),),
-                "Findings the agent reported over the dashboard's time range (fastapi_doctor_findings_total). "
-                "The side server's /doctor names the line of code.",
+                "Findings: location, replicas, rate", units.Short,
+                (Query(f"count by ({FINDING_LABELS}) (fastapi_doctor_finding_info{dr})", "replicas"),
+                 Query(f"sum by (finding_id) (increase(fastapi_doctor_findings_total{dr}[$__range]))", "occurrences"),
+                 Query(f"sum by (finding_id) (rate(fastapi_doctor_findings_total{dr}[{RATE}]))", "rate")),
+                "Each finding once across the fleet, with its line of code (fastapi_doctor_finding_info), the "
+                "instances (workers, replicas) that hold it, its occurrences over the dashboard's time range and "
+                "its rate now (fastapi_doctor_findings_total, joined by finding_id). The root cause links to its "
+                "runbook; `fastapi-doctor report --prometheus` prints the same table.",
                 kind="table", width=24, meant_for="pathology",
+                columns=(("root_cause", "Root cause"), ("http_request_method", "Method"), ("http_route", "Route"),
+                         ("code_file_path", "File"), ("code_line_number", "Line"), ("code_function_name", "Function"),
+                         ("Value #A", "Replicas"), ("Value #B", "Occurrences"), ("Value #C", "Rate /s"),
+                         ("finding_id", "Finding")),
+                sort_by="Rate /s",
+                link=("root_cause", cfg.runbook_url("${__value.raw}")),
             ),
         )),
         RowSpec("blocking_io: blocking calls in async code", "blocking_io", (
@@ -358,6 +378,8 @@ def _panel(spec: PanelSpec) -> Any:
             panel = panel.thresholds_style(
                 common_b.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED))
     panel = panel.thresholds(dash.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps))
+    if spec.columns:
+        panel = _columns(panel, spec)
     for i, q in enumerate(spec.queries):
         target = prometheus.Dataquery().expr(q.expr).legend_format(q.legend).ref_id(chr(ord("A") + i))
         target = target.datasource(DATASOURCE)
@@ -368,6 +390,24 @@ def _panel(spec: PanelSpec) -> Any:
         if q.exemplar:
             target = target.exemplar(True)
         panel = panel.with_target(target)
+    return panel
+
+
+def _columns(panel: Any, spec: PanelSpec) -> Any:
+    """Several instant queries as one table: merged on their common labels, renamed, ordered, linked."""
+    names = [name for name, _ in spec.columns]
+    panel = panel.with_transformation(DataTransformerConfig(id_val="merge", options={}))
+    panel = panel.with_transformation(DataTransformerConfig(id_val="organize", options={
+        "excludeByName": {"Time": True},
+        "indexByName": {name: i for i, name in enumerate(names)},
+        "renameByName": dict(spec.columns),
+    }))
+    if spec.sort_by:
+        panel = panel.sort_by([common_b.TableSortByFieldState().display_name(spec.sort_by).desc(True)])
+    if spec.link:
+        column, url = spec.link  # overrides match the field's name after the renaming
+        panel = panel.override_by_name(dict(spec.columns).get(column, column), [DynamicConfigValue(id_val="links", value=[
+            {"title": "runbook", "url": url, "targetBlank": True}])])
     return panel
 
 

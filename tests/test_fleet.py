@@ -21,6 +21,7 @@ from apps.fullstack_security import create_access_token
 from harness import BIN, AppProcess, concurrent_get, wait_until
 from test_prometheus_e2e import Prometheus
 
+DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "grafana" / "fastapi-doctor-overview.json"
 HEADERS = {"authorization": f"Bearer {create_access_token(1)}", "Connection": "close"}
 N_PLUS_ONE = "/api/authors/"
 BLOCKING = "/api/reports/daily"
@@ -185,6 +186,22 @@ def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that
         assert blocking and all(f["location"]["function"] == "daily_report" for f in blocking)
         rates = [f["rate"] for f in doc["findings"]]
         assert rates == sorted(rates, reverse=True)  # by impact
+
+        # The overview dashboard's findings table, as Grafana runs it: the same rows.
+        panel = next(p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"].startswith("Findings"))
+        exprs = {t["refId"]: (t["expr"].replace("$job", "library").replace("$instance", ".*").replace("$route", ".*")
+                              .replace("$__rate_interval", "1m").replace("$__range", "5m"))
+                 for t in panel["targets"]}
+        table = {r["metric"]["finding_id"]: r for r in prometheus.query(exprs["A"])}
+        assert set(table) == {f["id"] for f in doc["findings"]}
+        for f in doc["findings"]:
+            labels = table[f["id"]]["metric"]
+            assert int(table[f["id"]]["value"][1]) == len(f["instances"])  # replicas
+            assert (labels["root_cause"], labels["http_route"], labels["code_function_name"],
+                    int(labels["code_line_number"])) == (f["root_cause"], f["route"], f["location"]["function"],
+                                                         f["location"]["line"])
+        for ref in ("B", "C"):
+            assert {r["metric"]["finding_id"] for r in prometheus.query(exprs[ref])} == set(table)
 
         code, out, _ = report("--prometheus", f"http://127.0.0.1:{prometheus.port}", "--selector", 'job="library"')
         assert code == 0 and "fleet_app.py" in out and "list_authors" not in out.split("\n")[0]
