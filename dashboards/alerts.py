@@ -14,7 +14,9 @@ from typing import Any
 from dashboards.config import ROOT_CAUSES, Config
 from dashboards.promql import mean, quantile, sel
 
-HTTP_FINDINGS_LABELS = ("job", "instance", "http_route")
+# A finding's alert is per finding (its finding_id), with the finding's line of code when known.
+FINDING_LABELS = ("job", "instance", "http_route", "finding_id")
+LOCATION_LABELS = ("code_file_path", "code_line_number", "code_function_name")
 
 
 @dataclass(frozen=True)
@@ -69,19 +71,30 @@ def _loop_healthy(cfg: Config) -> str:
 
 def _findings(cfg: Config, root_cause: str, name: str, what: str) -> Alert:
     s = sel(cfg.alert_selector, f'root_cause="{root_cause}"')
+    by_finding = f"sum by ({', '.join(FINDING_LABELS)})"
+    # New findings in the window: a count that grew, or a series that did not exist a window ago (a
+    # finding's counter appears at its first report, so its first increase has no sample before it).
+    new = (f"(\n  ({by_finding} (increase(fastapi_doctor_findings_total{s}[{cfg.window}])) > 0)\n  or\n"
+           f"  ({by_finding} (fastapi_doctor_findings_total{s}\n"
+           f"    unless fastapi_doctor_findings_total{s} offset {cfg.window}) > 0)\n)")
+    located = ", ".join(LOCATION_LABELS)
     return Alert(
         name=name,
         root_cause=root_cause,
         severity="info",
-        # New findings in the window: a count that grew, or a series that did not exist a window ago (a
-        # finding's counter appears at its first report, so its first increase has no sample before it).
-        expr=(f"(sum by (job, instance, http_route) (increase(fastapi_doctor_findings_total{s}[{cfg.window}])) > 0)\n"
-              f"or\n(sum by (job, instance, http_route) (fastapi_doctor_findings_total{s}\n"
-              f"  unless fastapi_doctor_findings_total{s} offset {cfg.window}) > 0)"),
+        # With the finding's line of code from its info series (joined by finding_id); without it when
+        # the info series is gone (the finding was evicted) or the agent predates it.
+        expr=(f"{new}\n* on (job, instance, finding_id) group_left ({located})\n"
+              f"  max by (job, instance, finding_id, {located}) (fastapi_doctor_finding_info{s})\n"
+              f"or on (job, instance, finding_id)\n{new}"),
         summary=f"fastapi-doctor reported {what} on {{{{ $labels.http_route }}}}",
         description=(
-            _where() + f": the agent reported {{{{ $value | humanize }}}} {root_cause} finding(s) on route "
-            "{{ $labels.http_route }} in the last " + cfg.window + "; /doctor on the side server names the line."
+            _where() + f": the agent reported {{{{ $value | humanize }}}} {root_cause} finding(s)"
+            "{{ if $labels.http_route }} on route {{ $labels.http_route }}{{ end }}"
+            "{{ if $labels.code_file_path }} at {{ $labels.code_file_path }}:{{ $labels.code_line_number }} "
+            "in {{ $labels.code_function_name }}{{ end }}"
+            " in the last " + cfg.window + "; /doctor on the side server has the evidence, "
+            "`fastapi-doctor report --prometheus` the other instances."
         ),
     )
 

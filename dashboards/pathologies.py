@@ -123,11 +123,36 @@ def _replace(base: list[dict[str, str]], extra: list[dict[str, str]], drop: str 
     return kept + extra
 
 
-def _finding(root_cause: str, route: str | None) -> dict[str, str]:
-    labels = {"root_cause": root_cause}
-    if route is not None:
-        labels["http_route"] = route
-    return counter("fastapi_doctor_findings_total", 1, **labels)
+# The line of code of each scenario's finding, on its info series (slow_middleware's has none: an
+# evicted finding, or an agent without the series; its alert falls back to the counter alone).
+FINDING_LOCATIONS = {
+    "blocking_io": ("app/report.py", "42", "build_report"),
+    "dependency_rebuild": ("app/deps.py", "17", "get_engine"),
+    "pool_leak": ("app/db.py", "88", "leaky"),
+    "large_payload": ("app/catalog.py", "23", "catalog"),
+    "n_plus_one": ("app/authors.py", "61", "list_authors"),
+    "task_leak": ("app/orders.py", "58", "notify"),
+}
+
+
+def finding_labels(root_cause: str, route: str | None) -> dict[str, str]:
+    """The labels a finding's alert carries: where it fired, its route, finding_id and line of code."""
+    labels = {**BASE, **({"http_route": route} if route is not None else {}), "finding_id": f"{root_cause}-1"}
+    if root_cause in FINDING_LOCATIONS:
+        file, line, function = FINDING_LOCATIONS[root_cause]
+        labels.update(code_file_path=file, code_line_number=line, code_function_name=function)
+    return labels
+
+
+def _finding(root_cause: str, route: str | None) -> list[dict[str, str]]:
+    """A finding reported once a minute: its counter, and its info series when it has a location."""
+    labels = {k: v for k, v in finding_labels(root_cause, route).items() if k not in BASE}
+    series = [counter("fastapi_doctor_findings_total", 1, root_cause=root_cause,
+                      **{k: v for k, v in labels.items() if not k.startswith("code_")})]
+    if "code_file_path" in labels:
+        series.append(gauge("fastapi_doctor_finding_info", 1, root_cause=root_cause, http_request_method="GET",
+                            **labels))
+    return series
 
 
 def scenarios() -> list[Scenario]:
@@ -145,17 +170,17 @@ def scenarios() -> list[Scenario]:
              Expect("FastAPIDoctorEventLoopLagHigh", dict(BASE), "490ms"),
              Expect("FastAPIDoctorThreadpoolSaturated", dict(BASE), "12", onset=0),
              # One finding a minute: due one minute after the second sample, with two in the window.
-             Expect("FastAPIDoctorBlockingIOFinding", route("/report"), "2")],
+             Expect("FastAPIDoctorBlockingIOFinding", finding_labels("blocking_io", "/report"), "2")],
         ),
         Scenario(
             "dependency_rebuild",
             h + histogram("fastapi_doctor_dependency_duration_seconds", {0.08: 300}, SECONDS_BUCKETS,
                           fastapi_dependency="get_engine", http_route="/orders")
-            + [_finding("dependency_rebuild", "/orders")],
+            + _finding("dependency_rebuild", "/orders"),
             # p50 in the (0.05, 0.1] bucket: 0.05 + 0.05 * 0.5 = 0.075.
             [Expect("FastAPIDoctorSlowDependency",
                     {**route("/orders"), "fastapi_dependency": "get_engine"}, "75ms"),
-             Expect("FastAPIDoctorDependencyRebuildFinding", route("/orders"), "2")],
+             Expect("FastAPIDoctorDependencyRebuildFinding", finding_labels("dependency_rebuild", "/orders"), "2")],
         ),
         Scenario(
             "pool_leak",
@@ -163,34 +188,34 @@ def scenarios() -> list[Scenario]:
             [Expect("FastAPIDoctorPoolSaturated", pool, "100%", onset=0),
              Expect("FastAPIDoctorPoolTimeouts", pool, "0.05"),
              Expect("FastAPIDoctorConnectionsHeldTooLong", pool, "45s"),
-             Expect("FastAPIDoctorPoolLeakFinding", route("/leaky"), "2")],
+             Expect("FastAPIDoctorPoolLeakFinding", finding_labels("pool_leak", "/leaky"), "2")],
         ),
         Scenario(
             "slow_middleware",
             _replace(h, histogram("fastapi_doctor_middleware_duration_seconds", {0.06: 720}, SECONDS_BUCKETS,
-                                  fastapi_middleware="AuditLogMiddleware") + [_finding("slow_middleware", None)]),
+                                  fastapi_middleware="AuditLogMiddleware") + _finding("slow_middleware", None)),
             [Expect("FastAPIDoctorSlowMiddleware", {**BASE, "fastapi_middleware": "AuditLogMiddleware"}, "75ms"),
-             Expect("FastAPIDoctorSlowMiddlewareFinding", dict(BASE), "2")],
+             Expect("FastAPIDoctorSlowMiddlewareFinding", finding_labels("slow_middleware", None), "2")],
         ),
         Scenario(
             "large_payload",
             _large_payload(h),
             [Expect("FastAPIDoctorLargeUncompressedResponses", route("/catalog"), "1Mi"),
-             Expect("FastAPIDoctorLargePayloadFinding", route("/catalog"), "2")],
+             Expect("FastAPIDoctorLargePayloadFinding", finding_labels("large_payload", "/catalog"), "2")],
         ),
         Scenario(
             "n_plus_one",
             _replace(h, histogram("fastapi_doctor_db_statements", {51: 300}, COUNT_BUCKETS, http_route="/authors")
-                     + [_finding("n_plus_one", "/authors")]),
+                     + _finding("n_plus_one", "/authors")),
             [Expect("FastAPIDoctorNPlusOneQueries", route("/authors"), "51"),
-             Expect("FastAPIDoctorNPlusOneFinding", route("/authors"), "2")],
+             Expect("FastAPIDoctorNPlusOneFinding", finding_labels("n_plus_one", "/authors"), "2")],
         ),
         Scenario(
             "task_leak",
             h + _task_leak(),
             # 20 more pending tasks a minute: 100 more than five minutes before.
             [Expect("FastAPIDoctorTasksPilingUp", {**BASE, **NOTIFIER}, "100"),
-             Expect("FastAPIDoctorTaskLeakFinding", route("/orders/{order_id}/notify"), "2")],
+             Expect("FastAPIDoctorTaskLeakFinding", finding_labels("task_leak", "/orders/{order_id}/notify"), "2")],
         ),
     ]
 
@@ -202,7 +227,7 @@ def _task_leak() -> list[dict[str, str]]:
         {"series": "fastapi_doctor_asyncio_tasks_alive" + labels, "values": f"0+20x{SAMPLES}"},
         {"series": "fastapi_doctor_asyncio_tasks_oldest_age_seconds" + labels, "values": f"0+{INTERVAL_S}x{SAMPLES}"},
         counter("fastapi_doctor_asyncio_tasks_leaked_total", 20, **NOTIFIER),
-        _finding("task_leak", "/orders/{order_id}/notify"),
+        *_finding("task_leak", "/orders/{order_id}/notify"),
     ]
 
 
@@ -214,7 +239,7 @@ def _blocking(h: list[dict[str, str]]) -> list[dict[str, str]]:
     return s + [
         counter("fastapi_doctor_eventloop_blocked_time_seconds_total", 18, http_route="/report", root_cause="blocking_io"),
         counter("fastapi_doctor_eventloop_blocked_total", 60, http_route="/report", root_cause="blocking_io"),
-        _finding("blocking_io", "/report"),
+        *_finding("blocking_io", "/report"),
     ]
 
 
@@ -231,7 +256,7 @@ def _large_payload(h: list[dict[str, str]]) -> list[dict[str, str]]:
         counter("fastapi_doctor_eventloop_blocked_total", 60, http_route="/catalog"),
         *histogram("fastapi_doctor_dependency_duration_seconds", {0.06: 60}, SECONDS_BUCKETS,
                    fastapi_dependency="get_session", http_route="/catalog"),
-        _finding("large_payload", "/catalog"),
+        *_finding("large_payload", "/catalog"),
     ]
 
 
@@ -249,15 +274,20 @@ def _pool_leak(h: list[dict[str, str]]) -> list[dict[str, str]]:
         # Connections come back only when the garbage collector finds them: 45 s after checkout.
         *histogram("db_client_connection_use_time_seconds", {45: 4}, SECONDS_BUCKETS, **pool),
         *histogram("db_client_connection_wait_time_seconds", {30: 3, 5: 20}, SECONDS_BUCKETS, **pool),
-        _finding("pool_leak", "/leaky"),
+        *_finding("pool_leak", "/leaky"),
     ]
 
 
 _TEMPLATE = re.compile(r'\{\{\s*(\$labels\.(\w+)|\$value(\s*\|\s*\w+)?|printf "[^"]*" \$value)\s*\}\}')
 
 
+_IF_LABEL = re.compile(r"\{\{\s*if \$labels\.(\w+)\s*\}\}(.*?)\{\{\s*end\s*\}\}", re.S)
+
+
 def render(template: str, labels: dict[str, str], value: str) -> str:
-    """The annotation promtool must produce: ``$labels.x`` from the labels, ``$value`` as written by hand."""
+    """The annotation promtool must produce: ``$labels.x`` from the labels, ``$value`` as written by hand,
+    ``{{ if $labels.x }}…{{ end }}`` kept only when the label is there."""
+    template = _IF_LABEL.sub(lambda m: m.group(2) if labels.get(m.group(1)) else "", template)
     return _TEMPLATE.sub(lambda m: labels.get(m.group(2), "") if m.group(2) else value, template)
 
 

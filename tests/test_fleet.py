@@ -21,6 +21,9 @@ from apps.fullstack_security import create_access_token
 from harness import BIN, AppProcess, concurrent_get, wait_until
 from test_prometheus_e2e import Prometheus
 
+from dashboards import alerts as alert_rules
+from dashboards.config import DEFAULT
+
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "grafana" / "fastapi-doctor-overview.json"
 HEADERS = {"authorization": f"Bearer {create_access_token(1)}", "Connection": "close"}
 N_PLUS_ONE = "/api/authors/"
@@ -202,6 +205,14 @@ def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that
                                                          f["location"]["line"])
         for ref in ("B", "C"):
             assert {r["metric"]["finding_id"] for r in prometheus.query(exprs[ref])} == set(table)
+
+        # The N+1 finding's alert, on each instance, carries the line of code.
+        [rule] = [a for a in alert_rules.alerts(DEFAULT.replace(alert_selector='job="library"'))
+                  if a.name == "FastAPIDoctorNPlusOneFinding"]
+        fired = prometheus.query(rule.expr)
+        assert {r["metric"]["instance"] for r in fired} == set(instances)
+        assert {(r["metric"]["code_file_path"], r["metric"]["code_line_number"], r["metric"]["code_function_name"])
+                for r in fired} == {("fleet_app.py", str(n_plus_one["location"]["line"]), "list_authors")}
 
         code, out, _ = report("--prometheus", f"http://127.0.0.1:{prometheus.port}", "--selector", 'job="library"')
         assert code == 0 and "fleet_app.py" in out and "list_authors" not in out.split("\n")[0]
