@@ -210,6 +210,23 @@ def resource(settings: Settings) -> Resource:
     )
 
 
+# Contrib's SQLAlchemy instrumentation's meter (loaded by opentelemetry-instrument beside the agent).
+CONTRIB_SQLALCHEMY = "opentelemetry.instrumentation.sqlalchemy"
+
+
+def views() -> list[Any]:
+    """Metrics other instrumentations emit that the agent's own say already, dropped so that nothing is
+    counted twice: the pool's connections by state are the agent's ``db.client.connection.count``
+    (the semantic conventions' name); contrib's SQLAlchemy instrumentation still emits them as the
+    deprecated ``db.client.connections.usage``, and would double them when it moves to the new name."""
+    from opentelemetry.sdk.metrics.view import DropAggregation, View
+
+    return [
+        View(instrument_name=name, meter_name=CONTRIB_SQLALCHEMY, aggregation=DropAggregation())
+        for name in ("db.client.connections.usage", "db.client.connection.count")
+    ]
+
+
 def build(settings: Settings) -> Pipelines:
     """Create and register the global providers (or join the app's own, when it set them first)."""
     res = resource(settings)
@@ -242,7 +259,7 @@ def build(settings: Settings) -> Pipelines:
         )
         if span_exporter is not None:
             tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
-        meter_provider = MeterProvider(resource=res, metric_readers=readers, shutdown_on_exit=False)
+        meter_provider = MeterProvider(resource=res, metric_readers=readers, shutdown_on_exit=False, views=views())
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
     else:
