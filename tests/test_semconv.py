@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 from apps.fullstack_security import create_access_token
-from harness import metric_value
+from harness import metric_value, wait_until
 
 HEADERS = {"authorization": f"Bearer {create_access_token(1)}"}
 
@@ -46,3 +46,22 @@ def test_contrib_moving_to_the_stable_name_does_not_count_the_pool_twice() -> No
     assert exported == [("fastapi_doctor", "db.client.connection.count"),
                         ("opentelemetry.instrumentation.sqlalchemy", "db.client.operation.duration")]
     provider.shutdown()
+
+
+def test_contribs_sql_spans_speak_the_stable_database_names_the_agent_uses(serve: Any, otlp: Any) -> None:
+    """The wrapper opts contrib's instrumentations in to the stable HTTP and database conventions, so
+    their SQL spans carry db.system.name and db.query.text, as the agent's metrics and logs do."""
+    app = serve("fleet_app:app", ready_path="/health",
+                env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_TRACES_SAMPLER_ARG": "1.0",
+                     "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    assert httpx.get(app.url + "/api/shelves/", headers=HEADERS, timeout=30).status_code == 200
+
+    def sql_spans() -> list[Any]:
+        return [s for s in otlp.spans() if s.scope == "opentelemetry.instrumentation.sqlalchemy"
+                and str(s.attributes.get("db.query.text", s.attributes.get("db.statement", ""))).startswith(
+                    "SELECT books.id")]
+
+    span = wait_until(sql_spans, timeout=15)[0]
+    assert "db.query.text" in span.attributes, span.attributes
+    assert span.attributes["db.system.name"] == "sqlite"
+    assert not {"db.statement", "db.system", "db.name"} & set(span.attributes)

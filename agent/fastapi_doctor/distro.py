@@ -33,7 +33,7 @@ _log = logging.getLogger("fastapi_doctor")
 DEFAULT_ENVIRONMENT = {
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
     "OTEL_TRACES_SAMPLER_ARG": "0.1",
-    "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+    "OTEL_SEMCONV_STABILITY_OPT_IN": "http,database",
     "OTEL_METRICS_EXPORTER": "prometheus",
     "OTEL_TRACES_EXPORTER": "otlp",
     "OTEL_LOGS_EXPORTER": "none",
