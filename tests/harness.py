@@ -293,6 +293,19 @@ class AppProcess:
         return self.proc.returncode
 
 
+def side_servers(base: int, span: int = 12) -> dict[int, dict[str, Any]]:
+    """pid -> {"port", "doctor"} of every side server answering on base..base+span (a prefork server's
+    workers take the next free ports from the base one)."""
+    found = {}
+    for port in range(base, base + span):
+        try:
+            doc = httpx.get(f"http://127.0.0.1:{port}/doctor", timeout=1).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        found[doc["pid"]] = {"port": port, "doctor": doc}
+    return found
+
+
 def metric_value(text: str, name: str, **labels: str) -> float | None:
     """Sum of the samples of ``name`` whose labels include ``labels`` in a Prometheus text page."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from apps.fullstack_security import create_access_token
-from harness import BIN, AppProcess, concurrent_get, wait_until
+from harness import BIN, AppProcess, concurrent_get, side_servers, wait_until
 from test_prometheus_e2e import Prometheus
 
 from dashboards import alerts as alert_rules
@@ -28,18 +28,6 @@ DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "grafana" / 
 HEADERS = {"authorization": f"Bearer {create_access_token(1)}", "Connection": "close"}
 N_PLUS_ONE = "/api/authors/"
 BLOCKING = "/api/reports/daily"
-
-
-def side_servers(base: int, span: int = 8) -> dict[int, dict[str, Any]]:
-    """pid -> {"port", "doctor"} of every side server answering on base..base+span."""
-    found = {}
-    for port in range(base, base + span):
-        try:
-            doc = httpx.get(f"http://127.0.0.1:{port}/doctor", timeout=1).json()
-        except (httpx.HTTPError, ValueError):
-            continue
-        found[doc["pid"]] = {"port": port, "doctor": doc}
-    return found
 
 
 def prefork(server: list[str], workers: int) -> AppProcess:

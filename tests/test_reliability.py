@@ -26,7 +26,7 @@ import time
 import httpx
 import psutil
 import pytest
-from harness import BIN, concurrent_get, free_port, metric_value, wait_until
+from harness import BIN, concurrent_get, free_port, metric_value, side_servers, wait_until
 
 # -- raw HTTP: the bytes a client really sends, nothing normalised -------------------------------------
 
@@ -223,16 +223,6 @@ def test_side_server_slowloris_and_oversized_requests_leave_the_app_alone(serve)
 # -- prefork, reload --------------------------------------------------------------------------------------
 
 
-def _side_servers(base: int, span: int = 12) -> dict[int, dict]:
-    """pid -> (port, /doctor) of every side server answering on base..base+span."""
-    found = {}
-    for port in range(base, base + span):
-        try:
-            doc = httpx.get(f"http://127.0.0.1:{port}/doctor", timeout=1).json()
-        except (httpx.HTTPError, ValueError):
-            continue
-        found[doc["pid"]] = {"port": port, "doctor": doc}
-    return found
 
 
 def _spread_requests(url: str, n: int) -> dict[int, int]:
@@ -272,10 +262,10 @@ def test_prefork_every_worker_visible_exporting_from_its_own_pid(server, otlp):
     app.start(timeout=60)
     try:
         # All four workers up and answering on their own side-server ports.
-        wait_until(lambda: len(_side_servers(app.side_port)) >= 4, timeout=30)
+        wait_until(lambda: len(side_servers(app.side_port)) >= 4, timeout=30)
         served = _spread_requests(app.url + "/pid", 120)
         assert len(served) >= 2  # the kernel spread the connections
-        servers = _side_servers(app.side_port)
+        servers = side_servers(app.side_port)
         assert set(served) <= set(servers), (served, servers.keys())
         if server == "gunicorn --preload":
             # The master imported the app first: it keeps the base port, the workers the next ones.

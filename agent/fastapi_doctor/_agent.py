@@ -232,8 +232,10 @@ class Agent:
         instrument_app(app, self.fastapi)
 
     def _finding_logs(self) -> Any:
-        """The OTLP logs pipeline the findings' log events go through (None without an endpoint)."""
-        if self.settings.test_mode or not self.settings.otlp_endpoint:
+        """The OTLP logs pipeline the findings' log events go through (None without an endpoint, or with
+        the agent's logs switched off by FASTAPI_DOCTOR_DISABLED_DETECTORS=logs)."""
+        settings = self.settings
+        if settings.test_mode or not settings.otlp_endpoint or not settings.detector_enabled("logs"):
             return None
         try:
             from fastapi_doctor.signals import log_export
