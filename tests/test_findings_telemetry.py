@@ -8,6 +8,7 @@ under the wrapper, the side server's /metrics, and the harness's real OTLP/gRPC 
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import httpx
@@ -134,3 +135,13 @@ def test_info_series_are_bounded_by_max_findings(serve):
     assert len(held) == 2
     assert {s["finding_id"] for s in samples(text, INFO)} == held
     assert {s["finding_id"] for s in samples(text, "fastapi_doctor_finding_last_seen_seconds")} == held
+
+
+def test_the_findings_series_pass_promtool(serve):
+    app = start(serve)
+    get(app, "/api/authors/")
+    wait_until(lambda: app.findings("n_plus_one"))
+    text = app.metrics_text()
+    assert INFO in text
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert [line for line in (result.stdout + result.stderr).splitlines() if "finding" in line] == []
