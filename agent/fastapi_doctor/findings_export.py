@@ -55,14 +55,10 @@ def attributes(finding: Finding) -> dict[str, str | int]:
     return attrs
 
 
-def counter_attributes(finding: Finding) -> dict[str, str]:
-    """The occurrence counter's: what the alerts sum by, and the id that joins it to the info series."""
-    attrs = {ROOT_CAUSE: finding.root_cause, FINDING_ID: finding.id}
-    if finding.route is not None:
-        attrs["http.route"] = finding.route
-    if finding.method is not None:
-        attrs["http.request.method"] = finding.method
-    return attrs
+def counter_attributes(finding: Finding) -> dict[str, str | int]:
+    """The occurrence counter's: what the alerts sum by (root cause, route, method), and the id that
+    joins it to the info series; the location is on the info series only."""
+    return {k: v for k, v in attributes(finding).items() if not k.startswith("code.")}
 
 
 def evidence_attributes(evidence: dict[str, Any]) -> dict[str, Any]:
