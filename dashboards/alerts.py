@@ -136,18 +136,9 @@ def blocking_io(cfg: Config) -> list[Alert]:
 
 
 def dependency_rebuild(cfg: Config) -> list[Alert]:
-    t, w, a = cfg.thresholds, cfg.window, cfg.alert_selector
+    # Only the agent's findings: a slow dependency is not evidence of a rebuild (the dependency time
+    # panel shows it; the rule that sees the object built per request decides).
     return [
-        Alert(
-            "FastAPIDoctorSlowDependency", "dependency_rebuild", "warning",
-            quantile(0.5, "fastapi_doctor_dependency_duration_seconds", sel(a), w,
-                     "job", "instance", "http_route", "fastapi_dependency")
-            + f" > {t.slow_dependency_seconds:g}" + _loop_healthy(cfg),
-            "Dependency {{ $labels.fastapi_dependency }} is rebuilt expensively on {{ $labels.http_route }}",
-            _where() + ": dependency {{ $labels.fastapi_dependency }} takes {{ $value | humanizeDuration }} at p50 "
-            "on route {{ $labels.http_route }} over the last " + w
-            + f" (threshold {_ms(t.slow_dependency_seconds)}); it is built again for every request.",
-        ),
         _findings(cfg, "dependency_rebuild", "FastAPIDoctorDependencyRebuildFinding", "a dependency rebuilt per request"),
     ]
 

@@ -91,7 +91,9 @@ def test_every_alert_is_labelled_annotated_and_linked() -> None:
 
 def test_each_root_cause_has_alerts_on_its_signals_not_only_on_findings() -> None:
     names = catalogue()
-    for root_cause in agent_config.ROOT_CAUSES:
+    # A rebuild's evidence (the object built inside a request, where) is seen by the agent's rule
+    # alone; no series carries it, and its duration is no evidence of one.
+    for root_cause in set(agent_config.ROOT_CAUSES) - {"dependency_rebuild"}:
         exprs = [r["expr"] for _, r in rules() if r["labels"]["root_cause"] == root_cause]
         assert any("fastapi_doctor_findings_total" not in e for e in exprs), root_cause
     for _, rule in rules():
@@ -109,7 +111,6 @@ def test_thresholds_are_the_agents_defaults() -> None:
         return float(m.group(2))
 
     assert threshold("FastAPIDoctorEventLoopLagHigh") == pytest.approx(d["loop_block_ms"] / 1000)
-    assert threshold("FastAPIDoctorSlowDependency") == pytest.approx(d["slow_dependency_ms"] / 1000)
     assert threshold("FastAPIDoctorSlowMiddleware") == pytest.approx(d["slow_middleware_ms"] / 1000)
     assert threshold("FastAPIDoctorConnectionsHeldTooLong") == pytest.approx(d["leak_seconds"])
     assert threshold("FastAPIDoctorLargeUncompressedResponses") == pytest.approx(d["large_response_bytes"])
@@ -130,7 +131,7 @@ def test_promtool_tests_fail_when_an_alert_is_wrong(tmp_path: Path) -> None:
     # The expected alerts come from the real thresholds; the rules under test from the altered ones.
     tests = pathologies.promtool_tests(DEFAULT)
     for name, altered in (("too-high", dataclasses.replace(DEFAULT.thresholds, n_plus_one_statements=52)),
-                          ("too-low", dataclasses.replace(DEFAULT.thresholds, slow_dependency_seconds=0.01))):
+                          ("too-low", dataclasses.replace(DEFAULT.thresholds, n_plus_one_statements=1))):
         out = tmp_path / name
         (out / "tests").mkdir(parents=True)
         (out / "alerts.yaml").write_text(build.dump_yaml(alerts.rule_groups(DEFAULT.replace(thresholds=altered))))
@@ -140,10 +141,9 @@ def test_promtool_tests_fail_when_an_alert_is_wrong(tmp_path: Path) -> None:
         assert result.returncode != 0, result.stdout
         failed = set(re.findall(r"Unit Testing:\s+tests/(\w+)\.yaml\s*\n\s*FAILED", result.stdout + result.stderr))
         failed |= {s for s in tests if f"name: {s}," in result.stdout + result.stderr}
-        # Too low: the healthy dependency (12 ms) fires everywhere the loop does not lag; where it lags
-        # (blocking_io, large_payload) dependency time is not trusted and the alert stays silent.
-        expected = {"n_plus_one"} if name == "too-high" else {
-            "healthy", "dependency_rebuild", "pool_leak", "slow_middleware", "n_plus_one", "task_leak"}
+        # Too low: every scenario's healthy routes run a statement or two per request; the N+1 alert
+        # fires on all of them.
+        expected = {"n_plus_one"} if name == "too-high" else set(tests)
         assert failed == expected, (name, failed, result.stdout)
 
 

@@ -3,6 +3,7 @@ the side server answers, bad settings are named, failures inside the agent never
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -123,6 +124,79 @@ def test_default_sampling_starts_at_most_two_traces_a_second_under_load(serve, o
     # Every request is still measured.
     text = app.metrics_text()
     assert metric_value(text, "http_server_request_duration_seconds_count", http_route="/items/{item_id}") == 2000
+
+
+_OWN_PROVIDER_SCRIPT = """
+import fastapi
+from fastapi.testclient import TestClient
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+app = fastapi.FastAPI()
+
+@app.get("/items/{value}")
+def endpoint(value: int):
+    return value
+
+FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+client = TestClient(app)
+for i in range(20):
+    assert client.get(f"/items/{i}").json() == i
+print(sum(1 for s in exporter.get_finished_spans() if s.kind.name == "SERVER"))
+"""
+
+
+def test_the_apps_own_tracer_provider_keeps_its_sampling_under_the_wrapper(tmp_path):
+    # The agent samples its own traces; a provider the app builds itself samples as the SDK's default
+    # (every trace), as it would without the wrapper.
+    script = tmp_path / "own_provider.py"
+    script.write_text(_OWN_PROVIDER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+    env["OTEL_EXPORTER_PROMETHEUS_PORT"] = "0"
+    result = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(script)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "20"
+
+
+_OWN_NATIVE_PROVIDER_SCRIPT = """
+import fastapi
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+app = fastapi.FastAPI(telemetry={"tracer_provider": provider})
+
+@app.get("/items/{value}")
+def endpoint(value: int):
+    return value
+
+client = TestClient(app)
+for i in range(20):
+    assert client.get(f"/items/{i}").json() == i
+print(sum(1 for s in exporter.get_finished_spans() if s.kind.name == "SERVER"))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fastapi.telemetry") is None, reason="FastAPI without native telemetry")
+def test_fastapi_telemetry_given_the_apps_own_provider_is_not_sampled_by_the_agent(tmp_path):
+    script = tmp_path / "own_native_provider.py"
+    script.write_text(_OWN_NATIVE_PROVIDER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+    env["OTEL_EXPORTER_PROMETHEUS_PORT"] = "0"
+    result = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(script)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "20"
 
 
 def test_instrument_in_code_without_wrapper(serve):

@@ -565,6 +565,40 @@ _PARENT_SCRIPT = textwrap.dedent(
 )
 
 
+# Starts a child as test suites that isolate OpenTelemetry do (FastAPI's own): the OTEL_* environment
+# removed, the rest (the wrapper's PYTHONPATH) inherited. Prints what the child saw.
+_SCRUBBING_PARENT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    import fastapi  # noqa: F401
+
+    CHILD = (
+        "import json, sys\\n"
+        "from opentelemetry import trace\\n"
+        "print(json.dumps({'sdk_imported': 'opentelemetry.sdk' in sys.modules,\\n"
+        "                  'tracer_provider': type(trace.get_tracer_provider()).__name__}))\\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    child = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=60)
+    print(json.dumps({"child": json.loads(child.stdout.strip().splitlines()[-1]), "stderr": child.stderr}))
+    """
+)
+
+
+def test_a_child_whose_parent_removed_the_otel_environment_runs_without_opentelemetry(tmp_path):
+    script = tmp_path / "scrubbing_parent.py"
+    script.write_text(_SCRUBBING_PARENT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+    env.update({"OTEL_EXPORTER_PROMETHEUS_PORT": str(free_port()), "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"})
+    out = subprocess.run([str(BIN / "opentelemetry-instrument"), str(BIN / "python"), str(script)],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # As without the wrapper: no SDK, no global provider set, nothing said.
+    assert result["child"] == {"sdk_imported": False, "tracer_provider": "ProxyTracerProvider"}
+    assert result["stderr"] == ""
+
+
 @pytest.mark.parametrize("child_side_server", ["true", "false"])
 def test_a_python_child_under_the_wrapper_takes_the_next_port_quietly(tmp_path, child_side_server):
     script = tmp_path / "parent.py"

@@ -25,14 +25,13 @@ from fastapi_doctor import _imports, config
 config.sanitize_environment()
 
 from opentelemetry.instrumentation.distro import BaseDistro  # noqa: E402
-from opentelemetry.sdk._configuration import _BaseConfigurator  # noqa: E402
 
 _log = logging.getLogger("fastapi_doctor")
 
-# Defaults the distro sets; each is overridden by its own variable when the user sets it.
+# Defaults the distro sets; each is overridden by its own variable when the user sets it. Not the
+# sampler: the agent's own provider takes its default from the settings, and a provider the app builds
+# itself keeps the SDK's (set in the environment, 0.1 would silently sample the app's own traces too).
 DEFAULT_ENVIRONMENT = {
-    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-    "OTEL_TRACES_SAMPLER_ARG": "0.1",
     "OTEL_SEMCONV_STABILITY_OPT_IN": "http,database",
     "OTEL_METRICS_EXPORTER": "prometheus",
     "OTEL_TRACES_EXPORTER": "otlp",
@@ -40,8 +39,33 @@ DEFAULT_ENVIRONMENT = {
 }
 
 
+# True in a process that must run without OpenTelemetry (see _parent_removed_the_otel_environment):
+# the distro, the instrumentors and the configurator then do nothing.
+_stay_out = False
+
+
+def _parent_removed_the_otel_environment() -> bool:
+    """A Python child of an instrumented process whose parent started it with every ``OTEL_*``
+    variable removed (the defaults below, which the parent's distro set, included), as test suites do
+    to get an interpreter without OpenTelemetry. The wrapper's PYTHONPATH, inherited, would start an
+    agent anyway; it stays out, as the child asked."""
+    from fastapi_doctor._agent import AGENT_PID_ENV
+
+    parent = os.environ.get(AGENT_PID_ENV)
+    return (
+        parent is not None
+        and parent != str(os.getpid())
+        and not any(name.startswith("OTEL_") for name in os.environ)
+    )
+
+
 class FastAPIDoctorDistro(BaseDistro):
     def _configure(self, **kwargs: Any) -> None:
+        global _stay_out
+        _stay_out = _parent_removed_the_otel_environment()
+        if _stay_out:
+            _log.info("fastapi-doctor: not started: this process's parent removed the OTEL_* environment")
+            return
         for name, value in DEFAULT_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
         # Runs before the wrapper loads the instrumentors, whose version checks log there.
@@ -55,6 +79,8 @@ class FastAPIDoctorDistro(BaseDistro):
         own test suite). Contrib's FastAPI instrumentor is used only on FastAPI versions without
         native OpenTelemetry: never both.
         """
+        if _stay_out:
+            return
         name = entry_point.name
         module = name.replace("-", "_")
         if name == "fastapi":
@@ -131,8 +157,13 @@ def _load_fastapi_instrumentor(entry_point: Any, kwargs: dict[str, Any]) -> None
     _load_now(entry_point, kwargs)
 
 
-class FastAPIDoctorConfigurator(_BaseConfigurator):
-    def _configure(self, **kwargs: Any) -> None:
+class FastAPIDoctorConfigurator:
+    """The wrapper's configurator entry point (``configure()``; the SDK's base class is not needed,
+    and importing it would import the SDK in a process that stays out)."""
+
+    def configure(self, **kwargs: Any) -> None:
+        if _stay_out:
+            return
         from fastapi_doctor import _agent
 
         _agent.start_from_environment()

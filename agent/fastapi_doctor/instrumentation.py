@@ -45,6 +45,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return (int(match[1]), int(match[2])) if match else ()
 
 
+_NO_CONFIG: dict[str, Any] = {}
+
+
 def fastapi_has_native_telemetry() -> bool:
     import fastapi.routing
 
@@ -146,7 +149,15 @@ class FastAPIHooks:
         try:
             # uvicorn calls the app once with no argument at start-up (its factory probe).
             scope = args[0] if args else kwargs.get("scope")
-            if scope is not None and scope["type"] == "http" and "fastapi.telemetry" not in scope and not sampling.admit(scope):
+            if (
+                scope is not None
+                and scope["type"] == "http"
+                and "fastapi.telemetry" not in scope
+                # Only where the agent decides (an app that gave FastAPI its own provider or
+                # exclude hook gets FastAPI's telemetry as it asked for it).
+                and getattr(instance, "_telemetry", _NO_CONFIG).get("exclude") is sampling.exclude_unsampled
+                and not sampling.admit(scope)
+            ):
                 scope["fastapi.telemetry"] = None
         except Exception as exc:
             containment.report("fastapi admission", exc)

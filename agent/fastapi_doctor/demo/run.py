@@ -392,8 +392,11 @@ def main(args: argparse.Namespace) -> int:
         try:
             doc = _final_findings(patient.side_url, patient.token)
         except ReportError as exc:
-            print(f"fastapi-doctor demo: the agent stopped answering ({exc})\n{patient.dump_threads()}",
-                  file=sys.stderr)
+            threads = patient.dump_threads()
+            # Last, so that a shortened output still shows why: the agent's own log lines.
+            agent_lines = [line for line in patient.logs(last=5000).splitlines() if "fastapi-doctor:" in line]
+            print(f"fastapi-doctor demo: the agent stopped answering ({exc})\n{threads}\n"
+                  "the agent's log lines:\n" + "\n".join(agent_lines[-10:]), file=sys.stderr)
             return 2
         page = _fetch(patient.side_url + "/", patient.token)
         code = summarise(verdicts, doc, scenarios, page, args, started, out)
