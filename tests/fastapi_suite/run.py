@@ -42,77 +42,16 @@ _OWNS_GLOBALS = (
     "the agent sets the process-global tracer and meter providers at start-up, as an app that "
     "configures OpenTelemetry itself does"
 )
-# FastAPI's telemetry tests run their body in a fresh interpreter "to isolate SDK globals"
-# (tests/test_telemetry/_subprocess.py). Under the wrapper that interpreter inherits PYTHONPATH and so
-# starts an agent too, as every OpenTelemetry distro's would: the SDK is imported and the global
-# providers are set before the test's own code runs. Each of these asserts the opposite.
-_CHILD_OWNS_GLOBALS = "in the test's fresh interpreter " + _OWNS_GLOBALS
 EXPECTED = {
     "tests/test_telemetry/test_runtime.py::test_concurrent_provider_owner_wins": (
         "asserts that FastAPI's auto-configuration finds the process-global tracer and meter providers "
         "unset and creates its own; " + _OWNS_GLOBALS
     ),
-    "tests/test_telemetry/test_integrations.py::test_api_only_and_no_implicit_sdk_import": (
-        "asserts that opentelemetry.sdk is not imported; " + _CHILD_OWNS_GLOBALS + " (with the SDK)"
-    ),
-    "tests/test_telemetry/test_runtime.py::test_missing_sdk_warns_without_preventing_startup": (
-        "hides the SDK and expects FastAPI's warning; " + _CHILD_OWNS_GLOBALS + " (the SDK is already imported)"
-    ),
-    "tests/test_telemetry/test_runtime.py::test_external_globals_are_unchanged_when_auto_configuration_is_disabled": (
-        "sets its own global providers and reads them back (OpenTelemetry refuses the override); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_http.py::test_late_global_providers_enable_existing_app": (
-        "sets global providers late and expects their spans (override refused); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_runtime.py::test_real_otlp_export": (
-        "counts the providers FastAPI's auto-configuration owns (it owns none when the globals are set); "
-        + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_runtime.py::test_real_otlp_exception_export_without_traces_or_metrics": (
-        "counts the providers FastAPI's auto-configuration owns (it owns none when the globals are set); "
-        + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_runtime.py::test_environment_export_initializes_after_fork": (
-        "expects FastAPI's environment export (configured only when the globals are unset); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_environment_integrations.py::test_environment_export_with_existing_integrations": (
-        "sets global providers or expects FastAPI's environment export; " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_background.py::test_background_task_integrations[logfire]": (
-        "logfire sets the global providers (override refused); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_background.py::test_background_task_integrations[native_logfire]": (
-        "logfire sets the global providers (override refused); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_integrations.py::test_current_logfire": (
-        "logfire sets the global providers (override refused); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_integrations.py::test_logfire_global_provider_without_fastapi_instrumentor": (
-        "logfire sets the global providers (override refused); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_native_integrations.py::test_logfire_native_spans_and_exception_logs": (
-        "logfire sets the global providers (override refused); " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_integrations.py::test_current_sentry": (
-        "Sentry's OTLP integration expects to set the global providers; " + _CHILD_OWNS_GLOBALS
-    ),
-    "tests/test_telemetry/test_native_integrations.py::test_sentry_standard_log_processor": (
-        "Sentry's OTLP integration expects to set the global providers; " + _CHILD_OWNS_GLOBALS
-    ),
 }
 
 # Agent bugs this suite found that are not fixed yet: reported on every run, never hidden. Remove an
 # entry with its fix.
-KNOWN_BUGS: dict[str, str] = {
-    "tests/test_telemetry/test_integrations.py::test_current_contrib": (
-        "contrib's FastAPIInstrumentor.instrument_app() refuses an app whose middleware stack the agent "
-        "wraps ('Skipping FastAPI instrumentation due to unexpected middleware stack: expected "
-        "ServerErrorMiddleware, got DoctorMiddleware'): the app gets no contrib spans (instrumentation.py)"
-    ),
-    "tests/test_telemetry/test_background.py::test_background_task_integrations[contrib]": (
-        "the same refusal of contrib's FastAPIInstrumentor (see test_current_contrib)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def log(message: str) -> None:
