@@ -154,14 +154,14 @@ def test_profile_bad_parameters_get_400_with_the_reason(guarded, query, reason):
 
 
 def test_profile_of_a_route_one_at_a_time(guarded):
-    expected = httpx.get(guarded.url + "/work/3").content
+    expected = httpx.get(guarded.url + "/api/work/3").content
     result: dict[str, httpx.Response] = {}
 
     def profile() -> None:
         # Retried while one of the short probes below holds the profiler.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            response = _get(guarded, "/profile?route=/work/{n}&seconds=3", GOOD, timeout=60)
+            response = _get(guarded, "/profile?route=/api/work/{n}&seconds=3", GOOD, timeout=60)
             if response.status_code != 409:
                 break
         result["profile"] = response
@@ -177,7 +177,7 @@ def test_profile_of_a_route_one_at_a_time(guarded):
         assert busy.json() == {"error": "a profile is already running; try again when it ends"}
         # Profiled requests answer exactly as unprofiled ones.
         for _ in range(5):
-            assert httpx.get(guarded.url + "/work/3").content == expected
+            assert httpx.get(guarded.url + "/api/work/3").content == expected
             assert httpx.get(guarded.url + "/other").json() == {"status": "ok"}
     finally:
         thread.join(timeout=60)

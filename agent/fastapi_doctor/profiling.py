@@ -39,9 +39,9 @@ class _Armed:
 
     __slots__ = ("route", "routes", "sessions", "in_flight", "deadline", "skipped")
 
-    def __init__(self, route: str, routes: dict[int, list[Any]], deadline: float) -> None:
+    def __init__(self, route: str, routes: dict[int, Any], deadline: float) -> None:
         self.route = route
-        self.routes = routes  # id(app) -> the app's routes with this template
+        self.routes = routes  # id(app) -> the compiled pattern of the route's full path
         self.sessions: list[Any] = []
         self.in_flight = 0
         self.deadline = deadline
@@ -104,16 +104,18 @@ class Profiling:
         finally:
             self._busy.release()
 
-    def _routes(self, template: str) -> dict[int, list[Any]]:
-        found: dict[int, list[Any]] = {}
+    def _routes(self, template: str) -> dict[int, Any]:
+        """id(app) -> the pattern of ``template``'s full path, for each app that declares it (on the
+        app, on an included router, under a mount)."""
+        found: dict[int, Any] = {}
         for app in list(self._apps):
-            mine = [r for r in getattr(app, "routes", ()) if template in (getattr(r, "path", None),
-                                                                          getattr(r, "path_format", None))]
-            if mine:
-                found[id(app)] = mine
+            if template in _templates(app):
+                from starlette.routing import compile_path
+
+                found[id(app)] = compile_path(template)[0]
         return found
 
-    def _profile(self, route: str, routes: dict[int, list[Any]], seconds: float) -> Response:
+    def _profile(self, route: str, routes: dict[int, Any], seconds: float) -> Response:
         armed = _Armed(route, routes, time.monotonic() + seconds)
         self.armed = armed
         try:
@@ -145,7 +147,9 @@ def _html(text: str) -> str:
 
 
 def _templates(app: Any) -> list[str]:
-    return [p for r in getattr(app, "routes", ()) if isinstance(p := getattr(r, "path", None), str)]
+    from fastapi_doctor.routes import endpoints
+
+    return [template for template, _ in endpoints(app)]
 
 
 def _parameters(query: dict[str, list[str]]) -> tuple[str | None, float | None, str | None]:
@@ -195,12 +199,13 @@ class ProfileGate:
     def _start(self, armed: _Armed, scope: dict[str, Any], frame: Any) -> Any:
         if scope.get("type") != "http" or time.monotonic() > armed.deadline:
             return None
-        routes = armed.routes.get(self._owner)
-        if not routes:
+        pattern = armed.routes.get(self._owner)
+        if pattern is None:
             return None
-        from starlette.routing import Match
-
-        if not any(route.matches(scope)[0] == Match.FULL for route in routes):
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # as Starlette routes: the path below the app's root
+            path = path[len(root):]
+        if pattern.match(path) is None:
             return None
         if len(armed.sessions) + armed.in_flight >= MAX_REQUESTS:
             armed.skipped += 1
