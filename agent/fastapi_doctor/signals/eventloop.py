@@ -507,6 +507,7 @@ class _Episode:
         "state",
         "samples",
         "taken",
+        "last_seen",
         "span_done",
         "serving",
         "window",
@@ -525,6 +526,7 @@ class _Episode:
         # (location, call, root_cause, middleware) -> samples
         self.samples: dict[tuple[Location | None, str | None, str, str | None], int] = {}
         self.taken = 0
+        self.last_seen: float | None = None  # when a sample last saw the loop held
         self.span_done = False
         # The app had admitted a request (or asked for its loop to be watched): not start-up.
         self.serving = admissions.value > 0 or hub.watched_explicitly
@@ -726,13 +728,21 @@ class EventLoopSignal:
         now = _monotonic()
         wake = now + 1.0
         for loop, hb in list(hub.heartbeats.items()):
-            if hb.stopped or loop.is_closed():
-                hub.heartbeats.pop(loop, None)
-                hb.close()
-                continue
-            if not loop.is_running():
-                hb.paused = True
+            closed = hb.stopped or loop.is_closed()
+            if closed or not loop.is_running():
+                episode, hb.paused = hb.episode, True
+                if episode is not None and episode.last_seen is not None:
+                    # The loop stopped before it ticked again (a TestClient used without ``with`` closes
+                    # its loop as soon as the request returns): the block lasted at least until the last
+                    # sample that saw it. Judged before the episode is cleared: the pytest plugin waits
+                    # for that.
+                    episode.end = episode.last_seen
+                    episode.lag = episode.last_seen - episode.due
+                    self._finish(hb, episode)
                 hb.episode = None
+                if closed:
+                    hub.heartbeats.pop(loop, None)
+                    hb.close()
                 continue
             episode = hb.episode
             if episode is None:
@@ -799,6 +809,7 @@ class EventLoopSignal:
             call = f"{inner.module}.{inner.code.co_qualname}"
         key = (location, call, root_cause, middleware)
         episode.samples[key] = episode.samples.get(key, 0) + 1
+        episode.last_seen = _monotonic()
         if not episode.span_done:
             episode.span_done = True
             self._span_event(episode, key)
