@@ -79,6 +79,7 @@ class Options:
     update_baseline: bool = False
     json_path: Path | None = None
     agent_settings: dict[str, Any] = field(default_factory=dict)
+    suite_files: tuple[str, ...] = ("test_*.py", "*_test.py", "conftest.py")  # pytest's python_files, conftests
 
 
 def read_options(config: pytest.Config, namespace: Any) -> Options | None:
@@ -100,6 +101,10 @@ def read_options(config: pytest.Config, namespace: Any) -> Options | None:
     json_path = getattr(namespace, "doctor_json", None)
     options.json_path = Path(json_path) if json_path else None
     options.agent_settings = {k: table[k] for k in _AGENT_SETTINGS if k in table}
+    try:
+        options.suite_files = (*config.getini("python_files"), "conftest.py")
+    except (ValueError, KeyError):
+        pass  # before the ini is read: pytest's defaults
     return options
 
 
@@ -323,11 +328,19 @@ class DoctorSession(DoctorReport):
             allowed.update(marker.args)
         return frozenset(allowed)
 
+    def _suite_file(self, path: str) -> bool:
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(name, pattern) for pattern in self.options.suite_files)
+
     def _status(self, finding: dict[str, Any], allowed: frozenset[str]) -> str:
         root_cause = finding["root_cause"]
         location = finding.get("location") or {}
         if root_cause in allowed:
             return "allowed"
+        if not finding.get("route") and location and self._suite_file(location["file"]):
+            # Outside any request, at a line of the suite's own tests or fixtures (an async test's
+            # CPU work, freezegun's freeze_time, on the loop the app shares with it): not the app's.
+            return "suite_code"
         if location and any(fnmatch.fnmatch(location["file"], p) for p in self.options.ignore_paths):
             return "ignored"
         if baseline_key(finding) in self.baseline:

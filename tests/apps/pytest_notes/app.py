@@ -14,16 +14,29 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterator
-from typing import Any
+from functools import lru_cache
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic_settings import BaseSettings
 from sqlalchemy import ForeignKey, String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 SALT = b"notes-salt"
 HASH_ITERATIONS = 400_000  # about 0.2-0.4 s of CPU: a realistic password hash
+
+class Settings(BaseSettings):
+    token_prefix: str = "user-"
+    access_token_expire_minutes: int = 60 * 24
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Read once and cached (the suite clears the cache between tests, as many suites do)."""
+    return Settings()
+
 
 engine = create_engine(os.environ["NOTES_DATABASE_URL"], connect_args={"check_same_thread": False})
 SessionLocal = sessionmaker(engine, expire_on_commit=False)
@@ -88,20 +101,23 @@ def _user_by_email(email: str) -> User | None:
         return db.scalar(select(User).where(User.email == email))
 
 
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
 @login.post("/access-token")
-async def access_token(email: str, password: str) -> dict[str, str]:
+async def access_token(email: str, password: str, settings: SettingsDep) -> dict[str, str]:
     user = await run_in_threadpool(_user_by_email, email)
     if user is None or not verify_password(password, user.password_hash):  # CPU-bound, on the event loop
         raise HTTPException(400, "Incorrect email or password")
-    return {"access_token": f"user-{user.id}", "token_type": "bearer"}
+    return {"access_token": f"{settings.token_prefix}{user.id}", "token_type": "bearer"}
 
 
 @login.post("/v2/access-token")
-async def access_token_v2(email: str, password: str) -> dict[str, str]:
+async def access_token_v2(email: str, password: str, settings: SettingsDep) -> dict[str, str]:
     user = await run_in_threadpool(_user_by_email, email)
     if user is None or not await run_in_threadpool(verify_password, password, user.password_hash):
         raise HTTPException(400, "Incorrect email or password")
-    return {"access_token": f"user-{user.id}", "token_type": "bearer"}
+    return {"access_token": f"{settings.token_prefix}{user.id}", "token_type": "bearer"}
 
 
 notes = APIRouter(prefix="/notes", tags=["notes"], dependencies=[Depends(current_user)])

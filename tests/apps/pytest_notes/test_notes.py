@@ -18,6 +18,15 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     return TestClient(app)
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings(client: TestClient):
+    """Each test reads the settings again (a test may change the environment)."""
+    from app import get_settings
+
+    yield
+    get_settings.cache_clear()
+
+
 AUTH = {"authorization": "Bearer user-1"}
 LOGIN = {"email": "ann@example.com", "password": "secret"}
 
@@ -40,3 +49,23 @@ def test_share_v2_in_background_tasks(client) -> None:
 
 def test_list_notes(client) -> None:
     assert len(client.get("/notes/", headers=AUTH).json()) == 3
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_async_client_then_the_test_hashes_on_its_own_loop(client) -> None:
+    """The app in the test's loop (httpx.AsyncClient + ASGITransport); the test's own code then blocks
+    that loop (hashing a fixture password, as freezegun's freeze_time blocks it): the suite's code."""
+    import hashlib
+
+    from app import app
+    from httpx import ASGITransport, AsyncClient
+
+    async with AsyncClient(transport=ASGITransport(app), base_url="http://test") as ac:
+        assert (await ac.post("/login/v2/access-token", params=LOGIN)).status_code == 200
+        digest = hashlib.pbkdf2_hmac("sha256", b"a new secret", b"salt", 400_000)
+        assert len(digest) == 32
