@@ -745,14 +745,14 @@ class EventLoopSignal:
             closed = hb.stopped or loop.is_closed()
             if closed or not loop.is_running():
                 episode, hb.paused = hb.episode, True
-                if episode is not None and episode.last_seen is not None:
+                if episode is not None and episode.end is None and episode.last_seen is not None:
                     # The loop stopped before it ticked again (a TestClient used without ``with`` closes
                     # its loop as soon as the request returns): the block lasted at least until the last
-                    # sample that saw it. Judged before the episode is cleared: the pytest plugin waits
-                    # for that.
+                    # sample that saw it.
                     episode.end = episode.last_seen
                     episode.lag = episode.last_seen - episode.due
-                    self._finish(hb, episode)
+                if episode is not None and episode.end is not None:
+                    self._finish(hb, episode)  # before the episode is cleared: the pytest plugin waits for that
                 hb.episode = None
                 if closed:
                     hub.heartbeats.pop(loop, None)
