@@ -337,9 +337,10 @@ class DoctorSession(DoctorReport):
         location = finding.get("location") or {}
         if root_cause in allowed:
             return "allowed"
-        if not finding.get("route") and location and self._suite_file(location["file"]):
-            # Outside any request, at a line of the suite's own tests or fixtures (an async test's
-            # CPU work, freezegun's freeze_time, on the loop the app shares with it): not the app's.
+        if location and self._suite_file(location["file"]):
+            # At a line of the suite's own tests, fixtures or dependency overrides (an async test's CPU
+            # work or freezegun's freeze_time on the loop it shares with the app, an override that
+            # builds settings per request): not the app's.
             return "suite_code"
         if location and any(fnmatch.fnmatch(location["file"], p) for p in self.options.ignore_paths):
             return "ignored"

@@ -67,5 +67,22 @@ async def test_async_client_then_the_test_hashes_on_its_own_loop(client) -> None
 
     async with AsyncClient(transport=ASGITransport(app), base_url="http://test") as ac:
         assert (await ac.post("/login/v2/access-token", params=LOGIN)).status_code == 200
-        digest = hashlib.pbkdf2_hmac("sha256", b"a new secret", b"salt", 400_000)
+        digest = hashlib.pbkdf2_hmac("sha256", b"a new secret", b"salt", 1_000_000)
         assert len(digest) == 32
+
+
+def get_settings_override():
+    from app import Settings
+
+    return Settings(token_prefix="user-")  # FastAPI's documented override: a new object per request
+
+
+def test_login_with_overridden_settings(client) -> None:
+    """The suite's own dependency override builds settings in each request: the suite's code."""
+    from app import app, get_settings
+
+    app.dependency_overrides[get_settings] = get_settings_override
+    try:
+        assert client.post("/login/v2/access-token", params=LOGIN).json()["access_token"] == "user-1"
+    finally:
+        app.dependency_overrides.clear()
