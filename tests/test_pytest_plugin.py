@@ -128,18 +128,28 @@ SHOP_HEALTHY = {
     "test_my_orders_v2_selectinload",
     "test_summary_v2_closes_its_session",
     "test_my_orders_n_plus_one_allowed_here",  # @pytest.mark.doctor(allow=["n_plus_one"])
+    # Before the others: the loop's clock frozen and let go (the blocks after it are still seen).
+    "test_summary_on_a_frozen_date",
 }
+
+
+def assert_sick_fail_healthy_pass(
+    proc: subprocess.CompletedProcess[str], cases: dict[str, ET.Element], sick: dict[str, tuple[str, str]],
+    healthy: set[str],
+) -> None:
+    """Each sick test failed naming its root cause and the app's function; each healthy twin passed."""
+    for name, (root_cause, function) in sick.items():
+        assert failed(cases[name]), f"{name} passed under --doctor:\n{proc.stdout[-4000:]}"
+        text = cases[name].find("failure").text or ""
+        assert f"fastapi-doctor: {root_cause}" in text and "app.py:" in text and f"in {function}" in text, text
+    for name in healthy:
+        assert not failed(cases[name]), f"{name} failed under --doctor:\n{proc.stdout[-6000:]}"
 
 
 def test_shop_suite_sync_sessions_cpu_bound_hashing_and_an_allow_marker(tmp_path: Path) -> None:
     env = {"SHOP_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"}
     proc, cases = run_suite(tmp_path, "--doctor", suite=SHOP / "test_shop.py", cwd=SHOP, env=env)
-    for name, (root_cause, function) in SHOP_SICK.items():
-        assert failed(cases[name]), f"{name} passed under --doctor:\n{proc.stdout[-4000:]}"
-        text = cases[name].find("failure").text or ""
-        assert f"fastapi-doctor: {root_cause}" in text and f"app.py:" in text and f"in {function}" in text, text
-    for name in SHOP_HEALTHY:
-        assert not failed(cases[name]), f"{name} failed under --doctor:\n{proc.stdout[-6000:]}"
+    assert_sick_fail_healthy_pass(proc, cases, SHOP_SICK, SHOP_HEALTHY)
     allowed = findings_of(cases["test_my_orders_n_plus_one_allowed_here"])
     assert [f["status"] for f in allowed if f["root_cause"] == "n_plus_one"] == ["allowed"]
 
@@ -236,3 +246,58 @@ def test_a_suite_run_under_the_wrapper_with_warnings_as_errors_starts(tmp_path: 
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1 passed" in proc.stdout
+
+
+# The notes API (tests/apps/pytest_notes): `TestClient(app)` without `with`, a fresh loop per request.
+NOTES = ROOT / "tests" / "apps" / "pytest_notes"
+NOTES_SICK = {
+    "test_login_verifies_the_hash_on_the_loop": ("blocking_io", "hash_password"),  # CPU-bound: the watchdog
+    "test_share_fires_and_forgets_a_task": ("task_leak", "share"),  # pending when its request's loop closed
+}
+NOTES_HEALTHY = {
+    "test_login_v2_verifies_in_a_thread",
+    "test_share_v2_in_background_tasks",
+    "test_list_notes",
+    "test_async_client_then_the_test_hashes_on_its_own_loop",  # the suite blocks its own loop: not the app
+    "test_login_with_overridden_settings",  # the suite's override builds settings per request: not the app
+}
+
+
+def test_a_client_without_with_a_loop_per_request_blocks_and_task_leaks_fail(tmp_path: Path) -> None:
+    env = {"NOTES_DATABASE_URL": f"sqlite:///{tmp_path / 'notes.db'}"}
+    proc, cases = run_suite(tmp_path, "--doctor", suite=NOTES / "test_notes.py", cwd=NOTES, env=env)
+    assert_sick_fail_healthy_pass(proc, cases, NOTES_SICK, NOTES_HEALTHY)
+
+
+CONTROLLER_PROBE = '''
+import json, os, threading, time
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the xdist controller
+        seen = {"threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("fastapi-doctor")),
+                "time.sleep": type(time.sleep).__name__}
+        with open(os.environ["PROBE_OUT"], "w") as f:
+            json.dump(seen, f)
+'''
+
+
+def test_under_xdist_only_workers_run_the_agent_and_the_controller_lists_their_findings(tmp_path: Path) -> None:
+    (tmp_path / "controller_probe.py").write_text(CONTROLLER_PROBE)
+    out = tmp_path / "controller-threads.json"
+    report = tmp_path / "doctor.json"
+    env = {"PROBE_OUT": str(out), "PYTHONPATH": str(tmp_path)}  # each worker its own SQLite file
+    proc, cases = run_suite(tmp_path, "--doctor", "-n", "2", "-p", "controller_probe", f"--doctor-json={report}",
+                            suite=NOTES / "test_notes.py", cwd=NOTES, env=env)
+    # The controller runs no test: no agent there (no watchdog, its own time.sleep not intercepted).
+    assert json.loads(out.read_text()) == {"threads": [], "time.sleep": "builtin_function_or_method"}
+    for name, (root_cause, function) in NOTES_SICK.items():
+        assert failed(cases[name]), f"{name} passed under --doctor -n 2:\n{proc.stdout[-4000:]}"
+    # The controller's summary and JSON merge what both workers found.
+    summary = proc.stdout.split("fastapi-doctor: ", 1)[-1]
+    assert "finding(s)" in proc.stdout, proc.stdout[-4000:]
+    assert "blocking_io on POST /login/access-token" in summary and "task_leak on POST /notes/{note_id}/share" in summary
+    findings = json.loads(report.read_text())["findings"]
+    assert {f["root_cause"] for f in findings if f["status"] == "failed"} == {"blocking_io", "task_leak"}
+    # The override in the suite's file builds settings per request: listed as the suite's, not failed.
+    assert {f["status"] for f in findings if f["status"] != "failed"} == {"suite_code"}
+    assert ("dependency_rebuild", "suite_code") in {(f["root_cause"], f["status"]) for f in findings}

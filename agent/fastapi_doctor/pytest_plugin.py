@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 MODES = ("fail", "report")
+SESSION_PLUGIN = "fastapi-doctor-session"
 PROPERTY = "fastapi_doctor.finding"  # the user property (and JUnit XML property) of each finding
 TIMING_ROOT_CAUSES_THAT_FAIL = ("blocking_io",)  # the loop watchdog: the only judge of CPU-bound blocks
 
@@ -78,6 +79,7 @@ class Options:
     update_baseline: bool = False
     json_path: Path | None = None
     agent_settings: dict[str, Any] = field(default_factory=dict)
+    suite_files: tuple[str, ...] = ("test_*.py", "*_test.py", "conftest.py")  # pytest's python_files, conftests
 
 
 def read_options(config: pytest.Config, namespace: Any) -> Options | None:
@@ -99,6 +101,10 @@ def read_options(config: pytest.Config, namespace: Any) -> Options | None:
     json_path = getattr(namespace, "doctor_json", None)
     options.json_path = Path(json_path) if json_path else None
     options.agent_settings = {k: table[k] for k in _AGENT_SETTINGS if k in table}
+    try:
+        options.suite_files = (*config.getini("python_files"), "conftest.py")
+    except (ValueError, KeyError):
+        pass  # before the ini is read: pytest's defaults
     return options
 
 
@@ -119,7 +125,7 @@ def _pyproject_table(rootdir: Path) -> dict[str, Any]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     options = read_options(early_config, early_config.known_args_namespace)
-    if options is not None:
+    if options is not None and not _may_distribute(early_config.known_args_namespace):
         _start(early_config, options)
 
 
@@ -127,10 +133,37 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "doctor(allow=[...]): fastapi-doctor root causes this test may show without failing"
     )
-    if not config.pluginmanager.has_plugin("fastapi-doctor-session"):
-        options = read_options(config, config.option)  # loaded with -p: no early hook ran
-        if options is not None:
+    if not config.pluginmanager.has_plugin(SESSION_PLUGIN):
+        options = read_options(config, config.option)  # loaded with -p, or xdist asked for: no early start
+        if options is None:
+            return
+        if _distributes(config):
+            # The xdist controller runs no test: no agent here. Its workers' findings reach it as the
+            # user properties of their reports; it lists them and writes the files.
+            config.pluginmanager.register(DoctorReport(options), SESSION_PLUGIN)
+        else:
             _start(config, options)
+
+
+def _is_worker() -> bool:
+    import os
+
+    return "PYTEST_XDIST_WORKER" in os.environ  # set by pytest-xdist before a worker parses its arguments
+
+
+def _may_distribute(namespace: Any) -> bool:
+    """Early, before xdist has resolved ``-n``: this process may be an xdist controller (decided in
+    pytest_configure). A worker is parsed with the controller's arguments, ``-n`` included."""
+    if _is_worker():
+        return False
+    return bool(getattr(namespace, "numprocesses", None)) or getattr(namespace, "dist", "no") not in ("no", None)
+
+
+def _distributes(config: pytest.Config) -> bool:
+    """This process is an xdist controller: it sends the tests to workers (xdist's own test)."""
+    if _is_worker() or hasattr(config, "workerinput"):
+        return False
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
 
 
 def _start(config: pytest.Config, options: Options) -> None:
@@ -149,20 +182,67 @@ def _start(config: pytest.Config, options: Options) -> None:
         return
     session = DoctorSession(options, agent)
     session.install_blocking_calls()
-    config.pluginmanager.register(session, "fastapi-doctor-session")
+    config.pluginmanager.register(session, SESSION_PLUGIN)
 
 
 # -- per test --------------------------------------------------------------------------------------
 
 
-class DoctorSession:
-    def __init__(self, options: Options, agent: Any) -> None:
+class DoctorReport:
+    """The session's findings, from the tests' reports: listed at the end, written for CI tools. Alone in
+    an xdist controller (its workers' reports carry their findings as user properties)."""
+
+    def __init__(self, options: Options) -> None:
         self.options = options
-        self.agent = agent
         self._lock = threading.Lock()
+        self._summary: dict[str, dict[str, Any]] = {}  # finding id -> finding with its tests
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name != PROPERTY:
+                continue
+            finding = json.loads(value)
+            with self._lock:
+                entry = self._summary.setdefault(finding["id"], {**finding, "tests": []})
+                if report.nodeid not in entry["tests"]:
+                    entry["tests"].append(report.nodeid)
+                if finding["status"] == "failed" and report.failed:
+                    entry["status"] = "failed"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self._summary:
+            terminalreporter.write_sep("=", "fastapi-doctor: no findings")
+            return
+        terminalreporter.write_sep("=", f"fastapi-doctor: {len(self._summary)} finding(s)")
+        for finding in self.findings():
+            terminalreporter.write_line(_headline(finding) + f" [{finding['status']}]")
+            terminalreporter.write_line(f"    {finding['summary']}")
+            for nodeid in finding["tests"][:10]:
+                terminalreporter.write_line(f"    - {nodeid}")
+            if len(finding["tests"]) > 10:
+                terminalreporter.write_line(f"    - ... and {len(finding['tests']) - 10} more tests")
+
+    def findings(self) -> list[dict[str, Any]]:
+        return sorted(self._summary.values(), key=lambda f: (f["root_cause"], f.get("route") or "", f["id"]))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(session.config, "workerinput"):
+            return  # an xdist worker: the controller writes the files
+        if self.options.json_path is not None:
+            document = {"findings": self.findings()}
+            self.options.json_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if self.options.update_baseline and self.options.baseline is not None:
+            _write_baseline(self.options.baseline, self.findings())
+
+
+class DoctorSession(DoctorReport):
+    """The agent in the process that runs the tests: each test's findings, and which of them fail it."""
+
+    def __init__(self, options: Options, agent: Any) -> None:
+        super().__init__(options)
+        self.agent = agent
         self._owner: str | None = None  # the nodeid findings go to now
         self._by_test: dict[str, dict[str, dict[str, Any]]] = {}  # nodeid -> finding id -> finding
-        self._summary: dict[str, dict[str, Any]] = {}  # finding id -> finding with its tests (the controller's)
         self.baseline = _read_baseline(options.baseline) if options.baseline and not options.update_baseline else set()
         agent.findings.add_listener(self._on_finding)
 
@@ -248,11 +328,20 @@ class DoctorSession:
             allowed.update(marker.args)
         return frozenset(allowed)
 
+    def _suite_file(self, path: str) -> bool:
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(name, pattern) for pattern in self.options.suite_files)
+
     def _status(self, finding: dict[str, Any], allowed: frozenset[str]) -> str:
         root_cause = finding["root_cause"]
         location = finding.get("location") or {}
         if root_cause in allowed:
             return "allowed"
+        if location and self._suite_file(location["file"]):
+            # At a line of the suite's own tests, fixtures or dependency overrides (an async test's CPU
+            # work or freezegun's freeze_time on the loop it shares with the app, an override that
+            # builds settings per request): not the app's.
+            return "suite_code"
         if location and any(fnmatch.fnmatch(location["file"], p) for p in self.options.ignore_paths):
             return "ignored"
         if baseline_key(finding) in self.baseline:
@@ -263,45 +352,6 @@ class DoctorSession:
             return "reported"
         return "failed"
 
-    # -- the session's findings (in the xdist controller too: they travel as user properties) ----
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name != PROPERTY:
-                continue
-            finding = json.loads(value)
-            with self._lock:
-                entry = self._summary.setdefault(finding["id"], {**finding, "tests": []})
-                if report.nodeid not in entry["tests"]:
-                    entry["tests"].append(report.nodeid)
-                if finding["status"] == "failed" and report.failed:
-                    entry["status"] = "failed"
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._summary:
-            terminalreporter.write_sep("=", "fastapi-doctor: no findings")
-            return
-        terminalreporter.write_sep("=", f"fastapi-doctor: {len(self._summary)} finding(s)")
-        for finding in self.findings():
-            terminalreporter.write_line(_headline(finding) + f" [{finding['status']}]")
-            terminalreporter.write_line(f"    {finding['summary']}")
-            for nodeid in finding["tests"][:10]:
-                terminalreporter.write_line(f"    - {nodeid}")
-            if len(finding["tests"]) > 10:
-                terminalreporter.write_line(f"    - ... and {len(finding['tests']) - 10} more tests")
-
-    def findings(self) -> list[dict[str, Any]]:
-        return sorted(self._summary.values(), key=lambda f: (f["root_cause"], f.get("route") or "", f["id"]))
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if hasattr(session.config, "workerinput"):
-            return  # an xdist worker: the controller writes the files
-        if self.options.json_path is not None:
-            document = {"findings": self.findings()}
-            self.options.json_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if self.options.update_baseline and self.options.baseline is not None:
-            _write_baseline(self.options.baseline, self.findings())
-
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         import fastapi_doctor
 
@@ -310,7 +360,7 @@ class DoctorSession:
 
 def _wait_for_loop_episodes(limit_s: float = 2.0) -> None:
     """Wait (at most ``limit_s``) until the loop watchdog has judged the blocks in progress: it does so
-    a few milliseconds after the loop ticks again. Free when no loop was blocked."""
+    a few milliseconds after the loop ticks again, or stops. Free when no loop was blocked."""
     import sys
     import time
 
@@ -320,8 +370,10 @@ def _wait_for_loop_episodes(limit_s: float = 2.0) -> None:
         return
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        heartbeats = list(getattr(hub, "heartbeats", {}).items())
-        if not any(getattr(hb, "episode", None) is not None and loop.is_running() for loop, hb in heartbeats):
+        # Also the blocks of loops that stopped (a TestClient without ``with`` closes its loop after
+        # each request): the watchdog judges them on its next look, within a sampling interval.
+        heartbeats = list(getattr(hub, "heartbeats", {}).values())
+        if not any(getattr(hb, "episode", None) is not None for hb in heartbeats):
             return
         time.sleep(0.005)
 

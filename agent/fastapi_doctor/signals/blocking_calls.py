@@ -130,6 +130,7 @@ class BlockingCallSignal:
             self.agent.findings.report(
                 "blocking_io",
                 route=route,
+                method=state.method,
                 summary=(
                     f"{call} is a blocking call made on the event loop in {where}; while it runs every "
                     "concurrent request waits. Use an async equivalent, or move it off the loop "

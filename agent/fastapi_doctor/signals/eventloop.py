@@ -116,6 +116,7 @@ class Heartbeat:
         "window_cpu",
         "window_runq",
         "window_process_cpu",
+        "handle",
     )
 
     def __init__(self, loop: Any, thread_id: int, interval: float) -> None:
@@ -151,9 +152,19 @@ class Heartbeat:
         self.window_cpu = 0.0
         self.window_runq: float | None = None
         self.window_process_cpu = 0.0
+        self.handle: Any = None  # the pending tick
 
     def start(self) -> None:
-        self.loop.call_later(self.interval, self.tick)
+        self.handle = self.loop.call_later(self.interval, self.tick)
+
+    def restart(self) -> None:
+        """On the loop's thread: the pending tick would never run (see LOST_TICK_S); tick now and go on."""
+        if self.stopped:
+            return
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        self.tick()
 
     def close(self) -> None:
         """Stop ticking and let go of the schedstat file."""
@@ -194,7 +205,7 @@ class Heartbeat:
                     callback(self, now, lag)
                 except Exception as exc:
                     containment.report(getattr(callback, "__qualname__", "heartbeat callback"), exc)
-            self.loop.call_later(self.interval, self.tick)
+            self.handle = self.loop.call_later(self.interval, self.tick)
         except Exception as exc:  # e.g. the loop is closing: the heartbeat stops, the app goes on
             self.stopped = True
             containment.report("eventloop heartbeat", exc)
@@ -310,6 +321,9 @@ class LoopHub:
 
 
 hub = LoopHub()
+
+# A pending tick due further away than this (by the loop's clock) will not run in time: the clock jumped.
+LOST_TICK_S = 10.0
 
 # Lateness of a tick below this is not a stall: uvloop's timers have a resolution of 1 ms, and on a
 # busy machine a tick runs a few ms late without anything blocking the loop. Counted as a stall, that
@@ -507,6 +521,7 @@ class _Episode:
         "state",
         "samples",
         "taken",
+        "last_seen",
         "span_done",
         "serving",
         "window",
@@ -525,6 +540,7 @@ class _Episode:
         # (location, call, root_cause, middleware) -> samples
         self.samples: dict[tuple[Location | None, str | None, str, str | None], int] = {}
         self.taken = 0
+        self.last_seen: float | None = None  # when a sample last saw the loop held
         self.span_done = False
         # The app had admitted a request (or asked for its loop to be watched): not start-up.
         self.serving = admissions.value > 0 or hub.watched_explicitly
@@ -726,14 +742,33 @@ class EventLoopSignal:
         now = _monotonic()
         wake = now + 1.0
         for loop, hb in list(hub.heartbeats.items()):
-            if hb.stopped or loop.is_closed():
-                hub.heartbeats.pop(loop, None)
-                hb.close()
-                continue
-            if not loop.is_running():
-                hb.paused = True
+            closed = hb.stopped or loop.is_closed()
+            if closed or not loop.is_running():
+                episode, hb.paused = hb.episode, True
+                if episode is not None and episode.end is None and episode.last_seen is not None:
+                    # The loop stopped before it ticked again (a TestClient used without ``with`` closes
+                    # its loop as soon as the request returns): the block lasted at least until the last
+                    # sample that saw it.
+                    episode.end = episode.last_seen
+                    episode.lag = episode.last_seen - episode.due
+                if episode is not None and episode.end is not None:
+                    self._finish(hb, episode)  # before the episode is cleared: the pytest plugin waits for that
                 hb.episode = None
+                if closed:
+                    hub.heartbeats.pop(loop, None)
+                    hb.close()
                 continue
+            handle = hb.handle
+            if handle is not None and handle.when() - loop.time() > LOST_TICK_S:
+                # The pending tick is due further away than it is ever scheduled: the loop's clock
+                # went back after it was scheduled (freezegun froze time.monotonic, the loop's clock,
+                # and the heartbeat's, then let go). It would never run and the loop would go
+                # unwatched: due now by the watchdog's clock (a block from here on is an episode),
+                # and the loop ticks as soon as it can.
+                hb.handle = None
+                hb.due = hb.last_tick = now
+                hb.episode = None
+                loop.call_soon_threadsafe(hb.restart)
             episode = hb.episode
             if episode is None:
                 if now - hb.due >= self.block_s:
@@ -757,7 +792,8 @@ class EventLoopSignal:
             due, end, lag, window, cpu, runq, process_cpu = self._unseen.popleft()
             if self._verdict(due, end, lag, window, cpu, runq, process_cpu) == PAUSED:
                 self._paused(lag)
-        return max(wake - _monotonic(), 0.001)
+        # At most a second: a clock that jumped (freezegun) must not put the watchdog to sleep for years.
+        return min(max(wake - _monotonic(), 0.001), 1.0)
 
     def _sample(self, hb: Heartbeat, episode: _Episode) -> None:
         frame = sys._current_frames().get(hb.thread_id)
@@ -799,6 +835,7 @@ class EventLoopSignal:
             call = f"{inner.module}.{inner.code.co_qualname}"
         key = (location, call, root_cause, middleware)
         episode.samples[key] = episode.samples.get(key, 0) + 1
+        episode.last_seen = _monotonic()
         if not episode.span_done:
             episode.span_done = True
             self._span_event(episode, key)

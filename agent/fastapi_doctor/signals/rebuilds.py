@@ -44,7 +44,9 @@ class RebuildSites:
                 return  # start-up work, built once: not a rebuild
             if frame is not None and (frame.f_globals.get("__name__"), frame.f_code.co_name) in ONE_SHOT_HELPERS:
                 return  # requests.get() and friends: a session for one call, the helper's, not the app's object
-            where, dependency = creation_site(frame)
+            where, dependency, cached = creation_site(frame)
+            if cached:
+                return  # built by a function the app caches (functools.lru_cache): its cache decides how often
             count = self._repeated((label, where))
             if count is None:
                 return
@@ -110,9 +112,11 @@ class RebuildSites:
         return count if count >= self.repeats else None
 
 
-def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None]:
-    """The user's line that built the object, and the dependency it ran in (if any)."""
+def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None, bool]:
+    """The user's line that built the object, the dependency it ran in (if any), and whether the user's
+    function that built it is one the app caches."""
     where: Location | None = None
+    cached = False
     depth = 0
     while frame is not None and depth < limit:
         code = frame.f_code
@@ -120,12 +124,30 @@ def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Locat
         # "<string>": functions libraries generate for their decorators (SQLAlchemy's), not the user's code.
         if where is None and not filename.startswith("<") and not attribution.is_library_file(filename):
             where = Location(attribution.display_path(filename), frame.f_lineno or 0, code.co_qualname)
+            cached = _cached_function(frame)
         role = attribution.code_role(code)
         if role is not None and where is not None:
-            return where, role[1] if role[0] == "dependency" else None
+            return where, role[1] if role[0] == "dependency" else None, cached
         frame = frame.f_back
         depth += 1
-    return where, None
+    return where, None, cached
+
+
+def _cached_function(frame: types.FrameType) -> bool:
+    """The frame runs the body of a function the app wrapped in a cache (``functools.lru_cache`` or
+    ``cache``, cachetools, anything with ``cache_clear`` and ``__wrapped__``), found by its qualified
+    name in its module. What it builds is built once per key; a suite that clears the cache between
+    tests (to reread the environment) builds it again in the next test's first request."""
+    code = frame.f_code
+    target: Any = frame.f_globals
+    for part in code.co_qualname.split("."):
+        if part == "<locals>":
+            return False
+        target = target.get(part) if isinstance(target, dict) else getattr(target, part, None)
+        if target is None:
+            return False
+    wrapped = getattr(target, "__wrapped__", None)
+    return hasattr(target, "cache_clear") and getattr(wrapped, "__code__", None) is code
 
 
 _PLAIN = (str, bytes, int, float, bool, type(None))

@@ -27,6 +27,7 @@ import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from opentelemetry.metrics import Observation
@@ -144,6 +145,9 @@ class TaskSignal:
         self._loops: dict[Any, tuple[Any, Any, Any, Any]] = {}
         self._before: dict[Creator, task_leak.CreatorObservation] = {}
         self._next_cycle = 0.0
+        # Test mode: watched tasks that ended cancelled, with their loop (see _ended).
+        self._cancelled: list[tuple[_Watched, Any]] = []
+        self._watch_cancels = False
 
     # -- install / undo ------------------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class TaskSignal:
 
         self._agent = agent
         self._leak_s = float(agent.settings.task_leak_seconds)
+        self._watch_cancels = bool(agent.settings.test_mode)
         self._active = True
         _create_instruments(agent.meter)
         _current = self
@@ -298,7 +303,17 @@ class TaskSignal:
             routes = creator.routes
             if key in routes or len(routes) < MAX_ROUTES:
                 routes[key] = routes.get(key, 0) + 1
-            self._watch(_Watched(ref, creator, created, now))
+            watched = _Watched(ref, creator, created, now)
+            self._watch(watched)
+            if self._watch_cancels:
+                task.add_done_callback(partial(self._ended, watched))
+
+    def _ended(self, watched: _Watched, task: Any) -> None:
+        """Test mode: a task that outlived its request ended. Cancelled, it may have been cut off by its
+        loop's shutdown (a TestClient without ``with`` closes the loop as soon as the request returns,
+        cancelling what is pending): the cycle decides once the loop is closed."""
+        if task.cancelled():
+            self._cancelled.append((watched, task.get_loop()))
 
     def _tick(self, _hb: Any, now: float, _lag: float) -> None:
         if now < self._next_cycle:
@@ -317,6 +332,10 @@ class TaskSignal:
         oldest: dict[Creator, float] = {}
         keep: list[_Watched] = []
         leak_s = self._leak_s if leak_seconds is None else leak_seconds
+        if self._cancelled:
+            alive = self._cut_off()  # counted as still pending: they were, until their loop closed
+        for loop in [loop for loop in self._loops if loop.is_closed()]:
+            del self._loops[loop]  # a loop per request (a TestClient without ``with``) is not kept
         for watched in self._watched:
             task = watched.ref()
             if task is None or task.done():
@@ -354,6 +373,23 @@ class TaskSignal:
                     evidence=verdict.evidence,
                     location=verdict.location,
                 )
+
+    def _cut_off(self) -> dict[Creator, int]:
+        """A task still pending when its loop shut down was pending at the end, as a task still pending
+        at the end of a test is (``settle``); one the app cancelled while its loop ran is not."""
+        cut_off: dict[Creator, int] = {}
+        pending: list[tuple[_Watched, Any]] = []
+        for watched, loop in self._cancelled:
+            if loop.is_running():
+                continue  # cancelled by the app
+            if not loop.is_closed():
+                pending.append((watched, loop))  # stopping: decided when closed
+            elif not watched.aged:
+                watched.aged = True
+                watched.creator.aged += 1
+                cut_off[watched.creator] = cut_off.get(watched.creator, 0) + 1
+        self._cancelled = pending
+        return cut_off
 
     def creators(self) -> list[Creator]:
         return [c for c in list(self._creators.values()) if c is not None]

@@ -20,6 +20,14 @@ def client(tmp_path_factory: pytest.TempPathFactory):
 AUTH = {"authorization": "Bearer user-1"}
 
 
+def test_summary_on_a_frozen_date(client) -> None:
+    """Runs first: freezegun freezes time.monotonic, the clock of the app's event loop, meanwhile."""
+    from freezegun import freeze_time
+
+    with freeze_time("2023-01-01"):
+        assert client.get("/me/v2/summary", headers=AUTH).json() == {"orders": 12}
+
+
 def test_login_hashes_on_the_loop(client) -> None:
     assert client.post("/auth/login", params={"name": "user1", "password": "secret"}).json() == {"token": "user-1"}
 
