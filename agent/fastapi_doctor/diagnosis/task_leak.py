@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi_doctor.diagnosis import Verdict
-from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "task_leak"
+TITLE = "Asyncio tasks that leak or pile up"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.signals.rebuilds import BUILDERS
+from fastapi_doctor.diagnosis import blocking_io, publish
+from fastapi_doctor.kernel.rebuilds import BUILDERS
 
 DETECTED_BY = "call_interception"
 _AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -123,21 +124,15 @@ class BlockingCallSignal:
                     break
             if user is None:
                 return  # no line of the app's to name: library internals, not the app's call
-            location = attribution.location(user)
-            call = attribution.call_in(user) or blocking_function
-            route = state.route
-            where = f"{state.method} {route}" if route else "a request"
-            self.agent.findings.report(
-                "blocking_io",
-                route=route,
-                summary=(
-                    f"{call} is a blocking call made on the event loop in {where}; while it runs every "
-                    "concurrent request waits. Use an async equivalent, or move it off the loop "
-                    "(run_in_threadpool, or a sync def endpoint)."
-                ),
-                evidence={"call": call, "blocking_function": blocking_function, "detected_by": DETECTED_BY},
-                location=location,
+            seen = blocking_io.BlockingCall(
+                call=attribution.call_in(user) or blocking_function,
+                blocking_function=blocking_function,
+                detected_by=DETECTED_BY,
+                location=attribution.location(user),
+                method=state.method,
+                route=state.route,
             )
+            publish(self.agent.findings, blocking_io.decide_blocking_call(seen))
         except Exception as exc:
             containment.report("blocking call finding", exc)
 

@@ -29,14 +29,15 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request, pool_waiters
+from fastapi_doctor.diagnosis import blocking_io, pool_leak, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.metrics import histogram
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
 
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _USE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_MAX_HOLDERS = 5
 
 
 # -- where the user's code is ---------------------------------------------------------------------
@@ -104,17 +105,6 @@ def pool_name(url: Any) -> str:
     if host:
         return f"{backend}://{host}/{database}"
     return f"{backend}:///{database}" if database else f"{backend}://"
-
-
-def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
-    """A histogram recorded on the app's path: the agent's lean one (about 1 us a record, versus
-    7-12 us for the SDK's), else the SDK's."""
-    lean = getattr(agent, "lean", None)
-    if lean is not None:
-        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
-    return agent.meter.create_histogram(
-        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=boundaries
-    )
 
 
 # -- bookkeeping ----------------------------------------------------------------------------------
@@ -398,36 +388,22 @@ class PoolTracker:
     def timed_out(self, pool: Any, stats: PoolStats, waited: float) -> None:
         try:
             self.timeouts.add(1, stats.attrs)
-            ranked = self.holders(pool)
             state = current_request.get()
-            waiting_route = state.route if state is not None else None
-            named = named_holders(ranked)
-            summary = (
-                f"Pool {stats.name} is exhausted: a checkout waited {waited:.2f} s and timed out"
-                + (f" on {waiting_route}" if waiting_route else "")
-                + (f"; connections are held by {named}" if named else "")
-                + ". Return connections promptly (close sessions) or size the pool for the load."
-            )
-            evidence = {
-                "reason": "pool_exhausted",
-                "pool": stats.name,
-                "waited_s": round(waited, 3),
-                "waiting_route": waiting_route,
-                "holders": holders_evidence(ranked),
-                **occupancy(pool),
-            }
-            # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
-            self.findings.report(
-                "pool_leak", route=waiting_route, summary=summary, evidence=evidence, location=user_location(),
+            seen = pool_leak.CheckoutTimedOut(
+                pool=stats.name,
+                waited_s=waited,
+                location=user_location(),
                 method=state.method if state is not None else None,
+                route=state.route if state is not None else None,
+                holders=self.holders(pool),
+                occupancy=occupancy(pool),
             )
+            publish(self.findings, pool_leak.decide_timed_out(seen))
         except Exception as exc:
             containment.report("db pool timeout", exc)
 
-    def holders(
-        self, pool: Any, excluding: Checkout | None = None
-    ) -> list[tuple[tuple[str | None, Location | None], list[float]]]:
-        """Connections of ``pool`` checked out now, by (route, checkout line): [count, oldest age], most first."""
+    def holders(self, pool: Any, excluding: Checkout | None = None) -> tuple[pool_leak.Holder, ...]:
+        """Connections of ``pool`` checked out now, by route and checkout line, most (then oldest) first."""
         now = perf_counter()
         holders: dict[tuple[str | None, Location | None], list[float]] = {}
         for checkout in list(self.out.values()):
@@ -435,7 +411,8 @@ class PoolTracker:
                 entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
                 entry[0] += 1
                 entry[1] = max(entry[1], now - checkout.start)
-        return sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+        ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+        return tuple(pool_leak.Holder(route, location, int(n), age) for (route, location), (n, age) in ranked)
 
     def check_saturation(self, now: float) -> None:
         """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
@@ -469,56 +446,31 @@ class PoolTracker:
                 containment.report("db pool saturation", exc)
 
     def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> None:
-        ranked = self.holders(pool)
-        limit = _limit(pool) or 0
-        waiting = stats.peak_waiting
-        demand = limit + waiting  # every connection in use, and these callers wanting one more
         _elsewhere, _database, threads_waiting = worker_lines(worker_threads())
-        route, location = ranked[0][0] if ranked else (None, None)
-        symptoms = {
-            "pool": stats.name,
-            "max_connections": limit,
-            "waiting": waiting,
-            "saturated_s": round(saturated_s, 2),
-            "threads_waiting_for_a_connection": threads_waiting,
-            "holders": holders_evidence(ranked),
-        }
+        saturated = pool_leak.PoolSaturated(
+            pool=stats.name,
+            pool_size=pool.size(),
+            max_overflow=int(getattr(pool, "_max_overflow", 0)),
+            max_connections=_limit(pool) or 0,
+            checked_out=pool.checkedout(),
+            waiting=stats.peak_waiting,
+            saturated_s=saturated_s,
+            threads_waiting=threads_waiting,
+            holders=self.holders(pool),
+        )
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
             # The connections are held across a slow call outside the database: that call is the cause.
             where, call, seen = blocked
-            threads = max(1, round(seen / max(1, stats.rounds)))  # threads in it, on average over the rounds
-            self.findings.report(
-                "blocking_io",
-                route=route,
-                summary=(
-                    f"{call or 'A blocking call'} at {where} holds a database connection while it waits: "
-                    f"{threads} threads were in it, every connection of pool {stats.name} was in use for "
-                    f"{saturated_s:.1f} s and up to {waiting} callers waited for one. Make the call async or "
-                    "give it a timeout, and do not keep a session open across it."
-                ),
-                evidence={"signal": "db_pool", "call": call, "threads_in_call": threads, **symptoms},
+            held = blocking_io.HeldAcrossCall(
+                call=call,
                 location=where,
+                threads_in_call=max(1, round(seen / max(1, stats.rounds))),  # on average over the rounds
+                saturated=saturated,
             )
+            publish(self.findings, blocking_io.decide_held_across_call(held))
             return
-        size = pool.size()
-        overflow = int(getattr(pool, "_max_overflow", 0))
-        summary = (
-            f"Pool {stats.name} (pool_size={size}, max_overflow={overflow}: {limit} connections) had every "
-            f"connection in use for {saturated_s:.1f} s without a break while up to {waiting} callers waited: "
-            f"about {demand} needed a connection at once. Connections are held by {named_holders(ranked) or 'nobody known'}. "
-            f"Size the pool for the concurrency (pool_size + max_overflow >= {demand}, within the database's "
-            "max_connections), or hold connections for less time (close sessions before slow work)."
-        )
-        evidence = {
-            "reason": "pool_wait",
-            **symptoms,
-            "demand": demand,
-            "pool_size": size,
-            "max_overflow": overflow,
-            "checked_out": pool.checkedout(),
-        }
-        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=location)
+        publish(self.findings, pool_leak.decide_saturated(saturated))
 
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
@@ -532,36 +484,16 @@ class PoolTracker:
                 return
             sessions = self.leaking_sessions
             sessions[key] = weakref.ref(owner, lambda _ref: sessions.pop(key, None))
-        stats = checkout.stats
-        route = checkout.route()
-        where = f" at {checkout.location}" if checkout.location else ""
-        on = f" on {route}" if route else ""
-        if reason == "garbage_collected":
-            summary = (
-                f"A connection of pool {stats.name} checked out{where}{on} was never closed: the garbage "
-                f"collector returned it after {age:.2f} s. Close sessions and connections (`with`/`async with`, "
-                "or a dependency with `yield`)."
-            )
-        elif reason == "request_finished":
-            summary = (
-                f"A connection of pool {stats.name} checked out{where}{on} is still checked out "
-                f"{age:.2f} s later, after its request finished: it is not returned to the pool."
-            )
-        else:
-            summary = (
-                f"A connection of pool {stats.name} checked out{where}{on} has been held for {age:.2f} s "
-                f"(limit {self.leak_seconds:g} s)."
-            )
-        evidence: dict[str, Any] = {
-            "reason": reason,
-            "pool": stats.name,
-            "age_s": round(age, 3),
-            "leak_seconds": self.leak_seconds,
-        }
-        if pool is not None:
-            evidence.update(occupancy(pool))
-        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=checkout.location,
-                             method=checkout.request.method if checkout.request is not None else None)
+        held = pool_leak.CheckoutHeld(
+            pool=checkout.stats.name,
+            reason=reason,
+            age_s=age,
+            location=checkout.location,
+            method=checkout.request.method if checkout.request is not None else None,
+            route=checkout.route(),
+            occupancy=occupancy(pool) if pool is not None else {},
+        )
+        publish(self.findings, pool_leak.decide_held(held, leak_seconds=self.leak_seconds))
 
     def check(self, grace: float | None = None) -> None:
         """One watchdog round: deferred events, then checkouts held too long or past their request.
@@ -698,19 +630,6 @@ def _done_waiting(thread: int) -> None:
         pool_waiters[thread] = left
     else:
         pool_waiters.pop(thread, None)
-
-
-def named_holders(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> str:
-    return ", ".join(
-        f"{route or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "") for (route, loc), (n, _age) in ranked[:3]
-    )
-
-
-def holders_evidence(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> list[dict[str, Any]]:
-    return [
-        {"route": route, "connections": int(n), "oldest_age_s": round(age, 3), "location": str(loc) if loc else None}
-        for (route, loc), (n, age) in ranked[:_MAX_HOLDERS]
-    ]
 
 
 def _in_database(stack: tuple[attribution.FrameInfo, ...], user: attribution.FrameInfo) -> bool:

@@ -36,6 +36,7 @@ limiter and drain GC pauses on the loop's tick.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import os
 import sys
@@ -48,7 +49,9 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
+from fastapi_doctor.diagnosis import Verdict, blocking_io, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.metrics import histogram
 from fastapi_doctor.signals import gc_pauses, process
 
 _get_running_loop = asyncio._get_running_loop
@@ -366,16 +369,6 @@ def stalled_between(start_clock: float) -> float:
     return stall_clock() - start_clock
 
 
-def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
-    """A histogram recorded on the loop: the agent's lean one when it has them, else the SDK's."""
-    lean = getattr(agent, "lean", None)
-    if lean is not None:
-        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
-    return agent.meter.create_histogram(
-        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=boundaries
-    )
-
-
 def _driver_frame(loop: Any) -> Any:
     """The frame that runs ``loop`` (called from inside one of its tasks), below the task's coroutines."""
     task = asyncio.current_task(loop)
@@ -587,7 +580,7 @@ class EventLoopSignal:
         self._endpoints: dict[str, Location] = {}
         self.episodes_seen = 0  # attributed episodes, for tests and the report
         # The first occurrence of each (root cause, route, function): reported when it recurs.
-        self._held: dict[tuple[str, str | None, tuple[str, str] | None], tuple[str, dict[str, Any]]] = {}
+        self._held: dict[tuple[str, str | None, str | None, tuple[str, str] | None], Verdict] = {}
         # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, loop
         # thread's CPU, its wait for a CPU, process CPU), appended on the loop, judged by the watchdog.
         self._unseen: deque[tuple[float, float, float, float, float, float | None, float]] = deque(maxlen=64)
@@ -908,33 +901,31 @@ class EventLoopSignal:
             stats = self._stats[stat_key] = [0, 0.0]
         stats[0] += 1
         stats[1] = max(stats[1], blocked_ms)
-        evidence: dict[str, Any] = {
-            "blocked_ms": blocked_ms,
-            "max_blocked_ms": stats[1],
-            "threshold_ms": round(self.block_s * 1000.0, 1),
-            "call": call,
-            "samples": samples,
-            "samples_total": episode.taken,
-            "episodes": int(stats[0]),
-        }
-        if middleware:
-            evidence["middleware"] = middleware
-        where = f"{state.method} {route}" if state is not None and route else "a request" if state else "a task outside any request"
-        summary = _summary(root_cause, call, middleware, location, where, blocked_ms)
-        # Once is not a recurring problem (a route's first call warming a cache, the first
-        # /openapi.json): the first occurrence is held and reported when the same one recurs. In a test
-        # (test_mode) a request is made once: there the first occurrence is the finding.
-        if stats[0] < 2 and not self.agent.settings.test_mode:
+        block = blocking_io.LoopBlock(
+            root_cause=root_cause,
+            call=call,
+            middleware=middleware,
+            location=location,
+            method=method,
+            route=route,
+            in_request=state is not None,
+            blocked_s=blocked,
+            max_blocked_ms=stats[1],
+            episodes=int(stats[0]),
+            samples=samples,
+            samples_total=episode.taken,
+            threshold_s=self.block_s,
+        )
+        verdict = blocking_io.decide_loop_block(block)
+        if not blocking_io.recurring(block.episodes, test_mode=self.agent.settings.test_mode):
             if len(self._held) > 2 * self.agent.settings.max_findings:
                 self._held.clear()
-            self._held[stat_key] = (summary, evidence)
+            self._held[stat_key] = verdict  # reported when the same one recurs
             return
         held = self._held.pop(stat_key, None)
-        if held is not None:
-            self.agent.findings.report(root_cause, route=route, summary=held[0], evidence=held[1], location=location,
-                                       method=method)
-        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location,
-                                   method=method)
+        if held is not None:  # at this occurrence's line: one finding for the function's block
+            publish(self.agent.findings, dataclasses.replace(held, location=location))
+        publish(self.agent.findings, verdict)
 
     def stalls(self) -> dict[str, Any]:
         """What made the loop late that is not the app's code, for the doctor page (numbers only)."""
@@ -980,26 +971,6 @@ def _same_function(a: _SampleKey, b: _SampleKey) -> bool:
     if a[0] is None or b[0] is None:
         return a[0] is b[0] and a[1] == b[1]
     return a[0].file == b[0].file and a[0].function == b[0].function
-
-
-def _summary(
-    root_cause: str, call: str | None, middleware: str | None, location: Location | None, where: str, ms: float
-) -> str:
-    if root_cause == "large_payload":
-        return (
-            f"Serialising the response of {where} blocked the event loop for {ms:.0f} ms; every concurrent request "
-            "waited. Return less data (paginate or stream it), or serialise it off the loop."
-        )
-    what = call or (location.function if location else "Code")
-    if root_cause == "slow_middleware":
-        return (
-            f"Middleware {middleware} blocked the event loop for {ms:.0f} ms ({what}) in {where}; every concurrent "
-            "request waited. Middleware runs on every request: make the call async or move it off the loop."
-        )
-    return (
-        f"{what} blocked the event loop for {ms:.0f} ms in {where}; every concurrent request waited. "
-        "Use an async equivalent, or move it off the loop (run_in_threadpool, or a sync def endpoint)."
-    )
 
 
 def _serialiser(stack: tuple[attribution.FrameInfo, ...]) -> str | None:

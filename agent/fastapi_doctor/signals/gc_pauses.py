@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Any
 
+from fastapi_doctor.kernel.metrics import histogram
+
 _monotonic = time.monotonic
 
 # Pauses not yet recorded (duration, generation); bounded when no loop drains them.
@@ -57,7 +59,7 @@ class GCSignal:
         self._attrs: dict[int, dict[str, int]] = {}
 
     def instrument(self, agent: Any) -> None:
-        from fastapi_doctor.signals.eventloop import histogram, hub
+        from fastapi_doctor.signals.eventloop import hub
 
         self._histogram = histogram(
             agent,

@@ -33,7 +33,7 @@ from opentelemetry.metrics import Observation
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
-from fastapi_doctor.diagnosis import task_leak
+from fastapi_doctor.diagnosis import publish, task_leak
 from fastapi_doctor.findings import Location
 
 _monotonic = time.monotonic
@@ -345,15 +345,7 @@ class TaskSignal:
             observation = creator.observation()
             verdict = task_leak.decide(observation, before, leak_seconds=leak_s)
             self._before[creator] = observation
-            if verdict is not None:
-                self._agent.findings.report(
-                    verdict.root_cause,
-                    route=verdict.route,
-                    method=verdict.method,
-                    summary=verdict.summary,
-                    evidence=verdict.evidence,
-                    location=verdict.location,
-                )
+            publish(self._agent.findings, verdict)
 
     def creators(self) -> list[Creator]:
         return [c for c in list(self._creators.values()) if c is not None]
