@@ -14,7 +14,6 @@ checker raises before calling it). The app's behaviour is unchanged; only a find
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Any
@@ -25,8 +24,6 @@ from fastapi_doctor.diagnosis import blocking_io, publish
 from fastapi_doctor.kernel.rebuilds import BUILDERS
 
 DETECTED_BY = "call_interception"
-_AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_DEMO_DIR = os.path.join(_AGENT_DIR, "demo") + os.sep
 _FRAMEWORK = frozenset({"fastapi", "starlette"})
 
 
@@ -110,7 +107,7 @@ class BlockingCallSignal:
             stack = attribution.capture(sys._getframe(2))
             user = None
             for info in stack:  # innermost first: the first frame of the agent or of the app decides
-                if info.filename.startswith(_AGENT_DIR) and not info.filename.startswith(_DEMO_DIR):
+                if attribution.is_agent_file(info.filename):
                     return  # the agent's own work (attribution reading a file) is never the app's blame
                 if (info.module, info.code.co_name) in BUILDERS:
                     return  # building an engine, client or pool: the rebuild is the finding, not its I/O

@@ -21,7 +21,6 @@ import collections
 import sys
 import threading
 import time
-import types
 import weakref
 from collections.abc import Iterable
 from time import perf_counter
@@ -31,6 +30,8 @@ from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request, pool_waiters
 from fastapi_doctor.diagnosis import blocking_io, pool_leak, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.sql import pool_name
+from fastapi_doctor.kernel.frames import user_location
 from fastapi_doctor.kernel.metrics import histogram
 
 POOL_NAME = "db.client.connection.pool.name"
@@ -41,70 +42,6 @@ _USE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 
 # -- where the user's code is ---------------------------------------------------------------------
-
-
-# (file, line, function) -> Location: a checkout site is met again and again; building its Location (a relative
-# path) costs more than the walk. Bounded: code objects of the app are few.
-_locations: dict[tuple[str, int, str], Location] = {}
-# filename -> is it the user's code? (a plain dict lookup per frame; the walk crosses ~10 frames)
-_user_files: dict[str, bool] = {}
-
-
-def _is_user_file(filename: str) -> bool:
-    # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
-    user = not filename.startswith("<") and not attribution.is_library_file(filename)
-    if len(_user_files) < 4096:
-        _user_files[filename] = user
-    return user
-
-
-def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
-    depth = 0
-    while frame is not None and depth < limit:
-        code = frame.f_code
-        filename = code.co_filename
-        user = _user_files.get(filename)
-        if user is None:
-            user = _is_user_file(filename)
-        if user:
-            key = (filename, frame.f_lineno or 0, code.co_qualname)  # strings: hashes are cached
-            location = _locations.get(key)
-            if location is None:
-                location = Location(attribution.display_path(filename), key[1], key[2])
-                if len(_locations) < 4096:
-                    _locations[key] = location
-            return location
-        frame = frame.f_back
-        depth += 1
-    return None
-
-
-def user_location(skip: int = 1) -> Location | None:
-    """The innermost line of user code calling into SQLAlchemy (no traceback is built).
-
-    An async engine runs the pool inside a greenlet whose frames end at SQLAlchemy's
-    ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet.
-    """
-    location = _walk(sys._getframe(skip + 1))
-    if location is None:
-        greenlet = sys.modules.get("greenlet")
-        if greenlet is not None:
-            parent = greenlet.getcurrent().parent
-            if parent is not None:
-                location = _walk(parent.gr_frame)
-    return location
-
-
-def pool_name(url: Any) -> str:
-    """A stable pool name without credentials or query: ``postgresql://127.0.0.1:5432/app``."""
-    backend = url.get_backend_name()
-    host = url.host or ""
-    if host and url.port:
-        host = f"{host}:{url.port}"
-    database = url.database or ""
-    if host:
-        return f"{backend}://{host}/{database}"
-    return f"{backend}:///{database}" if database else f"{backend}://"
 
 
 # -- bookkeeping ----------------------------------------------------------------------------------

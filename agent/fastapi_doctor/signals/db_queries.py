@@ -20,8 +20,8 @@ from fastapi_doctor import attribution
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.diagnosis import n_plus_one, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.frames import user_location
 from fastapi_doctor.kernel.metrics import histogram
-from fastapi_doctor.signals.db_pool import user_location
 from fastapi_doctor.sql import fingerprint
 
 _COUNTS = "db.statements"

@@ -30,7 +30,6 @@ the database signal.
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -40,65 +39,10 @@ from typing import Any
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.frames import code_of, location_of, name_of
 from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
 from fastapi_doctor.signals.eventloop import stall_clock, stalled_between
 from fastapi_doctor.kernel.rebuilds import RebuildSites
-
-def _target(obj: Any) -> Any:
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    try:
-        return inspect.unwrap(obj)
-    except ValueError:  # a __wrapped__ cycle
-        return obj
-
-
-def code_of(obj: Any) -> types.CodeType | None:
-    """The code object that runs when ``obj`` is called (function, method, class, callable instance)."""
-    target = _target(obj)
-    if isinstance(target, types.FunctionType):
-        return target.__code__
-    if isinstance(target, types.MethodType):
-        return code_of(target.__func__)
-    if isinstance(target, type):
-        for klass in target.__mro__:
-            init = klass.__dict__.get("__init__")
-            if isinstance(init, types.FunctionType):
-                return init.__code__
-        return None
-    call = getattr(type(target), "__call__", None)
-    if isinstance(call, types.FunctionType):
-        return call.__code__
-    return None
-
-
-def name_of(obj: Any) -> str:
-    """Qualified name of a function or class; the class's for a callable instance."""
-    target = _target(obj)
-    qualname = getattr(target, "__qualname__", None)
-    if isinstance(qualname, str) and not isinstance(target, functools.partial):
-        return qualname
-    return type(target).__qualname__
-
-
-def location_of(code: types.CodeType | None) -> Location | None:
-    """Where ``code`` is defined: its ``def`` line (after any decorators)."""
-    if code is None:
-        return None
-    import linecache
-
-    line = code.co_firstlineno
-    if linecache.getline(code.co_filename, line).lstrip().startswith("@"):
-        # co_firstlineno is the first decorator's line: find the def below the decorators.
-        for offset in range(1, 32):
-            text = linecache.getline(code.co_filename, line + offset).lstrip()
-            if not text:
-                break
-            if text.startswith(("def ", "async def ", "class ")):
-                line += offset
-                break
-    return Location(attribution.display_path(code.co_filename), line, code.co_qualname)
-
 
 # -- timers that stand in for dependency callables -----------------------------------------------
 

@@ -78,7 +78,6 @@ import sys
 import types
 from array import array
 from asyncio import _get_running_loop
-from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
@@ -89,12 +88,12 @@ from fastapi_doctor.findings import Location
 from fastapi_doctor.run_delay import run_delay
 from fastapi_doctor.sampling import TokenBucket
 from fastapi_doctor.signals import gc_pauses
+from fastapi_doctor.kernel.asgi import splice_out, walk
+from fastapi_doctor.kernel.frames import location_of
 from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
 from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window
-from fastapi_doctor.signals.dependencies import location_of
 
 _KEY = "middleware"
-_MAX_DEPTH = 64
 _MAX_ROUTES = 1000  # per layer; requests of further routes count only to the layer's own window
 
 
@@ -247,32 +246,6 @@ class _LayerTimer:
         if t[-1]:
             t[at + _RQ] = run_delay()
         return self.app(scope, receive, _TimedSend(send, t, at, _get_running_loop() if self.probe else None))
-
-
-def walk(stack: Any) -> Iterator[tuple[Any, Any]]:
-    """(parent, layer) along the ``.app`` chain of a built stack; parent is None for the top."""
-    parent = None
-    seen: set[int] = set()
-    depth = 0
-    while stack is not None and id(stack) not in seen and depth < _MAX_DEPTH:
-        seen.add(id(stack))
-        yield parent, stack
-        parent, stack = stack, getattr(stack, "app", None)
-        depth += 1
-
-
-def splice_out(parent: Any, wrapper: Any) -> bool:
-    """Take ``wrapper`` out of the ``.app`` chain below ``parent`` (other wrappers may sit between)."""
-    node = parent
-    for _ in range(_MAX_DEPTH):
-        inner = getattr(node, "app", None)
-        if inner is None:
-            return False
-        if inner is wrapper:
-            node.app = wrapper.app
-            return True
-        node = inner
-    return False
 
 
 def layer_name(layer: Any) -> str:

@@ -28,10 +28,10 @@ from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.diagnosis import large_payload, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.asgi import splice_out, walk
+from fastapi_doctor.kernel.frames import code_of, location_of
 from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
 from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window
-from fastapi_doctor.signals.dependencies import code_of, location_of
-from fastapi_doctor.signals.middleware_timing import splice_out, walk
 
 SIZE_BUCKETS = (
     256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 67108864,
