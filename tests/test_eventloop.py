@@ -568,7 +568,7 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
     assert eventloop.hub.wrap_stack not in agent.fastapi.stack_wrappers
     assert agent.fastapi.app_hooks == [] and eventloop.hub.tick_callbacks == []
     assert eventloop.hub.attach_callbacks == [] and not eventloop.hub.active
-    assert gc_pauses._callback not in gc.callbacks
+    assert gc_pauses.callback not in gc.callbacks
     assert points(agent, "process.memory.usage") == [] and points(agent, "process.thread.count") == []
     # Nothing is watched or reported any more, even on the app whose stack still holds the probe.
     with TestClient(app) as client:

@@ -40,8 +40,8 @@ from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.frames import code_of, location_of, name_of
+from fastapi_doctor.kernel.loop import stall_clock, stalled_between
 from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
-from fastapi_doctor.signals.eventloop import stall_clock, stalled_between
 from fastapi_doctor.kernel.rebuilds import RebuildSites
 
 # -- timers that stand in for dependency callables -----------------------------------------------

@@ -87,8 +87,8 @@ from fastapi_doctor.diagnosis import publish, slow_middleware
 from fastapi_doctor.findings import Location
 from fastapi_doctor.run_delay import run_delay
 from fastapi_doctor.sampling import TokenBucket
-from fastapi_doctor.signals import gc_pauses
 from fastapi_doctor.kernel.asgi import splice_out, walk
+from fastapi_doctor.kernel import gc_pauses
 from fastapi_doctor.kernel.frames import location_of
 from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
 from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window

@@ -32,6 +32,7 @@ from typing import Any
 from opentelemetry.metrics import Observation
 
 from fastapi_doctor import attribution, containment
+from fastapi_doctor.kernel.loop import hub
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.diagnosis import publish, task_leak
 from fastapi_doctor.findings import Location
@@ -149,8 +150,6 @@ class TaskSignal:
 
     def instrument(self, agent: Any) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         self._agent = agent
         self._leak_s = float(agent.settings.task_leak_seconds)
         self._active = True
@@ -164,8 +163,6 @@ class TaskSignal:
 
     def uninstrument(self) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         self._active = False
         if self._tick in hub.tick_callbacks:
             hub.tick_callbacks.remove(self._tick)

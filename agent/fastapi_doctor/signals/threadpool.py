@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi_doctor import containment
+from fastapi_doctor.kernel.loop import hub
 from fastapi_doctor.context import active_requests
 from fastapi_doctor.diagnosis import blocking_io, publish
 from fastapi_doctor.signals.db_pool import worker_lines, worker_threads
@@ -65,8 +66,6 @@ class ThreadpoolSignal:
 
     def instrument(self, agent: Any) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         self.agent = agent
         self.wait_s = agent.settings.threadpool_wait_seconds
         meter = agent.meter
@@ -97,8 +96,6 @@ class ThreadpoolSignal:
 
     def uninstrument(self) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         if _current is self:
             _current = None
         if self._on_attach in hub.attach_callbacks:
@@ -108,8 +105,6 @@ class ThreadpoolSignal:
         hub.release(self)
 
     def total(self, field: str) -> int | None:
-        from fastapi_doctor.signals.eventloop import hub
-
         pools = [hb.pool for hb in list(hub.heartbeats.values()) if hb.pool is not None and hb.limiter is not None]
         if not pools:
             return None
