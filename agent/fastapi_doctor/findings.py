@@ -1,6 +1,6 @@
 """Findings: what the agent concluded, with the evidence and the line of code.
 
-Signals call :meth:`FindingsRegistry.report`; the server and the report only read. Occurrences with
+The rules' verdicts are reported here (``diagnosis.publish``); the server and the report only read. Occurrences with
 the same (root_cause, method, route, location) merge into one finding; memory is bounded. The method
 is the request's HTTP method: a ``GET`` and a ``POST`` on one route template are different endpoints,
 with different code, and never share a finding.

@@ -132,11 +132,9 @@ def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
 
 
 def decide_timed_out(timed_out: CheckoutTimedOut) -> Verdict:
-    named = named_holders(timed_out.holders)
     summary = (
         f"Pool {timed_out.pool} is exhausted: a checkout waited {timed_out.waited_s:.2f} s and timed out"
-        + (f" on {timed_out.route}" if timed_out.route else "")
-        + (f"; connections are held by {named}" if named else "")
+        + _waiting_on(timed_out.route, timed_out.holders)
         + ". Return connections promptly (close sessions) or size the pool for the load."
     )
     # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
@@ -161,12 +159,10 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
     """Due when at least half of the recent acquires waited on a full pool."""
     if 2 * waited.waits < waited.acquires:
         return None
-    named = named_holders(waited.holders)
     summary = (
         f"Pool {waited.pool} (max {waited.max_connections} connections) is exhausted: {waited.waits} of the last "
         f"{waited.acquires} acquires found every connection in use and waited (median wait {waited.wait_p50_s:.3f} s)"
-        + (f" on {waited.route}" if waited.route else "")
-        + (f"; connections are held by {named}" if named else "")
+        + _waiting_on(waited.route, waited.holders)
         + ". Hold a connection only for its queries (`async with pool.acquire()`), or size the pool for the load."
     )
     return Verdict(
@@ -225,6 +221,12 @@ def saturation_symptoms(saturated: PoolSaturated) -> dict[str, Any]:
         "threads_waiting_for_a_connection": saturated.threads_waiting,
         "holders": holders_evidence(saturated.holders),
     }
+
+
+def _waiting_on(route: str | None, holders: tuple[Holder, ...]) -> str:
+    """`` on <route>; connections are held by <holders>``, the parts that are known."""
+    named = named_holders(holders)
+    return (f" on {route}" if route else "") + (f"; connections are held by {named}" if named else "")
 
 
 def named_holders(holders: tuple[Holder, ...]) -> str:

@@ -18,7 +18,6 @@ detach) takes no lock and records nothing: it queues the event for the watchdog.
 from __future__ import annotations
 
 import collections
-import sys
 import threading
 import time
 import weakref
@@ -26,12 +25,13 @@ from collections.abc import Iterable
 from time import perf_counter
 from typing import Any
 
-from fastapi_doctor import attribution, containment
+from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request, pool_waiters
 from fastapi_doctor.diagnosis import blocking_io, pool_leak, publish
 from fastapi_doctor.findings import Location
 from fastapi_doctor.sql import pool_name
 from fastapi_doctor.kernel.frames import user_location
+from fastapi_doctor.kernel.workers import Lines, blocked_elsewhere, worker_lines, worker_threads
 from fastapi_doctor.kernel.metrics import histogram
 
 POOL_NAME = "db.client.connection.pool.name"
@@ -47,7 +47,6 @@ _USE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 # -- bookkeeping ----------------------------------------------------------------------------------
 
 
-Lines = collections.Counter[tuple[Location, str | None]]  # (the app's line, the call in it) -> threads seen
 
 
 class PoolStats:
@@ -567,61 +566,6 @@ def _done_waiting(thread: int) -> None:
         pool_waiters[thread] = left
     else:
         pool_waiters.pop(thread, None)
-
-
-def _in_database(stack: tuple[attribution.FrameInfo, ...], user: attribution.FrameInfo) -> bool:
-    """Below the user's frame, the thread is inside SQLAlchemy (a statement, a checkout)."""
-    for info in stack:
-        if info is user:
-            return False
-        if "sqlalchemy" in info.filename:
-            return True
-    return False
-
-
-def worker_threads(loop: Any = None) -> set[int]:
-    """Idents of anyio's worker threads (of ``loop`` when given)."""
-    return {
-        t.ident
-        for t in threading.enumerate()
-        if t.name == "AnyIO worker thread" and (loop is None or getattr(t, "loop", loop) is loop) and t.ident is not None
-    }
-
-
-def worker_lines(idents: set[int]) -> tuple[Lines, Lines, int]:
-    """Where worker threads are: the app's lines (with the call) of the threads outside the database, of
-    the threads working in the database, and how many threads wait for a pool connection."""
-    frames = sys._current_frames()
-    elsewhere: Lines = collections.Counter()
-    database: Lines = collections.Counter()
-    waiting = 0
-    try:
-        for ident in idents:
-            if pool_waiters.get(ident):
-                waiting += 1
-                continue
-            frame = frames.get(ident)
-            if frame is None:
-                continue
-            stack = attribution.capture(frame)
-            user = next((i for i in stack if not i.filename.startswith("<") and not attribution.is_library_file(i.filename)), None)
-            if user is None:
-                continue
-            lines = database if _in_database(stack, user) else elsewhere
-            lines[(attribution.location(user), attribution.call_in(user))] += 1
-    finally:
-        del frames
-    return elsewhere, database, waiting
-
-
-def blocked_elsewhere(elsewhere: Lines, database: Lines) -> tuple[Location, str | None, int] | None:
-    """The app's line (and call) where most of the worker threads not waiting for a connection are,
-    when that is outside the database; None when they work in the database or are spread out."""
-    if not elsewhere:
-        return None
-    (where, call), n = elsewhere.most_common(1)[0]
-    others = sum(elsewhere.values()) + sum(database.values())
-    return (where, call, n) if n >= 2 and 2 * n > others else None
 
 
 def _limit(pool: Any) -> int | None:

@@ -48,10 +48,9 @@ from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
 from fastapi_doctor.diagnosis import Verdict, blocking_io, publish
 from fastapi_doctor.findings import Location
-from fastapi_doctor.kernel import gc_pauses
+from fastapi_doctor.kernel import cgroup, gc_pauses
 from fastapi_doctor.kernel.loop import Heartbeat, hub
 from fastapi_doctor.kernel.metrics import histogram
-from fastapi_doctor.signals import process
 
 _get_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
@@ -297,7 +296,7 @@ class EventLoopSignal:
         for attribute, (name, unit, description) in _COUNTERS.items():
             setattr(self, attribute, meter.create_counter(name, unit=unit, description=description))
         self.started = _monotonic()
-        self._throttled = process.cgroup_throttling()
+        self._throttled = cgroup.cgroup_throttling()
         self._stop.clear()
         hub.tick_callbacks.append(self._on_tick)
         hub.acquire(self, agent)
@@ -618,7 +617,7 @@ class EventLoopSignal:
         out: dict[str, Any] = {}
         if self.paused_total[0]:
             out["paused"] = {"episodes": self.paused_total[0], "seconds": round(self.paused_total[1], 3)}
-            throttled = process.cgroup_throttling()
+            throttled = cgroup.cgroup_throttling()
             if throttled is not None and self._throttled is not None:
                 out["paused"]["throttled_periods"] = throttled[0] - self._throttled[0]
                 out["paused"]["throttled_seconds"] = round(throttled[1] - self._throttled[1], 3)

@@ -32,10 +32,10 @@ from typing import Any
 from opentelemetry.metrics import Observation
 
 from fastapi_doctor import attribution, containment
-from fastapi_doctor.kernel.loop import hub
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.diagnosis import publish, task_leak
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.loop import hub
 
 _monotonic = time.monotonic
 _Task = asyncio.Task

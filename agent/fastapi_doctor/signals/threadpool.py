@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi_doctor import containment
-from fastapi_doctor.kernel.loop import hub
 from fastapi_doctor.context import active_requests
 from fastapi_doctor.diagnosis import blocking_io, publish
-from fastapi_doctor.signals.db_pool import worker_lines, worker_threads
+from fastapi_doctor.kernel.loop import hub
+from fastapi_doctor.kernel.workers import worker_lines, worker_threads
 
 _current: ThreadpoolSignal | None = None
 
