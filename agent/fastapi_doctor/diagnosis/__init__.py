@@ -28,6 +28,24 @@ class Verdict:
     method: str | None = None
 
 
+class AboutARequest(Protocol):
+    """An observation about one endpoint's requests, at a line of the app."""
+
+    @property
+    def route(self) -> str | None: ...
+
+    @property
+    def method(self) -> str | None: ...
+
+    @property
+    def location(self) -> Location | None: ...
+
+
+def verdict_on(seen: AboutARequest, *, root_cause: str, summary: str, evidence: dict[str, Any]) -> Verdict:
+    """The verdict at the observation's endpoint and line."""
+    return Verdict(root_cause, seen.route, summary, seen.location, evidence, seen.method)
+
+
 class Findings(Protocol):
     """Where verdicts go (:class:`fastapi_doctor.findings.FindingsRegistry`)."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi_doctor.diagnosis import Verdict, large_payload, pool_leak, slow_middleware, where_text
+from fastapi_doctor.diagnosis import Verdict, large_payload, pool_leak, slow_middleware, verdict_on, where_text
 from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "blocking_io"
@@ -113,12 +113,10 @@ def decide_loop_block(block: LoopBlock) -> Verdict:
     }
     if block.middleware:
         evidence["middleware"] = block.middleware
-    return Verdict(
+    return verdict_on(
+        block,
         root_cause=block.root_cause,
-        route=block.route,
-        method=block.method,
         summary=summary,
-        location=block.location,
         evidence=evidence,
     )
 

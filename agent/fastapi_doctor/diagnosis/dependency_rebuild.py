@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi_doctor.diagnosis import Verdict
+from fastapi_doctor.diagnosis import Verdict, verdict_on
 from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "dependency_rebuild"
@@ -76,15 +76,13 @@ def decide_built(built: ObjectBuilt, *, repeats: int = REBUILD_REPEATS) -> Verdi
         return None
     inside = f" in dependency {built.dependency}" if built.dependency else ""
     why = COSTS.get(built.label, "it is meant to be built once.").format(**built.details)
-    return Verdict(
+    return verdict_on(
+        built,
         root_cause=ROOT_CAUSE,
-        route=built.route,
-        method=built.method,
         summary=(
             f"A new {built.label} is built inside requests{inside} ({built.count} so far): {why} "
             "Build it once at start-up (lifespan, a module-level object, functools.lru_cache) and share it."
         ),
-        location=built.location,
         evidence={
             "object": built.label,
             "created_in_requests": built.count,
@@ -98,16 +96,14 @@ def decide_computed(computed: SameComputation, *, repeats: int = REBUILD_REPEATS
     if computed.count < repeats:
         return None
     cpu_ms = round(computed.cpu_s * 1000.0, 1)
-    return Verdict(
+    return verdict_on(
+        computed,
         root_cause=ROOT_CAUSE,
-        route=computed.route,
-        method=computed.method,
         summary=(
             f"Dependency {computed.dependency} computes the same result in every request: {cpu_ms} ms of its own "
             f"CPU time per build, on the same inputs, {computed.count} times so far. Compute it once "
             "(functools.lru_cache, or at start-up in the lifespan) and reuse it."
         ),
-        location=computed.location,
         evidence={
             "computation": computed.dependency,
             "cpu_ms": cpu_ms,

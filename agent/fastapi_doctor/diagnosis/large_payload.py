@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi_doctor.diagnosis import Verdict, ms
+from fastapi_doctor.diagnosis import Verdict, ms, verdict_on
 from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "large_payload"
@@ -59,12 +59,10 @@ def decide(seen: ResponseWindow, *, large_bytes: int) -> Verdict:
             f"is too large or too costly to encode. Return less data (pagination, fewer fields) or declare a "
             f"response model."
         )
-    return Verdict(
+    return verdict_on(
+        seen,
         root_cause=ROOT_CAUSE,
-        route=seen.route,
-        method=seen.method,
         summary=summary,
-        location=seen.location,
         evidence={
             "p50_bytes": int(seen.p50_bytes),
             "p50_uncompressed_bytes_to_gzip_clients": int(seen.p50_exposed_bytes),

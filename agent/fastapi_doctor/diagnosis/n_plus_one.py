@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi_doctor.diagnosis import Verdict
+from fastapi_doctor.diagnosis import Verdict, verdict_on
 from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "n_plus_one"
@@ -33,15 +33,13 @@ def decide(seen: RepeatedStatement, *, threshold: int) -> Verdict | None:
     if seen.executions < threshold:
         return None
     short = seen.fingerprint if len(seen.fingerprint) <= 120 else seen.fingerprint[:117] + "..."
-    return Verdict(
+    return verdict_on(
+        seen,
         root_cause=ROOT_CAUSE,
-        route=seen.route,
-        method=seen.method,
         summary=(
             f"One statement ran {seen.executions} times in one request (threshold {threshold}): `{short}`. "
             "Load the rows in one query (WHERE ... IN, a join, or selectinload) instead of one per row."
         ),
-        location=seen.location,
         evidence={
             "fingerprint": seen.fingerprint,
             "executions": seen.executions,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi_doctor.diagnosis import Verdict
+from fastapi_doctor.diagnosis import Verdict, verdict_on
 from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "pool_leak"
@@ -115,12 +115,10 @@ def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
             f"A connection of pool {held.pool} checked out{where}{on} has been held for {held.age_s:.2f} s "
             f"(limit {leak_seconds:g} s)."
         )
-    return Verdict(
+    return verdict_on(
+        held,
         root_cause=ROOT_CAUSE,
-        route=held.route,
-        method=held.method,
         summary=summary,
-        location=held.location,
         evidence={
             "reason": held.reason,
             "pool": held.pool,
@@ -138,12 +136,10 @@ def decide_timed_out(timed_out: CheckoutTimedOut) -> Verdict:
         + ". Return connections promptly (close sessions) or size the pool for the load."
     )
     # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
-    return Verdict(
+    return verdict_on(
+        timed_out,
         root_cause=ROOT_CAUSE,
-        route=timed_out.route,
-        method=timed_out.method,
         summary=summary,
-        location=timed_out.location,
         evidence={
             "reason": "pool_exhausted",
             "pool": timed_out.pool,
@@ -165,12 +161,10 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
         + _waiting_on(waited.route, waited.holders)
         + ". Hold a connection only for its queries (`async with pool.acquire()`), or size the pool for the load."
     )
-    return Verdict(
+    return verdict_on(
+        waited,
         root_cause=ROOT_CAUSE,
-        route=waited.route,
-        method=waited.method,
         summary=summary,
-        location=waited.location,
         evidence={
             "reason": "pool_exhausted",
             "pool": waited.pool,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi_doctor.diagnosis import Verdict, ms
+from fastapi_doctor.diagnosis import Verdict, ms, verdict_on
 from fastapi_doctor.kernel.location import Location
 from fastapi_doctor.kernel.windows import MIN_CALLS
 
@@ -61,12 +61,10 @@ def decide(seen: LayerWindow, *, slow_s: float, min_calls: int = MIN_CALLS) -> V
             f"cache it, or move it out of the request path (or into a dependency of the routes "
             f"that need it)."
         )
-    return Verdict(
+    return verdict_on(
+        seen,
         root_cause=ROOT_CAUSE,
-        route=seen.route,
-        method=seen.method,
         summary=summary,
-        location=seen.location,
         evidence={
             "middleware": seen.middleware,
             "self_time_p50_ms": p50_ms,
