@@ -29,7 +29,9 @@ $(STOCK_OTEL)/.installed: pyproject.toml | $(VENV)/.test-installed
 demo: $(VENV)/.demo-installed
 	$(BIN)/fastapi-doctor demo
 
+# The layering first (pyproject.toml's [tool.importlinter]: rules import no signal, signals no other).
 test: $(VENV)/.test-installed $(STOCK_OTEL)/.installed
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The diagnosis tests on each supported FastAPI and CPython: the oldest FastAPI (0.100), one without

@@ -17,7 +17,7 @@ import pytest
 from apps.shop_api import TOKEN
 from harness import APPS, AppProcess, metric_value, wait_until
 
-ROUNDS = 20  # findings need at least 20 calls (signals.dependencies.MIN_CALLS)
+ROUNDS = 20  # findings need at least 20 calls (kernel.windows.MIN_CALLS)
 
 
 def mark_line(mark: str) -> int:

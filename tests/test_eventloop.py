@@ -368,14 +368,14 @@ def test_process_gauges_are_read_on_collection(serve):
     cpu = metric_value(text, "process_cpu_utilization")
     assert cpu is not None and 0.0 <= cpu <= 1.0
     # The cgroup's CPU throttling, where the process has a cgroup with a CPU controller (as here, in CI).
-    from fastapi_doctor.signals.process import cgroup_throttling
+    from fastapi_doctor.kernel.cgroup import cgroup_throttling
 
     throttled = metric_value(text, "fastapi_doctor_cgroup_cpu_throttled_total")
     assert (throttled is not None) == (cgroup_throttling() is not None)
 
 
 def test_the_cgroups_throttling_is_read_from_v2_or_v1(tmp_path):
-    from fastapi_doctor.signals import process
+    from fastapi_doctor.kernel import cgroup
 
     v2 = tmp_path / "v2.stat"
     v2.write_text("usage_usec 812\nnr_periods 40\nnr_throttled 7\nthrottled_usec 350000\n")
@@ -383,14 +383,14 @@ def test_the_cgroups_throttling_is_read_from_v2_or_v1(tmp_path):
     v1.write_text("nr_periods 40\nnr_throttled 3\nthrottled_time 1500000000\n")
     no_controller = tmp_path / "unified.stat"
     no_controller.write_text("usage_usec 812\nuser_usec 500\n")
-    assert process._read_cpu_stat(str(v2)) == (7, 0.35)
-    assert process._read_cpu_stat(str(v1)) == (3, 1.5)
-    assert process._read_cpu_stat(str(no_controller)) is None
-    assert process._read_cpu_stat(str(tmp_path / "absent")) is None
+    assert cgroup.read_cpu_stat(str(v2)) == (7, 0.35)
+    assert cgroup.read_cpu_stat(str(v1)) == (3, 1.5)
+    assert cgroup.read_cpu_stat(str(no_controller)) is None
+    assert cgroup.read_cpu_stat(str(tmp_path / "absent")) is None
 
     proc_cgroup = tmp_path / "cgroup"
     proc_cgroup.write_text("4:memory:/pod/x\n1:cpu,cpuacct:/kubepods/pod1/c1\n0::/kubepods/pod1/c1\n")
-    paths = process.cgroup_cpu_stat_paths(str(proc_cgroup))
+    paths = cgroup.cgroup_cpu_stat_paths(str(proc_cgroup))
     assert paths[:2] == ["/sys/fs/cgroup/cpu/kubepods/pod1/c1/cpu.stat", "/sys/fs/cgroup/cpu,cpuacct/kubepods/pod1/c1/cpu.stat"]
     assert "/sys/fs/cgroup/kubepods/pod1/c1/cpu.stat" in paths and paths[-1] == "/sys/fs/cgroup/cpu,cpuacct/cpu.stat"
 
@@ -568,7 +568,7 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
     assert eventloop.hub.wrap_stack not in agent.fastapi.stack_wrappers
     assert agent.fastapi.app_hooks == [] and eventloop.hub.tick_callbacks == []
     assert eventloop.hub.attach_callbacks == [] and not eventloop.hub.active
-    assert gc_pauses._callback not in gc.callbacks
+    assert gc_pauses.callback not in gc.callbacks
     assert points(agent, "process.memory.usage") == [] and points(agent, "process.thread.count") == []
     # Nothing is watched or reported any more, even on the app whose stack still holds the probe.
     with TestClient(app) as client:

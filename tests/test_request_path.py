@@ -30,7 +30,7 @@ from harness import (
     wait_until,
 )
 
-ROUNDS = 20  # findings need at least 20 calls (signals.dependencies.MIN_CALLS)
+ROUNDS = 20  # findings need at least 20 calls (kernel.windows.MIN_CALLS)
 
 
 def mark_line(app_file: str, mark: str) -> int:
@@ -480,7 +480,7 @@ def test_uninstrument_undoes_every_patch():
     threshold=st.floats(min_value=0, max_value=1, allow_nan=False),
 )
 def test_window_is_due_exactly_when_the_p50_of_its_samples_is_past_the_threshold(values, threshold):
-    from fastapi_doctor.signals.dependencies import EVERY, MIN_CALLS, WINDOW, Window
+    from fastapi_doctor.kernel.windows import EVERY, MIN_CALLS, WINDOW, Window
 
     window = Window()
     for n, value in enumerate(values, 1):

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi_doctor.diagnosis import task_leak
+from fastapi_doctor.diagnosis import (
+    blocking_io,
+    dependency_rebuild,
+    large_payload,
+    n_plus_one,
+    pool_leak,
+    slow_middleware,
+    task_leak,
+)
 from fastapi_doctor.findings import Location
 
 WHERE = Location("app/orders.py", 42, "notify")
@@ -67,3 +75,240 @@ def test_exceptions_never_retrieved_alone_are_evidence_not_a_finding() -> None:
     before = creator(created=10)
     now = dataclasses.replace(before, never_retrieved=4)
     assert task_leak.decide(now, before, leak_seconds=30.0) is None
+
+
+# -- n_plus_one ----------------------------------------------------------------------------------
+
+def repeated(**changes: object) -> n_plus_one.RepeatedStatement:
+    base = n_plus_one.RepeatedStatement(
+        fingerprint="SELECT * FROM items WHERE order_id = ?", executions=10, location=WHERE,
+        statements_in_request=12, distinct_statements=3, method="GET", route="/orders/{order_id}",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_one_statement_run_threshold_times_in_a_request_is_n_plus_one() -> None:
+    verdict = n_plus_one.decide(repeated(executions=10), threshold=10)
+    assert verdict is not None
+    assert (verdict.root_cause, verdict.method, verdict.route, verdict.location) == (
+        "n_plus_one", "GET", "/orders/{order_id}", WHERE)
+    assert verdict.evidence == {
+        "fingerprint": "SELECT * FROM items WHERE order_id = ?", "executions": 10, "threshold": 10,
+        "statements_in_request": 12, "distinct_statements": 3,
+    }
+    assert "10 times" in verdict.summary
+
+
+def test_a_statement_run_fewer_times_than_the_threshold_is_not_n_plus_one() -> None:
+    assert n_plus_one.decide(repeated(executions=9), threshold=10) is None
+
+
+def test_a_long_statement_is_shortened_in_the_summary_not_in_the_evidence() -> None:
+    long = "SELECT " + ", ".join(f"column_{i}" for i in range(60)) + " FROM items"
+    verdict = n_plus_one.decide(repeated(fingerprint=long), threshold=10)
+    assert verdict is not None
+    assert long not in verdict.summary and long[:100] in verdict.summary
+    assert verdict.evidence["fingerprint"] == long
+
+
+# -- large_payload -------------------------------------------------------------------------------
+
+def responses(**changes: object) -> large_payload.ResponseWindow:
+    base = large_payload.ResponseWindow(
+        method="GET", route="/items/", location=WHERE, responses=40, window=40, p50_bytes=600_000,
+        p50_exposed_bytes=600_000, serialize_p50_s=0.002, serialize_share_p50=0.1,
+        compression_middleware=False, content_encoding="identity",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_large_responses_sent_uncompressed_to_gzip_clients_name_the_missing_middleware() -> None:
+    verdict = large_payload.decide(responses(), large_bytes=262144)
+    assert (verdict.root_cause, verdict.method, verdict.route) == ("large_payload", "GET", "/items/")
+    assert "add GZipMiddleware" in verdict.summary and "586 KiB" in verdict.summary
+    assert verdict.evidence["p50_uncompressed_bytes_to_gzip_clients"] == 600_000
+    assert verdict.evidence["content_encoding"] == "identity"
+    with_middleware = large_payload.decide(responses(compression_middleware=True), large_bytes=262144)
+    assert "did not compress it" in with_middleware.summary
+
+
+def test_costly_serialisation_of_compressed_responses_is_named_as_such() -> None:
+    seen = responses(p50_exposed_bytes=0, serialize_p50_s=0.040, serialize_share_p50=0.8, content_encoding="gzip")
+    verdict = large_payload.decide(seen, large_bytes=262144)
+    assert "Serialising the response of GET /items/ takes 40.0 ms, 80% of the request" in verdict.summary
+    assert verdict.evidence["content_encoding"] == "gzip"
+
+
+# -- dependency_rebuild --------------------------------------------------------------------------
+
+def built(**changes: object) -> dependency_rebuild.ObjectBuilt:
+    base = dependency_rebuild.ObjectBuilt(
+        label="httpx.AsyncClient", location=WHERE, dependency="get_client", count=3, method="GET",
+        route="/quotes/{symbol}",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_an_object_built_by_the_same_line_repeatedly_inside_requests_is_a_rebuild() -> None:
+    assert dependency_rebuild.decide_built(built(count=2), repeats=3) is None
+    verdict = dependency_rebuild.decide_built(built(count=3), repeats=3)
+    assert verdict is not None
+    assert (verdict.root_cause, verdict.route, verdict.location) == ("dependency_rebuild", "/quotes/{symbol}", WHERE)
+    assert "in dependency get_client" in verdict.summary and "connection pool" in verdict.summary
+    assert verdict.evidence == {"object": "httpx.AsyncClient", "created_in_requests": 3, "dependency": "get_client"}
+
+
+def test_an_engine_rebuild_names_its_pool() -> None:
+    verdict = dependency_rebuild.decide_built(
+        built(label="sqlalchemy.engine.Engine", details={"pool": "sqlite:///app.db"}), repeats=3)
+    assert verdict is not None
+    assert "pool sqlite:///app.db" in verdict.summary
+    assert verdict.evidence["pool"] == "sqlite:///app.db"
+
+
+def test_the_same_computation_on_the_same_inputs_is_a_rebuild_after_the_repeats() -> None:
+    computed = dependency_rebuild.SameComputation("load_rates", WHERE, 0.0123, 2, "GET", "/prices/")
+    assert dependency_rebuild.decide_computed(computed, repeats=3) is None
+    verdict = dependency_rebuild.decide_computed(dataclasses.replace(computed, count=3), repeats=3)
+    assert verdict is not None
+    assert verdict.evidence == {"computation": "load_rates", "cpu_ms": 12.3, "same_inputs": 3, "dependency": "load_rates"}
+
+
+# -- slow_middleware -----------------------------------------------------------------------------
+
+def layer(**changes: object) -> slow_middleware.LayerWindow:
+    base = slow_middleware.LayerWindow(
+        middleware="AuditMiddleware", location=WHERE, method=None, route=None, requests=40, window=40,
+        flagged=30, self_time_p50_s=0.030, share_p50=0.6, other_routes_fast=False,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_layer_slow_in_half_of_its_window_on_every_route_is_one_finding_without_a_route() -> None:
+    verdict = slow_middleware.decide(layer(flagged=20), slow_s=0.010)
+    assert verdict is not None
+    assert (verdict.route, verdict.method) == (None, None)
+    assert "Every route pays it" in verdict.summary and "FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS=10" in verdict.summary
+    assert verdict.evidence == {"middleware": "AuditMiddleware", "self_time_p50_ms": 30.0, "share_of_request": 0.6,
+                                "requests": 40, "threshold_ms": 10.0}
+
+
+def test_a_layer_slow_in_less_than_half_of_its_window_or_too_few_requests_is_not_a_finding() -> None:
+    assert slow_middleware.decide(layer(flagged=19), slow_s=0.010) is None
+    assert slow_middleware.decide(layer(requests=19, window=19, flagged=19), slow_s=0.010) is None
+
+
+def test_a_layer_slow_on_one_route_only_says_the_other_routes_do_not_pay_it() -> None:
+    verdict = slow_middleware.decide(
+        layer(method="POST", route="/orders/", other_routes_fast=True, self_time_p50_s=0.004), slow_s=0.010)
+    assert verdict is not None
+    assert (verdict.method, verdict.route) == ("POST", "/orders/")
+    assert "other routes do not pay it" in verdict.summary and "60% of the request" in verdict.summary
+
+
+# -- pool_leak -----------------------------------------------------------------------------------
+
+HOLDER = pool_leak.Holder("/reports/", WHERE, 5, 12.5)
+
+
+def test_a_connection_never_returned_is_a_leak_at_its_checkout_line_with_its_reason() -> None:
+    held = pool_leak.CheckoutHeld("sqlite:///app.db", "garbage_collected", 1.5, WHERE, "GET", "/reports/")
+    verdict = pool_leak.decide_held(held, leak_seconds=30.0)
+    assert (verdict.root_cause, verdict.method, verdict.route, verdict.location) == (
+        "pool_leak", "GET", "/reports/", WHERE)
+    assert "garbage collector returned it after 1.50 s" in verdict.summary
+    assert verdict.evidence == {"reason": "garbage_collected", "pool": "sqlite:///app.db", "age_s": 1.5,
+                                "leak_seconds": 30.0}
+    after = pool_leak.decide_held(dataclasses.replace(held, reason="request_finished"), leak_seconds=30.0)
+    assert "after its request finished" in after.summary
+
+
+def test_a_saturated_pool_is_sized_by_its_demand_and_names_its_holders() -> None:
+    saturated = pool_leak.PoolSaturated("postgresql://db/app", 5, 2, 7, 7, 9, 3.2, 9, (HOLDER,))
+    verdict = pool_leak.decide_saturated(saturated)
+    assert (verdict.route, verdict.location) == ("/reports/", WHERE)
+    assert "pool_size + max_overflow >= 16" in verdict.summary and "/reports/ x5" in verdict.summary
+    assert verdict.evidence["reason"] == "pool_wait" and verdict.evidence["demand"] == 16
+    assert verdict.evidence["holders"] == [
+        {"route": "/reports/", "connections": 5, "oldest_age_s": 12.5, "location": str(WHERE)}]
+
+
+def test_asyncpg_acquires_waiting_in_less_than_half_of_the_window_are_not_exhaustion() -> None:
+    waited = pool_leak.AcquiresWaited("postgresql://db/app", 10, 19, 40, 0.2, WHERE, "GET", "/reports/", (HOLDER,))
+    assert pool_leak.decide_acquires(waited) is None
+    verdict = pool_leak.decide_acquires(dataclasses.replace(waited, waits=20))
+    assert verdict is not None and verdict.evidence["reason"] == "pool_exhausted"
+
+
+# -- blocking_io ---------------------------------------------------------------------------------
+
+def block(**changes: object) -> blocking_io.LoopBlock:
+    base = blocking_io.LoopBlock(
+        root_cause="blocking_io", call="time.sleep", middleware=None, location=WHERE, method="GET",
+        route="/quotes/{symbol}", in_request=True, blocked_s=0.2504, max_blocked_ms=250.4, episodes=2, samples=5,
+        samples_total=6, threshold_s=0.1,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_loop_block_names_the_call_the_endpoint_and_the_time() -> None:
+    verdict = blocking_io.decide_loop_block(block())
+    assert (verdict.root_cause, verdict.method, verdict.route, verdict.location) == (
+        "blocking_io", "GET", "/quotes/{symbol}", WHERE)
+    assert verdict.summary.startswith("time.sleep blocked the event loop for 250 ms in GET /quotes/{symbol};")
+    assert verdict.evidence == {"blocked_ms": 250.4, "max_blocked_ms": 250.4, "threshold_ms": 100.0,
+                                "call": "time.sleep", "samples": 5, "samples_total": 6, "episodes": 2}
+    outside = blocking_io.decide_loop_block(block(in_request=False, method=None, route=None))
+    assert "in a task outside any request" in outside.summary
+
+
+def test_a_loop_block_in_a_middleware_or_a_serialiser_is_that_root_causes_verdict() -> None:
+    middleware = blocking_io.decide_loop_block(block(root_cause="slow_middleware", middleware="AuditMiddleware"))
+    assert middleware.root_cause == "slow_middleware" and "Middleware AuditMiddleware blocked" in middleware.summary
+    assert middleware.evidence["middleware"] == "AuditMiddleware"
+    payload = blocking_io.decide_loop_block(block(root_cause="large_payload", call=None))
+    assert payload.root_cause == "large_payload" and payload.summary.startswith("Serialising the response of GET")
+
+
+def test_a_loop_block_seen_once_is_held_unless_in_a_test_suite() -> None:
+    assert not blocking_io.recurring(1, test_mode=False)
+    assert blocking_io.recurring(2, test_mode=False)
+    assert blocking_io.recurring(1, test_mode=True)
+
+
+def test_a_threadpool_full_of_threads_waiting_for_connections_is_the_pools_finding() -> None:
+    seen = blocking_io.ThreadpoolSaturated(
+        limit=40, busy=40, waiting=12, saturated_s=2.5, holders=(("GET", "/reports/", 30), ("GET", "/items/", 10)),
+        call="requests.get", location=WHERE, threads_in_call=30, threads_waiting_for_a_connection=20,
+    )
+    assert blocking_io.decide_threadpool(seen) is None
+    verdict = blocking_io.decide_threadpool(dataclasses.replace(seen, threads_waiting_for_a_connection=19))
+    assert verdict is not None
+    assert (verdict.method, verdict.route) == ("GET", "/reports/")
+    assert "GET /reports/ (30), GET /items/ (10)" in verdict.summary
+    assert verdict.evidence["routes"] == {"/reports/": 30, "/items/": 10}
+
+
+def test_connections_held_across_a_slow_call_blame_the_call_with_the_pool_as_symptom() -> None:
+    saturated = pool_leak.PoolSaturated("postgresql://db/app", 5, 0, 5, 5, 8, 2.0, 8, (HOLDER,))
+    verdict = blocking_io.decide_held_across_call(
+        blocking_io.HeldAcrossCall(call="requests.get", location=WHERE, threads_in_call=5, saturated=saturated))
+    assert (verdict.root_cause, verdict.route, verdict.location) == ("blocking_io", "/reports/", WHERE)
+    assert verdict.summary.startswith("requests.get at app/orders.py:42 in notify holds a database connection")
+    assert verdict.evidence["signal"] == "db_pool" and verdict.evidence["waiting"] == 8
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+def test_every_root_cause_has_one_rule_a_title_and_a_packaged_runbook() -> None:
+    import os
+
+    import fastapi_doctor
+    from fastapi_doctor import config
+    from fastapi_doctor.diagnosis import registry
+
+    assert config.ROOT_CAUSES == registry.ROOT_CAUSES
+    runbooks = os.path.join(os.path.dirname(fastapi_doctor.__file__), "runbooks")
+    for cause in registry.REGISTRY:
+        assert cause.rule.ROOT_CAUSE == cause.name and cause.title
+        assert os.path.exists(os.path.join(runbooks, f"{cause.name}.md"))

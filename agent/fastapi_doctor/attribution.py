@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.location import Location
 
 DEFAULT_LIBRARY_MODULES = (
     "fastapi",
@@ -41,7 +41,6 @@ DEFAULT_LIBRARY_MODULES = (
 )
 
 _AGENT_DIR = os.path.dirname(os.path.abspath(__file__))
-_AGENT_DEMO_DIR = os.path.join(_AGENT_DIR, "demo")
 # Code whose time is the agent's own cost, never the app's blame: the agent and the OpenTelemetry
 # SDK, API, exporters and instrumentations it runs.
 _AGENT_MODULES = ("opentelemetry",)
@@ -73,6 +72,7 @@ class _LibraryIndex:
         self._stdlib: tuple[str, ...] = ()
         self._agent: tuple[str, ...] = ()
         self._scripts: tuple[str, ...] = ()
+        self._apps: tuple[str, ...] = ()  # kept across configure()
         self.configure(())
 
     def configure(self, extra_modules: Iterable[str]) -> None:
@@ -109,8 +109,8 @@ class _LibraryIndex:
             # code made at run time by the interpreter or a library, never the line the user wrote.
             return STDLIB if filename.startswith("<frozen") else LIBRARY
         path = os.path.realpath(filename)
-        if path.startswith(_AGENT_DEMO_DIR + os.sep):
-            return USER  # the demo patient is user code
+        if self._apps and path.startswith(self._apps):
+            return USER  # an app shipped inside a library's or the agent's directory (count_as_app)
         if path.startswith(self._agent):
             return AGENT
         if path.startswith(self._stdlib) and not path.startswith(self._site):
@@ -118,6 +118,10 @@ class _LibraryIndex:
         if path.startswith(self._prefixes) or path.startswith(self._scripts):
             return LIBRARY
         return USER
+
+    def count_as_app(self, directory: str) -> None:
+        self._apps = (*self._apps, os.path.realpath(directory) + os.sep)
+        self.owner.cache_clear()
 
     def is_library(self, filename: str) -> bool:
         return self.owner(filename) != USER
@@ -155,6 +159,17 @@ def is_user_file(filename: str) -> bool:
 
 def owner(filename: str) -> str:
     return _index.owner(filename)
+
+
+def is_agent_file(filename: str) -> bool:
+    """The agent's own code (not the OpenTelemetry SDK's, not an app registered with count_as_app)."""
+    return filename.startswith(_AGENT_DIR + os.sep) and _index.owner(filename) == AGENT
+
+
+def count_as_app(directory: str) -> None:
+    """Code under ``directory`` is the app's, though it sits inside the agent's (or a library's)
+    directory: an app shipped in the same distribution calls this when it is imported."""
+    _index.count_as_app(directory)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,15 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ROOT_CAUSES = (
-    "blocking_io",
-    "dependency_rebuild",
-    "pool_leak",
-    "slow_middleware",
-    "large_payload",
-    "n_plus_one",
-    "task_leak",
-)
+from fastapi_doctor.diagnosis.registry import ROOT_CAUSES  # noqa: F401 - re-exported: the settings name them
+
 
 # Detectors a user can switch off one by one (FASTAPI_DOCTOR_DISABLED_DETECTORS).
 DETECTORS = (

@@ -1,6 +1,6 @@
 """Findings: what the agent concluded, with the evidence and the line of code.
 
-Signals call :meth:`FindingsRegistry.report`; the server and the report only read. Occurrences with
+The rules' verdicts are reported here (``diagnosis.publish``); the server and the report only read. Occurrences with
 the same (root_cause, method, route, location) merge into one finding; memory is bounded. The method
 is the request's HTTP method: a ``GET`` and a ``POST`` on one route template are different endpoints,
 with different code, and never share a finding.
@@ -18,26 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi_doctor.config import ROOT_CAUSES
+from fastapi_doctor.diagnosis.registry import ROOT_CAUSES, RUNBOOK_PATH
+from fastapi_doctor.kernel.location import Location
 
 _log = logging.getLogger("fastapi_doctor")
-
-RUNBOOK_PATH = "docs/runbooks/{root_cause}.md"
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    """A place in the user's code. Never carries local variables."""
-
-    file: str
-    line: int
-    function: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line} in {self.function}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function}
 
 
 Key = tuple[str, str | None, str | None, Location | None]  # (root_cause, method, route, location)

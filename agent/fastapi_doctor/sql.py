@@ -1,4 +1,4 @@
-"""SQL statement fingerprints: the statement's shape with every literal value removed.
+"""SQL statement fingerprints (the statement's shape with every literal value removed) and pool names.
 
 Used for N+1 detection and the slow-query log; a fingerprint never carries a parameter value.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 # Alternatives are tried in order at each position; the first that matches is the token.
 _TOKEN = re.compile(
@@ -62,3 +63,15 @@ def fingerprint(statement: str) -> str:
     text = _ARRAY.sub(r"\1[\2]", text)
     text = _VALUES.sub(r"\1\2", text)
     return text[:1000]
+
+
+def pool_name(url: Any) -> str:
+    """A stable pool name without credentials or query: ``postgresql://127.0.0.1:5432/app``."""
+    backend = url.get_backend_name()
+    host = url.host or ""
+    if host and url.port:
+        host = f"{host}:{url.port}"
+    database = url.database or ""
+    if host:
+        return f"{backend}://{host}/{database}"
+    return f"{backend}:///{database}" if database else f"{backend}://"

@@ -2,7 +2,8 @@
 
 from asyncpg_app import app  # noqa: F401
 
-from fastapi_doctor.signals import asyncpg_pool, db_queries, rebuilds
+from fastapi_doctor.kernel import rebuilds
+from fastapi_doctor.signals import asyncpg_pool, db_queries
 
 
 def broken(*args, **kwargs):

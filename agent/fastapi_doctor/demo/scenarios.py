@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi_doctor.findings import RUNBOOK_PATH
+from fastapi_doctor.diagnosis.registry import RUNBOOK_PATH, TITLES
 
 
 @dataclass(frozen=True)
 class Scenario:
     root_cause: str
-    title: str
     # The route template the finding must name; None when the finding is about a layer that runs on
     # every route (a middleware): then any route, or none, matches.
     route: str | None
@@ -35,6 +34,10 @@ class Scenario:
     note: str = ""  # printed under the load's figures
 
     @property
+    def title(self) -> str:
+        return TITLES[self.root_cause]
+
+    @property
     def runbook(self) -> str:
         return RUNBOOK_PATH.format(root_cause=self.root_cause)
 
@@ -46,7 +49,6 @@ def _cycle(template: str, values: range | tuple[str, ...]) -> tuple[str, ...]:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         root_cause="blocking_io",
-        title="Blocking call in async code",
         route="/quotes/{symbol}",
         sick_paths=_cycle("/quotes/{}", ("ACME", "GLOBEX", "INITECH", "UMBRELLA")),
         healthy_route="/v2/quotes/{symbol}",
@@ -63,7 +65,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         root_cause="dependency_rebuild",
-        title="Dependencies rebuilt per request",
         route="/orders/recent",
         sick_paths=("/orders/recent",),
         healthy_route="/v2/orders/recent",
@@ -75,7 +76,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         root_cause="n_plus_one",
-        title="N+1 queries",
         route="/customers/{customer_id}/orders",
         sick_paths=_cycle("/customers/{}/orders", range(1, 9)),
         healthy_route="/v2/customers/{customer_id}/orders",
@@ -87,7 +87,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         root_cause="large_payload",
-        title="Large uncompressed responses",
         route="/products/export",
         sick_paths=("/products/export",),
         healthy_route="/v2/products",
@@ -102,7 +101,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         root_cause="slow_middleware",
-        title="Heavy middleware",
         route=None,
         sick_paths=_cycle("/products/{}", range(1, 9)),
         healthy_route=None,
@@ -116,7 +114,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         root_cause="pool_leak",
-        title="Connection leaks, bad pooling",
         route="/carts/{user_id}",
         sick_paths=_cycle("/carts/{}", range(1, 4)),
         healthy_route="/v2/carts/{user_id}",
@@ -131,7 +128,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         root_cause="task_leak",
-        title="Asyncio tasks that leak or pile up",
         route="/products/{product_id}/page",
         sick_paths=_cycle("/products/{}/page", range(1, 9)),
         healthy_route="/v2/products/{product_id}/page",

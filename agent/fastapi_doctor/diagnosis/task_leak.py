@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi_doctor.diagnosis import Verdict
-from fastapi_doctor.findings import Location
+from fastapi_doctor.diagnosis import Verdict, verdict_on
+from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "task_leak"
+TITLE = "Asyncio tasks that leak or pile up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +74,10 @@ def decide(
             f"traffic. Await them in the request, run them in a TaskGroup, hand them to a bounded queue with "
             f"workers started in the lifespan, or use BackgroundTasks."
         )
-    return Verdict(
+    return verdict_on(
+        now,
         root_cause=ROOT_CAUSE,
-        route=now.route,
-        method=now.method,
         summary=summary,
-        location=now.location,
         evidence={
             "reason": reason,
             "coroutine": now.coroutine,

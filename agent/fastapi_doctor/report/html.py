@@ -6,18 +6,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from fastapi_doctor.config import ROOT_CAUSES
+from fastapi_doctor.diagnosis.registry import ROOT_CAUSES, TITLES
 from fastapi_doctor.findings import endpoint_text
 
-TITLES = {
-    "blocking_io": "Blocking call in async code",
-    "dependency_rebuild": "Dependencies rebuilt per request",
-    "pool_leak": "Connection leaks, bad pooling",
-    "slow_middleware": "Heavy middleware",
-    "large_payload": "Large uncompressed responses",
-    "n_plus_one": "N+1 queries",
-    "task_leak": "Asyncio tasks that leak or pile up",
-}
 
 REFRESH = '<meta http-equiv="refresh" content="10">'
 

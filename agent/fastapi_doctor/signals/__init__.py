@@ -21,7 +21,7 @@ class Signal(Protocol):
 
 # (detector name, "module:Class"), in start-up order. Later issues add theirs here.
 REGISTRY: list[tuple[str, str]] = [
-    # eventloop, threadpool, gc: share the loop heartbeat (signals.eventloop.hub).
+    # eventloop, threadpool, gc: share the loop heartbeat (kernel.loop.hub).
     ("eventloop", "fastapi_doctor.signals.eventloop:EventLoopSignal"),
     ("threadpool", "fastapi_doctor.signals.threadpool:ThreadpoolSignal"),
     ("gc", "fastapi_doctor.signals.gc_pauses:GCSignal"),

@@ -36,17 +36,16 @@ from opentelemetry import metrics
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.diagnosis import pool_leak, publish
+from fastapi_doctor.kernel.rebuilds import RebuildSites
+from fastapi_doctor.kernel.windows import Window
 from fastapi_doctor.signals.db_pool import (
     Checkout,
     PoolStats,
     PoolTracker,
-    holders_evidence,
-    named_holders,
     occupancy,
 )
 from fastapi_doctor.signals.db_queries import QueryCounter
-from fastapi_doctor.signals.dependencies import Window
-from fastapi_doctor.signals.rebuilds import RebuildSites
 from fastapi_doctor.version import __version__
 
 # An acquire that found every connection in use and waited at least this long counts towards
@@ -59,13 +58,6 @@ _PASS_THROUGH = ("asyncpg.pool", "opentelemetry", "wrapt")
 # Statements sent by these are not the app's: asyncpg's own (reset on release, transactions,
 # introspection) and SQLAlchemy's, which the database signal counts through its dialect events.
 _NOT_THE_APP = ("asyncpg", "sqlalchemy")
-
-# Why a pool or a connection per request costs (the rebuild finding's words).
-_POOL = "each one opens its own connections to the database (TCP, TLS, authentication), so none is reused."
-_CONNECTION = (
-    "each request pays a new connection's TCP, TLS and authentication handshake, and none is reused; acquire "
-    "from a pool made at start-up (asyncpg.create_pool in lifespan) instead."
-)
 
 _STATEMENT_METHODS = {
     "Connection": ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany"),
@@ -246,33 +238,20 @@ class AsyncpgPoolTracker(PoolTracker):
 
     def exhausted(self, view: PoolView, waiter: Checkout) -> None:
         """Most recent acquires waited on a full pool: name its size and who holds its connections."""
-        ranked = self.holders(view, excluding=waiter)
         window = view.window
-        waits = window.flagged
-        p50 = window.p50(0)
-        route = waiter.route()
-        named = named_holders(ranked)
-        summary = (
-            f"Pool {view.stats.name} (max {view.size()} connections) is exhausted: {waits} of the last "
-            f"{len(window.items)} acquires found every connection in use and waited (median wait {p50:.3f} s)"
-            + (f" on {route}" if route else "")
-            + (f"; connections are held by {named}" if named else "")
-            + ". Hold a connection only for its queries (`async with pool.acquire()`), or size the pool for the load."
+        seen = pool_leak.AcquiresWaited(
+            pool=view.stats.name,
+            max_connections=view.size(),
+            waits=window.flagged,
+            acquires=len(window.items),
+            wait_p50_s=window.p50(0),
+            location=waiter.location,
+            method=waiter.request.method if waiter.request is not None else None,
+            route=waiter.route(),
+            holders=self.holders(view, excluding=waiter),
+            occupancy=occupancy(view),
         )
-        evidence = {
-            "reason": "pool_exhausted",
-            "pool": view.stats.name,
-            "waited_s": round(p50, 3),
-            "waits_on_full_pool": waits,
-            "acquires": len(window.items),
-            "waiting_route": route,
-            "holders": holders_evidence(ranked),
-            **occupancy(view),
-        }
-        method = waiter.request.method if waiter.request is not None else None
-        self.findings.report(
-            "pool_leak", route=route, method=method, summary=summary, evidence=evidence, location=waiter.location
-        )
+        publish(self.findings, pool_leak.decide_acquires(seen))
 
 
 class AsyncpgSignal:
@@ -442,9 +421,9 @@ class AsyncpgSignal:
             try:
                 frame = sys._getframe(1)
                 if inside(frame, ("databases",)):
-                    self._rebuilds.created("databases.Database", _POOL, frame)
+                    self._rebuilds.created("databases.Database", frame)
                 else:
-                    self._rebuilds.created("asyncpg.Pool", _POOL, frame)
+                    self._rebuilds.created("asyncpg.Pool", frame)
             except Exception as exc:
                 containment.report("asyncpg pool", exc)
 
@@ -454,7 +433,7 @@ class AsyncpgSignal:
                 frame = sys._getframe(1)
                 # A pool opening its connections (asyncpg's, SQLAlchemy's) is not a connection per request.
                 if not inside(frame, ("asyncpg.pool", "sqlalchemy")):
-                    self._rebuilds.created("asyncpg.Connection", _CONNECTION, frame)
+                    self._rebuilds.created("asyncpg.Connection", frame)
             except Exception as exc:
                 containment.report("asyncpg connect", exc)
         return wrapped(*args, **kwargs)

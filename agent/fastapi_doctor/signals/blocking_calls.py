@@ -14,18 +14,16 @@ checker raises before calling it). The app's behaviour is unchanged; only a find
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.signals.rebuilds import BUILDERS
+from fastapi_doctor.diagnosis import blocking_io, publish
+from fastapi_doctor.kernel.rebuilds import BUILDERS
 
 DETECTED_BY = "call_interception"
-_AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_DEMO_DIR = os.path.join(_AGENT_DIR, "demo") + os.sep
 _FRAMEWORK = frozenset({"fastapi", "starlette"})
 
 
@@ -109,7 +107,7 @@ class BlockingCallSignal:
             stack = attribution.capture(sys._getframe(2))
             user = None
             for info in stack:  # innermost first: the first frame of the agent or of the app decides
-                if info.filename.startswith(_AGENT_DIR) and not info.filename.startswith(_DEMO_DIR):
+                if attribution.is_agent_file(info.filename):
                     return  # the agent's own work (attribution reading a file) is never the app's blame
                 if (info.module, info.code.co_name) in BUILDERS:
                     return  # building an engine, client or pool: the rebuild is the finding, not its I/O
@@ -123,22 +121,15 @@ class BlockingCallSignal:
                     break
             if user is None:
                 return  # no line of the app's to name: library internals, not the app's call
-            location = attribution.location(user)
-            call = attribution.call_in(user) or blocking_function
-            route = state.route
-            where = f"{state.method} {route}" if route else "a request"
-            self.agent.findings.report(
-                "blocking_io",
-                route=route,
+            seen = blocking_io.BlockingCall(
+                call=attribution.call_in(user) or blocking_function,
+                blocking_function=blocking_function,
+                detected_by=DETECTED_BY,
+                location=attribution.location(user),
                 method=state.method,
-                summary=(
-                    f"{call} is a blocking call made on the event loop in {where}; while it runs every "
-                    "concurrent request waits. Use an async equivalent, or move it off the loop "
-                    "(run_in_threadpool, or a sync def endpoint)."
-                ),
-                evidence={"call": call, "blocking_function": blocking_function, "detected_by": DETECTED_BY},
-                location=location,
+                route=state.route,
             )
+            publish(self.agent.findings, blocking_io.decide_blocking_call(seen))
         except Exception as exc:
             containment.report("blocking call finding", exc)
 

@@ -8,7 +8,7 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
   :mod:`~fastapi_doctor.signals.db_queries`;
 * ``Dialect.engine_created`` (the hook ``create_engine`` calls with every engine it made) is wrapped to
   know each engine (its pool and a credential-free name) and to
-  report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`.rebuilds`);
+  report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`fastapi_doctor.kernel.rebuilds`);
 * ``Pool.connect`` is wrapped to measure the wait for a connection and count timeouts;
 * the ORM ``Session``'s ``after_begin`` event (once the app imports ``sqlalchemy.orm``) ties a checkout
   to the session holding it, so one session never closed is one leak.
@@ -27,7 +27,7 @@ from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.signals.db_pool import PoolTracker
 from fastapi_doctor.signals.db_queries import QueryCounter
-from fastapi_doctor.signals.rebuilds import RebuildSites
+from fastapi_doctor.kernel.rebuilds import RebuildSites
 
 
 class DatabaseSignal:
@@ -174,12 +174,7 @@ class DatabaseSignal:
             assert self.pools is not None and self.rebuilds is not None
             stats = self.pools.add_engine(engine)
             if current_request.get() is not None:
-                self.rebuilds.created(
-                    "sqlalchemy.engine.Engine",
-                    f"each one builds a new connection pool (pool {stats.name}) and opens new database connections.",
-                    frame,
-                    {"pool": stats.name},
-                )
+                self.rebuilds.created("sqlalchemy.engine.Engine", frame, {"pool": stats.name})
         except Exception as exc:
             containment.report("db engine", exc)
 

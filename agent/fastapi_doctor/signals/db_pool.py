@@ -18,109 +18,35 @@ detach) takes no lock and records nothing: it queues the event for the watchdog.
 from __future__ import annotations
 
 import collections
-import sys
 import threading
 import time
-import types
 import weakref
 from collections.abc import Iterable
 from time import perf_counter
 from typing import Any
 
-from fastapi_doctor import attribution, containment
+from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request, pool_waiters
+from fastapi_doctor.diagnosis import blocking_io, pool_leak, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.sql import pool_name
+from fastapi_doctor.kernel.frames import user_location
+from fastapi_doctor.kernel.workers import Lines, blocked_elsewhere, worker_lines, worker_threads
+from fastapi_doctor.kernel.metrics import histogram
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
 
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _USE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_MAX_HOLDERS = 5
 
 
 # -- where the user's code is ---------------------------------------------------------------------
 
 
-# (file, line, function) -> Location: a checkout site is met again and again; building its Location (a relative
-# path) costs more than the walk. Bounded: code objects of the app are few.
-_locations: dict[tuple[str, int, str], Location] = {}
-# filename -> is it the user's code? (a plain dict lookup per frame; the walk crosses ~10 frames)
-_user_files: dict[str, bool] = {}
-
-
-def _is_user_file(filename: str) -> bool:
-    # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
-    user = not filename.startswith("<") and not attribution.is_library_file(filename)
-    if len(_user_files) < 4096:
-        _user_files[filename] = user
-    return user
-
-
-def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
-    depth = 0
-    while frame is not None and depth < limit:
-        code = frame.f_code
-        filename = code.co_filename
-        user = _user_files.get(filename)
-        if user is None:
-            user = _is_user_file(filename)
-        if user:
-            key = (filename, frame.f_lineno or 0, code.co_qualname)  # strings: hashes are cached
-            location = _locations.get(key)
-            if location is None:
-                location = Location(attribution.display_path(filename), key[1], key[2])
-                if len(_locations) < 4096:
-                    _locations[key] = location
-            return location
-        frame = frame.f_back
-        depth += 1
-    return None
-
-
-def user_location(skip: int = 1) -> Location | None:
-    """The innermost line of user code calling into SQLAlchemy (no traceback is built).
-
-    An async engine runs the pool inside a greenlet whose frames end at SQLAlchemy's
-    ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet.
-    """
-    location = _walk(sys._getframe(skip + 1))
-    if location is None:
-        greenlet = sys.modules.get("greenlet")
-        if greenlet is not None:
-            parent = greenlet.getcurrent().parent
-            if parent is not None:
-                location = _walk(parent.gr_frame)
-    return location
-
-
-def pool_name(url: Any) -> str:
-    """A stable pool name without credentials or query: ``postgresql://127.0.0.1:5432/app``."""
-    backend = url.get_backend_name()
-    host = url.host or ""
-    if host and url.port:
-        host = f"{host}:{url.port}"
-    database = url.database or ""
-    if host:
-        return f"{backend}://{host}/{database}"
-    return f"{backend}:///{database}" if database else f"{backend}://"
-
-
-def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
-    """A histogram recorded on the app's path: the agent's lean one (about 1 us a record, versus
-    7-12 us for the SDK's), else the SDK's."""
-    lean = getattr(agent, "lean", None)
-    if lean is not None:
-        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
-    return agent.meter.create_histogram(
-        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=boundaries
-    )
-
-
 # -- bookkeeping ----------------------------------------------------------------------------------
 
 
-Lines = collections.Counter[tuple[Location, str | None]]  # (the app's line, the call in it) -> threads seen
 
 
 class PoolStats:
@@ -398,36 +324,22 @@ class PoolTracker:
     def timed_out(self, pool: Any, stats: PoolStats, waited: float) -> None:
         try:
             self.timeouts.add(1, stats.attrs)
-            ranked = self.holders(pool)
             state = current_request.get()
-            waiting_route = state.route if state is not None else None
-            named = named_holders(ranked)
-            summary = (
-                f"Pool {stats.name} is exhausted: a checkout waited {waited:.2f} s and timed out"
-                + (f" on {waiting_route}" if waiting_route else "")
-                + (f"; connections are held by {named}" if named else "")
-                + ". Return connections promptly (close sessions) or size the pool for the load."
-            )
-            evidence = {
-                "reason": "pool_exhausted",
-                "pool": stats.name,
-                "waited_s": round(waited, 3),
-                "waiting_route": waiting_route,
-                "holders": holders_evidence(ranked),
-                **occupancy(pool),
-            }
-            # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
-            self.findings.report(
-                "pool_leak", route=waiting_route, summary=summary, evidence=evidence, location=user_location(),
+            seen = pool_leak.CheckoutTimedOut(
+                pool=stats.name,
+                waited_s=waited,
+                location=user_location(),
                 method=state.method if state is not None else None,
+                route=state.route if state is not None else None,
+                holders=self.holders(pool),
+                occupancy=occupancy(pool),
             )
+            publish(self.findings, pool_leak.decide_timed_out(seen))
         except Exception as exc:
             containment.report("db pool timeout", exc)
 
-    def holders(
-        self, pool: Any, excluding: Checkout | None = None
-    ) -> list[tuple[tuple[str | None, Location | None], list[float]]]:
-        """Connections of ``pool`` checked out now, by (route, checkout line): [count, oldest age], most first."""
+    def holders(self, pool: Any, excluding: Checkout | None = None) -> tuple[pool_leak.Holder, ...]:
+        """Connections of ``pool`` checked out now, by route and checkout line, most (then oldest) first."""
         now = perf_counter()
         holders: dict[tuple[str | None, Location | None], list[float]] = {}
         for checkout in list(self.out.values()):
@@ -435,7 +347,8 @@ class PoolTracker:
                 entry = holders.setdefault((checkout.route(), checkout.location), [0, 0.0])
                 entry[0] += 1
                 entry[1] = max(entry[1], now - checkout.start)
-        return sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+        ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
+        return tuple(pool_leak.Holder(route, location, int(n), age) for (route, location), (n, age) in ranked)
 
     def check_saturation(self, now: float) -> None:
         """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
@@ -469,56 +382,31 @@ class PoolTracker:
                 containment.report("db pool saturation", exc)
 
     def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> None:
-        ranked = self.holders(pool)
-        limit = _limit(pool) or 0
-        waiting = stats.peak_waiting
-        demand = limit + waiting  # every connection in use, and these callers wanting one more
         _elsewhere, _database, threads_waiting = worker_lines(worker_threads())
-        route, location = ranked[0][0] if ranked else (None, None)
-        symptoms = {
-            "pool": stats.name,
-            "max_connections": limit,
-            "waiting": waiting,
-            "saturated_s": round(saturated_s, 2),
-            "threads_waiting_for_a_connection": threads_waiting,
-            "holders": holders_evidence(ranked),
-        }
+        saturated = pool_leak.PoolSaturated(
+            pool=stats.name,
+            pool_size=pool.size(),
+            max_overflow=int(getattr(pool, "_max_overflow", 0)),
+            max_connections=_limit(pool) or 0,
+            checked_out=pool.checkedout(),
+            waiting=stats.peak_waiting,
+            saturated_s=saturated_s,
+            threads_waiting=threads_waiting,
+            holders=self.holders(pool),
+        )
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
             # The connections are held across a slow call outside the database: that call is the cause.
             where, call, seen = blocked
-            threads = max(1, round(seen / max(1, stats.rounds)))  # threads in it, on average over the rounds
-            self.findings.report(
-                "blocking_io",
-                route=route,
-                summary=(
-                    f"{call or 'A blocking call'} at {where} holds a database connection while it waits: "
-                    f"{threads} threads were in it, every connection of pool {stats.name} was in use for "
-                    f"{saturated_s:.1f} s and up to {waiting} callers waited for one. Make the call async or "
-                    "give it a timeout, and do not keep a session open across it."
-                ),
-                evidence={"signal": "db_pool", "call": call, "threads_in_call": threads, **symptoms},
+            held = blocking_io.HeldAcrossCall(
+                call=call,
                 location=where,
+                threads_in_call=max(1, round(seen / max(1, stats.rounds))),  # on average over the rounds
+                saturated=saturated,
             )
+            publish(self.findings, blocking_io.decide_held_across_call(held))
             return
-        size = pool.size()
-        overflow = int(getattr(pool, "_max_overflow", 0))
-        summary = (
-            f"Pool {stats.name} (pool_size={size}, max_overflow={overflow}: {limit} connections) had every "
-            f"connection in use for {saturated_s:.1f} s without a break while up to {waiting} callers waited: "
-            f"about {demand} needed a connection at once. Connections are held by {named_holders(ranked) or 'nobody known'}. "
-            f"Size the pool for the concurrency (pool_size + max_overflow >= {demand}, within the database's "
-            "max_connections), or hold connections for less time (close sessions before slow work)."
-        )
-        evidence = {
-            "reason": "pool_wait",
-            **symptoms,
-            "demand": demand,
-            "pool_size": size,
-            "max_overflow": overflow,
-            "checked_out": pool.checkedout(),
-        }
-        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=location)
+        publish(self.findings, pool_leak.decide_saturated(saturated))
 
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
@@ -532,36 +420,16 @@ class PoolTracker:
                 return
             sessions = self.leaking_sessions
             sessions[key] = weakref.ref(owner, lambda _ref: sessions.pop(key, None))
-        stats = checkout.stats
-        route = checkout.route()
-        where = f" at {checkout.location}" if checkout.location else ""
-        on = f" on {route}" if route else ""
-        if reason == "garbage_collected":
-            summary = (
-                f"A connection of pool {stats.name} checked out{where}{on} was never closed: the garbage "
-                f"collector returned it after {age:.2f} s. Close sessions and connections (`with`/`async with`, "
-                "or a dependency with `yield`)."
-            )
-        elif reason == "request_finished":
-            summary = (
-                f"A connection of pool {stats.name} checked out{where}{on} is still checked out "
-                f"{age:.2f} s later, after its request finished: it is not returned to the pool."
-            )
-        else:
-            summary = (
-                f"A connection of pool {stats.name} checked out{where}{on} has been held for {age:.2f} s "
-                f"(limit {self.leak_seconds:g} s)."
-            )
-        evidence: dict[str, Any] = {
-            "reason": reason,
-            "pool": stats.name,
-            "age_s": round(age, 3),
-            "leak_seconds": self.leak_seconds,
-        }
-        if pool is not None:
-            evidence.update(occupancy(pool))
-        self.findings.report("pool_leak", route=route, summary=summary, evidence=evidence, location=checkout.location,
-                             method=checkout.request.method if checkout.request is not None else None)
+        held = pool_leak.CheckoutHeld(
+            pool=checkout.stats.name,
+            reason=reason,
+            age_s=age,
+            location=checkout.location,
+            method=checkout.request.method if checkout.request is not None else None,
+            route=checkout.route(),
+            occupancy=occupancy(pool) if pool is not None else {},
+        )
+        publish(self.findings, pool_leak.decide_held(held, leak_seconds=self.leak_seconds))
 
     def check(self, grace: float | None = None) -> None:
         """One watchdog round: deferred events, then checkouts held too long or past their request.
@@ -698,74 +566,6 @@ def _done_waiting(thread: int) -> None:
         pool_waiters[thread] = left
     else:
         pool_waiters.pop(thread, None)
-
-
-def named_holders(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> str:
-    return ", ".join(
-        f"{route or '(no request)'} x{int(n)}" + (f" at {loc}" if loc else "") for (route, loc), (n, _age) in ranked[:3]
-    )
-
-
-def holders_evidence(ranked: list[tuple[tuple[str | None, Location | None], list[float]]]) -> list[dict[str, Any]]:
-    return [
-        {"route": route, "connections": int(n), "oldest_age_s": round(age, 3), "location": str(loc) if loc else None}
-        for (route, loc), (n, age) in ranked[:_MAX_HOLDERS]
-    ]
-
-
-def _in_database(stack: tuple[attribution.FrameInfo, ...], user: attribution.FrameInfo) -> bool:
-    """Below the user's frame, the thread is inside SQLAlchemy (a statement, a checkout)."""
-    for info in stack:
-        if info is user:
-            return False
-        if "sqlalchemy" in info.filename:
-            return True
-    return False
-
-
-def worker_threads(loop: Any = None) -> set[int]:
-    """Idents of anyio's worker threads (of ``loop`` when given)."""
-    return {
-        t.ident
-        for t in threading.enumerate()
-        if t.name == "AnyIO worker thread" and (loop is None or getattr(t, "loop", loop) is loop) and t.ident is not None
-    }
-
-
-def worker_lines(idents: set[int]) -> tuple[Lines, Lines, int]:
-    """Where worker threads are: the app's lines (with the call) of the threads outside the database, of
-    the threads working in the database, and how many threads wait for a pool connection."""
-    frames = sys._current_frames()
-    elsewhere: Lines = collections.Counter()
-    database: Lines = collections.Counter()
-    waiting = 0
-    try:
-        for ident in idents:
-            if pool_waiters.get(ident):
-                waiting += 1
-                continue
-            frame = frames.get(ident)
-            if frame is None:
-                continue
-            stack = attribution.capture(frame)
-            user = next((i for i in stack if not i.filename.startswith("<") and not attribution.is_library_file(i.filename)), None)
-            if user is None:
-                continue
-            lines = database if _in_database(stack, user) else elsewhere
-            lines[(attribution.location(user), attribution.call_in(user))] += 1
-    finally:
-        del frames
-    return elsewhere, database, waiting
-
-
-def blocked_elsewhere(elsewhere: Lines, database: Lines) -> tuple[Location, str | None, int] | None:
-    """The app's line (and call) where most of the worker threads not waiting for a connection are,
-    when that is outside the database; None when they work in the database or are spread out."""
-    if not elsewhere:
-        return None
-    (where, call), n = elsewhere.most_common(1)[0]
-    others = sum(elsewhere.values()) + sum(database.values())
-    return (where, call, n) if n >= 2 and 2 * n > others else None
 
 
 def _limit(pool: Any) -> int | None:

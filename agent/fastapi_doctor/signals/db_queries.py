@@ -18,8 +18,10 @@ from typing import Any
 
 from fastapi_doctor import attribution
 from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.diagnosis import n_plus_one, publish
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals.db_pool import histogram, user_location
+from fastapi_doctor.kernel.frames import user_location
+from fastapi_doctor.kernel.metrics import histogram
 from fastapi_doctor.sql import fingerprint
 
 _COUNTS = "db.statements"
@@ -115,22 +117,13 @@ class QueryCounter:
         if not locations:
             return
         for key, location in locations.items():
-            n = counts[key]
-            short = key if len(key) <= 120 else key[:117] + "..."
-            self.findings.report(
-                "n_plus_one",
-                route=route,
-                method=state.method,
-                summary=(
-                    f"One statement ran {n} times in one request (threshold {self.threshold}): `{short}`. "
-                    "Load the rows in one query (WHERE ... IN, a join, or selectinload) instead of one per row."
-                ),
-                evidence={
-                    "fingerprint": key,
-                    "executions": n,
-                    "threshold": self.threshold,
-                    "statements_in_request": total,
-                    "distinct_statements": len(counts),
-                },
+            seen = n_plus_one.RepeatedStatement(
+                fingerprint=key,
+                executions=counts[key],
                 location=location,
+                statements_in_request=total,
+                distinct_statements=len(counts),
+                method=state.method,
+                route=route,
             )
+            publish(self.findings, n_plus_one.decide(seen, threshold=self.threshold))

@@ -19,153 +19,30 @@ The time is a metric, never a finding: a slow dependency may be waiting (for a p
 loop, a query, a remote service), and what it waits for gets the finding. ``dependency_rebuild`` rests
 on evidence of the rebuild: a known-expensive object (:data:`EXPENSIVE_CLASSES`: HTTP clients and
 sessions, SQLAlchemy session factories, pydantic settings that parse the environment and files)
-built inside requests by the same line ``REBUILD_REPEATS`` times (:mod:`.rebuilds`), or a sync
-dependency computing the same thing again: more than ``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS`` of its
-own CPU time (the thread's, so waiting never counts) on the same inputs ``REBUILD_REPEATS`` times.
-SQLAlchemy engines built inside requests are reported the same way by the database signal.
-
-This module also holds the small helpers the request-path signals share (:class:`Window`,
-:func:`histogram`, :func:`code_of`).
+built inside requests by the same line ``REBUILD_REPEATS`` times (counted by
+:mod:`fastapi_doctor.kernel.rebuilds`), or a sync dependency computing the same thing again: more than
+``FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS`` of its own CPU time (the thread's, so waiting never counts) on
+the same inputs ``REBUILD_REPEATS`` times. The rule (:mod:`fastapi_doctor.diagnosis.dependency_rebuild`)
+decides and words the finding. SQLAlchemy engines built inside requests are counted the same way by
+the database signal.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from time import perf_counter, thread_time
 from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals.eventloop import stall_clock, stalled_between
-from fastapi_doctor.signals.rebuilds import RebuildSites
-
-# -- shared by the request-path signals ---------------------------------------------------------
-
-MIN_CALLS = 20  # a finding needs at least this many calls of the same thing
-EVERY = 10  # thresholds are evaluated every EVERY calls, never on each call
-WINDOW = 64  # the p50 is taken over the last WINDOW calls
-# "More than half of the request" only counts for parts that take at least this long: on a fast
-# route any part may be half of very little.
-SHARE_FLOOR_S = 0.005
-
-DURATION_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)
-
-
-class Window:
-    """The last ``WINDOW`` samples of one thing (tuples), each flagged when it alone breaks a threshold.
-
-    The count of flagged samples is kept as they come and go, so deciding costs nothing: a finding
-    is due when at least half of the window is flagged (the p50 is past the threshold), checked every
-    ``EVERY`` samples after ``MIN_CALLS``. Sorting happens only to write the evidence.
-    """
-
-    __slots__ = ("items", "flags", "flagged", "count")
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, ...]] = []
-        self.flags: list[bool] = []
-        self.flagged = 0
-        self.count = 0
-
-    def add(self, item: tuple[float, ...], flag: bool) -> bool:
-        """Keep ``item``; True when a finding is due."""
-        count = self.count
-        if count < WINDOW:
-            self.items.append(item)
-            self.flags.append(flag)
-        else:
-            at = count % WINDOW
-            if self.flags[at]:
-                self.flagged -= 1
-            self.items[at] = item
-            self.flags[at] = flag
-        if flag:
-            self.flagged += 1
-        count += 1
-        self.count = count
-        return count >= MIN_CALLS and count % EVERY == 0 and 2 * self.flagged >= len(self.items)
-
-    def p50(self, column: int) -> float:
-        values = sorted([item[column] for item in self.items])
-        return values[len(values) // 2] if values else 0.0
-
-
-def histogram(agent: Any, name: str, unit: str, description: str, boundaries: Sequence[float]) -> Any:
-    """A histogram for the request path: the agent's lean ones when it has them, else the SDK's."""
-    lean = getattr(agent, "lean", None)
-    if lean is not None:
-        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
-    return agent.meter.create_histogram(
-        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=tuple(boundaries)
-    )
-
-
-def _target(obj: Any) -> Any:
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    try:
-        return inspect.unwrap(obj)
-    except ValueError:  # a __wrapped__ cycle
-        return obj
-
-
-def code_of(obj: Any) -> types.CodeType | None:
-    """The code object that runs when ``obj`` is called (function, method, class, callable instance)."""
-    target = _target(obj)
-    if isinstance(target, types.FunctionType):
-        return target.__code__
-    if isinstance(target, types.MethodType):
-        return code_of(target.__func__)
-    if isinstance(target, type):
-        for klass in target.__mro__:
-            init = klass.__dict__.get("__init__")
-            if isinstance(init, types.FunctionType):
-                return init.__code__
-        return None
-    call = getattr(type(target), "__call__", None)
-    if isinstance(call, types.FunctionType):
-        return call.__code__
-    return None
-
-
-def name_of(obj: Any) -> str:
-    """Qualified name of a function or class; the class's for a callable instance."""
-    target = _target(obj)
-    qualname = getattr(target, "__qualname__", None)
-    if isinstance(qualname, str) and not isinstance(target, functools.partial):
-        return qualname
-    return type(target).__qualname__
-
-
-def location_of(code: types.CodeType | None) -> Location | None:
-    """Where ``code`` is defined: its ``def`` line (after any decorators)."""
-    if code is None:
-        return None
-    import linecache
-
-    line = code.co_firstlineno
-    if linecache.getline(code.co_filename, line).lstrip().startswith("@"):
-        # co_firstlineno is the first decorator's line: find the def below the decorators.
-        for offset in range(1, 32):
-            text = linecache.getline(code.co_filename, line + offset).lstrip()
-            if not text:
-                break
-            if text.startswith(("def ", "async def ", "class ")):
-                line += offset
-                break
-    return Location(attribution.display_path(code.co_filename), line, code.co_qualname)
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 2)
-
+from fastapi_doctor.kernel.frames import code_of, location_of, name_of
+from fastapi_doctor.kernel.loop import stall_clock, stalled_between
+from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
+from fastapi_doctor.kernel.rebuilds import RebuildSites
 
 # -- timers that stand in for dependency callables -----------------------------------------------
 
@@ -369,19 +246,15 @@ _TIMERS: dict[str, type[_Timed]] = {
 
 _MAX_ROOTS = 10_000
 
-_POOL = "each one builds its own connection pool (and TLS context), so connections are never reused."
-# (module, class, what building one per request costs): objects meant to be built once.
+# (module, class): objects meant to be built once (what one per request costs: dependency_rebuild.COSTS).
 EXPENSIVE_CLASSES = (
-    ("httpx", "Client", _POOL),
-    ("httpx", "AsyncClient", _POOL),
-    ("aiohttp", "ClientSession", _POOL),
-    ("requests", "Session", _POOL),
-    ("sqlalchemy.orm", "sessionmaker",
-     "each one makes a new Session class (and its configuration) where one factory made at start-up serves all."),
-    ("sqlalchemy.ext.asyncio", "async_sessionmaker",
-     "each one makes a new session factory where one made at start-up serves all."),
-    ("pydantic_settings", "BaseSettings",
-     "each one reads the environment and parses its env files again and validates every field."),
+    ("httpx", "Client"),
+    ("httpx", "AsyncClient"),
+    ("aiohttp", "ClientSession"),
+    ("requests", "Session"),
+    ("sqlalchemy.orm", "sessionmaker"),
+    ("sqlalchemy.ext.asyncio", "async_sessionmaker"),
+    ("pydantic_settings", "BaseSettings"),
 )
 
 
@@ -423,7 +296,7 @@ class DependencySignal:
         self._active = True
         agent.request_metrics.finished_hooks.append(self._finished)
         agent.on_fastapi(self._on_fastapi)
-        for module in dict.fromkeys(m for m, _, _ in EXPENSIVE_CLASSES):
+        for module in dict.fromkeys(m for m, _ in EXPENSIVE_CLASSES):
             agent.when_imported(module, self._on_client_library)
 
     def uninstrument(self) -> None:
@@ -614,14 +487,14 @@ class DependencySignal:
     def _on_client_library(self, module: types.ModuleType) -> None:
         if not self._active:
             return
-        for module_name, class_name, why in EXPENSIVE_CLASSES:
+        for module_name, class_name in EXPENSIVE_CLASSES:
             if module_name != module.__name__:
                 continue
             cls = getattr(module, class_name, None)
             if isinstance(cls, type):
-                self._patch_init(cls, f"{module_name}.{class_name}", why)
+                self._patch_init(cls, f"{module_name}.{class_name}")
 
-    def _patch_init(self, cls: type, label: str, why: str) -> None:
+    def _patch_init(self, cls: type, label: str) -> None:
         own = cls.__dict__.get("__init__")
         original = own if own is not None else cls.__init__
         sites = self._sites
@@ -631,7 +504,7 @@ class DependencySignal:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
             if current_request.get() is not None:
-                sites.created(label, why, sys._getframe(1))
+                sites.created(label, sys._getframe(1))
 
         self._patched_inits.append((cls, own))
         cls.__init__ = __init__  # type: ignore[misc]

@@ -29,373 +29,39 @@ An episode is blamed on the app's code only on evidence (:func:`judge`):
   occurrence becomes a finding only when it recurs (the same root cause, route and line twice): the
   first ``/openapi.json``, a route's first call warming a cache, are once per process.
 
-The heartbeat machinery (:data:`hub`) is shared with the threadpool and GC signals, which read anyio's
-limiter and drain GC pauses on the loop's tick.
+The heartbeat machinery (``hub``, :mod:`fastapi_doctor.kernel.loop`) is shared with the threadpool,
+GC and tasks signals, which read anyio's limiter, drain GC pauses and count tasks on the loop's tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
-import os
 import sys
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
+from fastapi_doctor.diagnosis import Verdict, blocking_io, publish
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals import gc_pauses, process
+from fastapi_doctor.kernel import cgroup, gc_pauses
+from fastapi_doctor.kernel.loop import Heartbeat, hub
+from fastapi_doctor.kernel.metrics import histogram
 
 _get_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
-_thread_time = time.thread_time
-_process_time = time.process_time
-_pread = os.pread
 
-
-def _open_schedstat() -> int | None:
-    """The calling thread's scheduler statistics (Linux): time on a CPU and time waiting for one."""
-    try:
-        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-    except OSError:
-        return None
-
-
-def _sched(fd: int | None) -> tuple[float, float | None]:
-    """(seconds on a CPU, seconds ready but waiting for a CPU) of the thread ``fd`` was opened in;
-    without schedstat, the calling thread's CPU clock and None."""
-    if fd is not None:
-        try:
-            fields = _pread(fd, 64, 0).split()
-            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            pass
-    return _thread_time(), None
 # The task running on each loop (asyncio and uvloop both run asyncio.Task, which maintains it).
 _current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WATCHDOG_THREAD_NAME = "fastapi-doctor-loop-watchdog"
-
-TickCallback = Callable[["Heartbeat", float, float], None]
-
-
-# --- the heartbeat, shared by the loop-side signals -----------------------------------------------
-
-
-class Heartbeat:
-    """One event loop's heartbeat. Written by the loop thread, read by the watchdog (no locks: each
-    field is one reference swap under the GIL)."""
-
-    __slots__ = (
-        "loop",
-        "thread_id",
-        "interval",
-        "due",
-        "last_tick",
-        "ticks",
-        "stopped",
-        "paused",
-        "episode",
-        "limiter",
-        "pool",
-        "python_loop",
-        "driver",
-        "stalled",
-        "wait",
-        "sched_fd",
-        "cpu",
-        "runq",
-        "process_cpu",
-        "window",
-        "window_cpu",
-        "window_runq",
-        "window_process_cpu",
-        "handle",
-    )
-
-    def __init__(self, loop: Any, thread_id: int, interval: float) -> None:
-        self.loop = loop
-        self.thread_id = thread_id
-        self.interval = interval
-        now = _monotonic()
-        self.due = now + interval
-        self.last_tick = now
-        self.ticks = 0
-        self.stopped = False
-        self.paused = False  # the loop was seen stopped: the next tick's lateness is not lag
-        self.episode: _Episode | None = None  # set by the watchdog while the loop is blocked
-        self.limiter: Any = None  # anyio's default thread limiter of this loop (threadpool signal)
-        self.pool: Any = None  # threadpool signal's per-loop state
-        # asyncio's own loops run every callback through Handle._run (a Python frame): without one on
-        # the stack the loop is idle. Other loops (uvloop) run callbacks from C: there the loop is idle
-        # when the thread's innermost frame is the one that started the loop (``driver``).
-        self.python_loop = isinstance(loop, asyncio.BaseEventLoop)
-        self.driver: Any = None
-        # Seconds this loop has run late so far (see stall_clock).
-        self.stalled = 0.0
-        # Recent lateness of the tick (moving average): how long a callback made ready now waits for
-        # the loop (see queue_wait).
-        self.wait = 0.0
-        # The loop thread's time on a CPU and waiting for one, and the process's CPU clock, at the
-        # last tick and over the window between the last two ticks: did the loop (the process) run
-        # while it was late, or wait for a CPU? (created on the loop thread, by hub.attach)
-        self.sched_fd = _open_schedstat()
-        self.cpu, self.runq = _sched(self.sched_fd)
-        self.process_cpu = _process_time()
-        self.window = 0.0
-        self.window_cpu = 0.0
-        self.window_runq: float | None = None
-        self.window_process_cpu = 0.0
-        self.handle: Any = None  # the pending tick
-
-    def start(self) -> None:
-        self.handle = self.loop.call_later(self.interval, self.tick)
-
-    def restart(self) -> None:
-        """On the loop's thread: the pending tick would never run (see LOST_TICK_S); tick now and go on."""
-        if self.stopped:
-            return
-        handle, self.handle = self.handle, None
-        if handle is not None:
-            handle.cancel()
-        self.tick()
-
-    def close(self) -> None:
-        """Stop ticking and let go of the schedstat file."""
-        self.stopped = True
-        fd, self.sched_fd = self.sched_fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def tick(self) -> None:
-        if self.stopped:
-            return
-        try:
-            now = _monotonic()
-            cpu, runq = _sched(self.sched_fd)
-            process_cpu = _process_time()
-            self.window = now - self.last_tick
-            self.window_cpu = cpu - self.cpu
-            self.window_runq = runq - self.runq if runq is not None and self.runq is not None else None
-            self.window_process_cpu = process_cpu - self.process_cpu
-            self.cpu, self.runq, self.process_cpu = cpu, runq, process_cpu
-            lag = now - self.due
-            if self.paused:
-                self.paused = False
-                lag = -1.0  # unknown: the loop was not running
-            elif lag < 0.0:
-                lag = 0.0
-            self.stalled += stall_of(lag, self.interval)
-            if lag >= 0.0:
-                self.wait += (lag - self.wait) * 0.25
-            self.last_tick = now
-            self.due = now + self.interval
-            self.ticks += 1
-            for callback in hub.tick_callbacks:
-                try:
-                    callback(self, now, lag)
-                except Exception as exc:
-                    containment.report(getattr(callback, "__qualname__", "heartbeat callback"), exc)
-            self.handle = self.loop.call_later(self.interval, self.tick)
-        except Exception as exc:  # e.g. the loop is closing: the heartbeat stops, the app goes on
-            self.stopped = True
-            containment.report("eventloop heartbeat", exc)
-
-
-class _LoopProbe:
-    """Sits inside the app's middleware stack; starts the heartbeat of each loop it first runs on.
-
-    ``__call__`` is a plain function returning the inner app's coroutine: no extra frame per request.
-    """
-
-    __slots__ = ("app", "_loop", "__weakref__")
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._loop: Any = None
-
-    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        loop = _get_running_loop()
-        if loop is not self._loop:
-            self._loop = loop
-            hub.attach(loop)
-        return self.app(scope, receive, send)
-
-
-class LoopHub:
-    """Heartbeats of every loop the app runs on, started by probes and used by several signals."""
-
-    def __init__(self) -> None:
-        self.heartbeats: dict[Any, Heartbeat] = {}
-        self.tick_callbacks: list[TickCallback] = []
-        self.attach_callbacks: list[Callable[[Heartbeat], None]] = []
-        self.interval = 0.05
-        self.active = False
-        self._users: list[Any] = []
-        self._hooks: Any = None
-        self._probes: weakref.WeakSet[_LoopProbe] = weakref.WeakSet()
-        # attach_running_loop() was called: blocks count from then on, before any request too.
-        self.watched_explicitly = False
-        self._lock = threading.Lock()
-
-    def acquire(self, user: Any, agent: Any) -> None:
-        """A signal starts using the heartbeat; the first one installs the probe."""
-        with self._lock:
-            self._users.append(user)
-            if self.active:
-                return
-            self.active = True
-            self.interval = agent.settings.heartbeat_ms / 1000.0
-        agent.on_fastapi(self._install)
-
-    def release(self, user: Any) -> None:
-        """A signal stops using the heartbeat; the last one stops every heartbeat and removes the probe."""
-        with self._lock:
-            if user in self._users:
-                self._users.remove(user)
-            if self._users or not self.active:
-                return
-            self.active = False
-            self.watched_explicitly = False
-            hooks, self._hooks = self._hooks, None
-            for hb in self.heartbeats.values():
-                hb.close()  # its next tick does not reschedule
-            self.heartbeats.clear()
-            for probe in list(self._probes):
-                probe._loop = None  # a later instrument() starts again on the next call
-        if hooks is not None and self.wrap_stack in hooks.stack_wrappers:
-            hooks.stack_wrappers.remove(self.wrap_stack)
-
-    def _install(self, hooks: Any) -> None:
-        if not self.active:
-            return
-        self._hooks = hooks
-        hooks.stack_wrappers.append(self.wrap_stack)
-
-    def after_fork(self) -> None:
-        """In a forked child: the parent's loops do not run here; the child's are attached on first use."""
-        self._lock = threading.Lock()
-        for hb in self.heartbeats.values():
-            hb.close()
-        self.heartbeats.clear()
-        for probe in list(self._probes):
-            probe._loop = None
-
-    def wrap_stack(self, app: Any, stack: Any) -> Any:
-        probe = _LoopProbe(stack)
-        self._probes.add(probe)
-        if _get_running_loop() is not None:  # stacks are built on the loop, at the app's first call
-            probe._loop = _get_running_loop()
-            self.attach(probe._loop)
-        return probe
-
-    def attach(self, loop: Any) -> None:
-        """Start the heartbeat of ``loop`` (the running loop of the calling thread) once."""
-        if loop is None or not self.active or loop in self.heartbeats:
-            return
-        try:
-            hb = Heartbeat(loop, threading.get_ident(), self.interval)
-            hb.driver = _driver_frame(loop)
-            for callback in self.attach_callbacks:
-                try:
-                    callback(hb)
-                except Exception as exc:
-                    containment.report(getattr(callback, "__qualname__", "heartbeat attach"), exc)
-            self.heartbeats[loop] = hb
-            hb.start()
-            for user in self._users:
-                notify = getattr(user, "loop_attached", None)
-                if notify is not None:
-                    notify(hb)
-        except Exception as exc:
-            containment.report("eventloop attach", exc)
-
-
-hub = LoopHub()
-
 # A pending tick due further away than this (by the loop's clock) will not run in time: the clock jumped.
 LOST_TICK_S = 10.0
-
-# Lateness of a tick below this is not a stall: uvloop's timers have a resolution of 1 ms, and on a
-# busy machine a tick runs a few ms late without anything blocking the loop. Counted as a stall, that
-# jitter zeroed the time of dependencies awaiting across it (a 30 ms teardown read as 0).
-STALL_FLOOR_S = 0.005
-
-
-def stall_of(lag: float, interval: float) -> float:
-    """Seconds of stall a tick ``lag`` seconds late stands for.
-
-    The heartbeat sees a stall only from its due time: whatever held the loop may have begun up to
-    one ``interval`` before. That interval is added (an upper bound) when the lateness is at least an
-    interval long, or when other requests were in flight: then the loop was most likely running their
-    code, and a dependency awaiting meanwhile is not charged it (another request's blocking call, or
-    its serialisation in small steps). A shorter lateness with one request in flight is taken as it
-    is: the process was descheduled, or another thread held the GIL, for about that long. Adding a
-    whole interval there zeroed the time of a lone dependency awaiting 30 ms (a CI flake).
-    """
-    if lag <= STALL_FLOOR_S:
-        return 0.0
-    return lag + interval if lag >= interval or len(active_requests) > 1 else lag
-
-
-def stall_clock() -> float:
-    """Seconds the running loop has been stalled so far, a clock that only moves while it is.
-
-    The difference over an interval (``stalled_between``) is the time the loop could not run
-    anything in it: an async dependency awaiting while another coroutine blocks the loop subtracts
-    it from its own time, so one blocking call is not also blamed on every dependency that was
-    waiting. Continuous: until the late tick runs, the lateness so far is counted from its due
-    time. 0.0 without a heartbeat.
-    """
-    loop = _get_running_loop()
-    hb = hub.heartbeats.get(loop) if loop is not None else None
-    if hb is None:
-        return 0.0
-    pending = _monotonic() - hb.due
-    # Called at every async dependency's start and end: the usual case (the tick not yet due) is
-    # answered without a further call.
-    return hb.stalled if pending <= STALL_FLOOR_S else hb.stalled + stall_of(pending, hb.interval)
-
-
-def queue_wait() -> float:
-    """Seconds a task made ready now waits for the running loop, from the heartbeat's recent
-    lateness: under load every task switch queues behind the other ready tasks. 0.0 without a
-    heartbeat."""
-    loop = _get_running_loop()
-    hb = hub.heartbeats.get(loop) if loop is not None else None
-    return 0.0 if hb is None else hb.wait
-
-
-def stalled_between(start_clock: float) -> float:
-    """Seconds the loop was stalled since ``stall_clock()`` read ``start_clock``."""
-    return stall_clock() - start_clock
-
-
-def histogram(agent: Any, name: str, *, unit: str, description: str, boundaries: tuple[float, ...]) -> Any:
-    """A histogram recorded on the loop: the agent's lean one when it has them, else the SDK's."""
-    lean = getattr(agent, "lean", None)
-    if lean is not None:
-        return lean.histogram(name, unit=unit, description=description, boundaries=boundaries)
-    return agent.meter.create_histogram(
-        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=boundaries
-    )
-
-
-def _driver_frame(loop: Any) -> Any:
-    """The frame that runs ``loop`` (called from inside one of its tasks), below the task's coroutines."""
-    task = asyncio.current_task(loop)
-    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
-    return frame.f_back if frame is not None else None
-
 
 _HANDLE_RUN = asyncio.events.Handle._run.__code__
 
@@ -552,7 +218,7 @@ class _Episode:
 
 
 _LIFESPAN = ("starlette.routing", "lifespan")
-_GC_CALLBACK = gc_pauses._callback.__code__
+_GC_CALLBACK = gc_pauses.callback.__code__
 
 
 # The signal's counters: attribute -> (name, unit, description).
@@ -603,7 +269,7 @@ class EventLoopSignal:
         self._endpoints: dict[str, Location] = {}
         self.episodes_seen = 0  # attributed episodes, for tests and the report
         # The first occurrence of each (root cause, route, function): reported when it recurs.
-        self._held: dict[tuple[str, str | None, tuple[str, str] | None], tuple[str, dict[str, Any]]] = {}
+        self._held: dict[tuple[str, str | None, str | None, tuple[str, str] | None], Verdict] = {}
         # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, loop
         # thread's CPU, its wait for a CPU, process CPU), appended on the loop, judged by the watchdog.
         self._unseen: deque[tuple[float, float, float, float, float, float | None, float]] = deque(maxlen=64)
@@ -634,7 +300,7 @@ class EventLoopSignal:
         for attribute, (name, unit, description) in _COUNTERS.items():
             setattr(self, attribute, meter.create_counter(name, unit=unit, description=description))
         self.started = _monotonic()
-        self._throttled = process.cgroup_throttling()
+        self._throttled = cgroup.cgroup_throttling()
         self._stop.clear()
         hub.tick_callbacks.append(self._on_tick)
         hub.acquire(self, agent)
@@ -945,40 +611,38 @@ class EventLoopSignal:
             stats = self._stats[stat_key] = [0, 0.0]
         stats[0] += 1
         stats[1] = max(stats[1], blocked_ms)
-        evidence: dict[str, Any] = {
-            "blocked_ms": blocked_ms,
-            "max_blocked_ms": stats[1],
-            "threshold_ms": round(self.block_s * 1000.0, 1),
-            "call": call,
-            "samples": samples,
-            "samples_total": episode.taken,
-            "episodes": int(stats[0]),
-        }
-        if middleware:
-            evidence["middleware"] = middleware
-        where = f"{state.method} {route}" if state is not None and route else "a request" if state else "a task outside any request"
-        summary = _summary(root_cause, call, middleware, location, where, blocked_ms)
-        # Once is not a recurring problem (a route's first call warming a cache, the first
-        # /openapi.json): the first occurrence is held and reported when the same one recurs. In a test
-        # (test_mode) a request is made once: there the first occurrence is the finding.
-        if stats[0] < 2 and not self.agent.settings.test_mode:
+        block = blocking_io.LoopBlock(
+            root_cause=root_cause,
+            call=call,
+            middleware=middleware,
+            location=location,
+            method=method,
+            route=route,
+            in_request=state is not None,
+            blocked_s=blocked,
+            max_blocked_ms=stats[1],
+            episodes=int(stats[0]),
+            samples=samples,
+            samples_total=episode.taken,
+            threshold_s=self.block_s,
+        )
+        verdict = blocking_io.decide_loop_block(block)
+        if not blocking_io.recurring(block.episodes, test_mode=self.agent.settings.test_mode):
             if len(self._held) > 2 * self.agent.settings.max_findings:
                 self._held.clear()
-            self._held[stat_key] = (summary, evidence)
+            self._held[stat_key] = verdict  # reported when the same one recurs
             return
         held = self._held.pop(stat_key, None)
-        if held is not None:
-            self.agent.findings.report(root_cause, route=route, summary=held[0], evidence=held[1], location=location,
-                                       method=method)
-        self.agent.findings.report(root_cause, route=route, summary=summary, evidence=evidence, location=location,
-                                   method=method)
+        if held is not None:  # at this occurrence's line: one finding for the function's block
+            publish(self.agent.findings, dataclasses.replace(held, location=location))
+        publish(self.agent.findings, verdict)
 
     def stalls(self) -> dict[str, Any]:
         """What made the loop late that is not the app's code, for the doctor page (numbers only)."""
         out: dict[str, Any] = {}
         if self.paused_total[0]:
             out["paused"] = {"episodes": self.paused_total[0], "seconds": round(self.paused_total[1], 3)}
-            throttled = process.cgroup_throttling()
+            throttled = cgroup.cgroup_throttling()
             if throttled is not None and self._throttled is not None:
                 out["paused"]["throttled_periods"] = throttled[0] - self._throttled[0]
                 out["paused"]["throttled_seconds"] = round(throttled[1] - self._throttled[1], 3)
@@ -1017,26 +681,6 @@ def _same_function(a: _SampleKey, b: _SampleKey) -> bool:
     if a[0] is None or b[0] is None:
         return a[0] is b[0] and a[1] == b[1]
     return a[0].file == b[0].file and a[0].function == b[0].function
-
-
-def _summary(
-    root_cause: str, call: str | None, middleware: str | None, location: Location | None, where: str, ms: float
-) -> str:
-    if root_cause == "large_payload":
-        return (
-            f"Serialising the response of {where} blocked the event loop for {ms:.0f} ms; every concurrent request "
-            "waited. Return less data (paginate or stream it), or serialise it off the loop."
-        )
-    what = call or (location.function if location else "Code")
-    if root_cause == "slow_middleware":
-        return (
-            f"Middleware {middleware} blocked the event loop for {ms:.0f} ms ({what}) in {where}; every concurrent "
-            "request waited. Middleware runs on every request: make the call async or move it off the loop."
-        )
-    return (
-        f"{what} blocked the event loop for {ms:.0f} ms in {where}; every concurrent request waited. "
-        "Use an async equivalent, or move it off the loop (run_in_threadpool, or a sync def endpoint)."
-    )
 
 
 def _serialiser(stack: tuple[attribution.FrameInfo, ...]) -> str | None:

@@ -78,28 +78,22 @@ import sys
 import types
 from array import array
 from asyncio import _get_running_loop
-from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, active_requests, current_request
+from fastapi_doctor.diagnosis import publish, slow_middleware
 from fastapi_doctor.findings import Location
 from fastapi_doctor.run_delay import run_delay
 from fastapi_doctor.sampling import TokenBucket
-from fastapi_doctor.signals import gc_pauses
-from fastapi_doctor.signals.dependencies import (
-    DURATION_BUCKETS,
-    MIN_CALLS,
-    SHARE_FLOOR_S,
-    Window,
-    histogram,
-    location_of,
-    ms,
-)
+from fastapi_doctor.kernel.asgi import splice_out, walk
+from fastapi_doctor.kernel import gc_pauses
+from fastapi_doctor.kernel.frames import location_of
+from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
+from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window
 
 _KEY = "middleware"
-_MAX_DEPTH = 64
 _MAX_ROUTES = 1000  # per layer; requests of further routes count only to the layer's own window
 
 
@@ -252,32 +246,6 @@ class _LayerTimer:
         if t[-1]:
             t[at + _RQ] = run_delay()
         return self.app(scope, receive, _TimedSend(send, t, at, _get_running_loop() if self.probe else None))
-
-
-def walk(stack: Any) -> Iterator[tuple[Any, Any]]:
-    """(parent, layer) along the ``.app`` chain of a built stack; parent is None for the top."""
-    parent = None
-    seen: set[int] = set()
-    depth = 0
-    while stack is not None and id(stack) not in seen and depth < _MAX_DEPTH:
-        seen.add(id(stack))
-        yield parent, stack
-        parent, stack = stack, getattr(stack, "app", None)
-        depth += 1
-
-
-def splice_out(parent: Any, wrapper: Any) -> bool:
-    """Take ``wrapper`` out of the ``.app`` chain below ``parent`` (other wrappers may sit between)."""
-    node = parent
-    for _ in range(_MAX_DEPTH):
-        inner = getattr(node, "app", None)
-        if inner is None:
-            return False
-        if inner is wrapper:
-            node.app = wrapper.app
-            return True
-        node = inner
-    return False
 
 
 def layer_name(layer: Any) -> str:
@@ -480,55 +448,24 @@ class MiddlewareSignal:
 
     def _decide(self, layer: _Layer, method: str, route: str | None, window: Window | None) -> None:
         """A window is due: the layer is slow on every route (one finding, no route), or on this one."""
-        if layer.slow_everywhere() or window is None:
-            if 2 * layer.window.flagged >= len(layer.window.items):
-                self._report(layer, layer.window, None, None)
-        elif 2 * window.flagged >= len(window.items) and window.count >= MIN_CALLS:
-            self._report(layer, window, method, route)
-
-    def _report(self, layer: _Layer, window: Window, method: str | None, route: str | None) -> None:
         try:
-            p50 = window.p50(0)
-            share = window.p50(1)
-            slow = p50 > self._slow_s
-            why = (
-                f"above FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS={self._slow_s * 1000:g}"
-                if slow
-                else f"{share:.0%} of the request"
-            )
-            n = len(window.items)
-            if route is None and method is None:
-                summary = (
-                    f"Middleware {layer.name} spends {ms(p50)} ms of its own on every request (p50 of the last "
-                    f"{n} requests, {why}). Every route pays it: move the work out of the request path, cache "
-                    f"it, or limit the middleware to the paths that need it."
-                )
+            if layer.slow_everywhere() or window is None:
+                window, method_seen, route_seen = layer.window, None, None
             else:
-                others = (
-                    "; other routes do not pay it: the work it does for these paths is the cost"
-                    if layer.slow_routes() < layer.route_count
-                    else " (the only route seen so far)"
-                )
-                summary = (
-                    f"Middleware {layer.name} spends {ms(p50)} ms of its own on {method} {route or '(no route)'} "
-                    f"(p50 of the last {n} requests of this route, {why}){others}. Make that work cheaper, "
-                    f"cache it, or move it out of the request path (or into a dependency of the routes "
-                    f"that need it)."
-                )
-            self._agent.findings.report(
-                "slow_middleware",
-                route=route,
-                method=method,
-                summary=summary,
-                evidence={
-                    "middleware": layer.name,
-                    "self_time_p50_ms": ms(p50),
-                    "share_of_request": round(share, 3),
-                    "requests": window.count,
-                    "threshold_ms": round(self._slow_s * 1000.0, 3),
-                },
+                method_seen, route_seen = method, route
+            seen = slow_middleware.LayerWindow(
+                middleware=layer.name,
                 location=layer.location,
+                method=method_seen,
+                route=route_seen,
+                requests=window.count,
+                window=len(window.items),
+                flagged=window.flagged,
+                self_time_p50_s=window.p50(0),
+                share_p50=window.p50(1),
+                other_routes_fast=layer.slow_routes() < layer.route_count,
             )
+            publish(self._agent.findings, slow_middleware.decide(seen, slow_s=self._slow_s))
         except Exception as exc:
             containment.report("middleware finding", exc)
 

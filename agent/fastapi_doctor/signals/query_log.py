@@ -17,8 +17,8 @@ from opentelemetry.trace import get_current_span
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.signals.db_pool import pool_name, user_location
-from fastapi_doctor.sql import fingerprint
+from fastapi_doctor.kernel.frames import user_location
+from fastapi_doctor.sql import fingerprint, pool_name
 
 _T0 = "_fastapi_doctor_t0"
 

@@ -26,17 +26,12 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request
+from fastapi_doctor.diagnosis import large_payload, publish
 from fastapi_doctor.findings import Location
-from fastapi_doctor.signals.dependencies import (
-    DURATION_BUCKETS,
-    SHARE_FLOOR_S,
-    Window,
-    code_of,
-    histogram,
-    location_of,
-    ms,
-)
-from fastapi_doctor.signals.middleware_timing import splice_out, walk
+from fastapi_doctor.kernel.asgi import splice_out, walk
+from fastapi_doctor.kernel.frames import code_of, location_of
+from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
+from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window
 
 SIZE_BUCKETS = (
     256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 67108864,
@@ -308,53 +303,22 @@ class ResponseSignal:
     def _report(self, stats: _Route) -> None:
         try:
             window = stats.window
-            exposed = window.p50(1)
-            serialize = window.p50(2)
-            share = window.p50(3)
-            large = exposed > self._large
-            route = f"{stats.method} {stats.route}" if stats.route else "(no route)"
-            n = len(window.items)
-            if large:
-                fix = (
-                    "the compression middleware did not compress it (check its minimum size and media types)"
-                    if stats.compression
-                    else "no compression middleware is installed: add GZipMiddleware"
-                )
-                summary = (
-                    f"{route} sends {_size(exposed)} uncompressed to clients that accept gzip (p50 of the last "
-                    f"{n} responses); {fix}, or send less (pagination, fewer fields)."
-                )
-            else:
-                summary = (
-                    f"Serialising the response of {route} takes {ms(serialize)} ms, {share:.0%} of the request "
-                    f"(p50 of the last {n} responses): the payload is too large or too costly to encode. "
-                    f"Return less data (pagination, fewer fields) or declare a response model."
-                )
-            self._agent.findings.report(
-                "large_payload",
-                route=stats.route,
+            seen = large_payload.ResponseWindow(
                 method=stats.method,
-                summary=summary,
-                evidence={
-                    "p50_bytes": int(window.p50(0)),
-                    "p50_uncompressed_bytes_to_gzip_clients": int(exposed),
-                    "content_encoding": "identity" if large else stats.encoding,
-                    "serialize_p50_ms": ms(serialize),
-                    "serialize_share_of_request": round(share, 3),
-                    "compression_middleware": stats.compression,
-                    "threshold_bytes": self._large,
-                    "responses": window.count,
-                },
+                route=stats.route,
                 location=stats.location,
+                responses=window.count,
+                window=len(window.items),
+                p50_bytes=window.p50(0),
+                p50_exposed_bytes=window.p50(1),
+                serialize_p50_s=window.p50(2),
+                serialize_share_p50=window.p50(3),
+                compression_middleware=stats.compression,
+                content_encoding=stats.encoding,
             )
+            publish(self._agent.findings, large_payload.decide(seen, large_bytes=self._large))
         except Exception as exc:
             containment.report("response finding", exc)
-
-
-def _size(n: float) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MiB"
-    return f"{n / 1024:.0f} KiB"
 
 
 def _timed_serialize(original: Any) -> Any:

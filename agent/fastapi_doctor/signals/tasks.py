@@ -34,8 +34,9 @@ from opentelemetry.metrics import Observation
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
-from fastapi_doctor.diagnosis import task_leak
+from fastapi_doctor.diagnosis import publish, task_leak
 from fastapi_doctor.findings import Location
+from fastapi_doctor.kernel.loop import hub
 
 _monotonic = time.monotonic
 _Task = asyncio.Task
@@ -153,8 +154,6 @@ class TaskSignal:
 
     def instrument(self, agent: Any) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         self._agent = agent
         self._leak_s = float(agent.settings.task_leak_seconds)
         self._watch_cancels = bool(agent.settings.test_mode)
@@ -169,8 +168,6 @@ class TaskSignal:
 
     def uninstrument(self) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         self._active = False
         if self._tick in hub.tick_callbacks:
             hub.tick_callbacks.remove(self._tick)
@@ -364,15 +361,7 @@ class TaskSignal:
             observation = creator.observation()
             verdict = task_leak.decide(observation, before, leak_seconds=leak_s)
             self._before[creator] = observation
-            if verdict is not None:
-                self._agent.findings.report(
-                    verdict.root_cause,
-                    route=verdict.route,
-                    method=verdict.method,
-                    summary=verdict.summary,
-                    evidence=verdict.evidence,
-                    location=verdict.location,
-                )
+            publish(self._agent.findings, verdict)
 
     def _cut_off(self) -> dict[Creator, int]:
         """A task still pending when its loop shut down was pending at the end, as a task still pending

@@ -18,7 +18,9 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import active_requests
-from fastapi_doctor.signals.db_pool import worker_lines, worker_threads
+from fastapi_doctor.diagnosis import blocking_io, publish
+from fastapi_doctor.kernel.loop import hub
+from fastapi_doctor.kernel.workers import worker_lines, worker_threads
 
 _current: ThreadpoolSignal | None = None
 
@@ -64,8 +66,6 @@ class ThreadpoolSignal:
 
     def instrument(self, agent: Any) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         self.agent = agent
         self.wait_s = agent.settings.threadpool_wait_seconds
         meter = agent.meter
@@ -96,8 +96,6 @@ class ThreadpoolSignal:
 
     def uninstrument(self) -> None:
         global _current
-        from fastapi_doctor.signals.eventloop import hub
-
         if _current is self:
             _current = None
         if self._on_attach in hub.attach_callbacks:
@@ -107,8 +105,6 @@ class ThreadpoolSignal:
         hub.release(self)
 
     def total(self, field: str) -> int | None:
-        from fastapi_doctor.signals.eventloop import hub
-
         pools = [hb.pool for hb in list(hub.heartbeats.values()) if hb.pool is not None and hb.limiter is not None]
         if not pools:
             return None
@@ -165,33 +161,17 @@ class ThreadpoolSignal:
                 routes[state.route] += 1
                 methods.setdefault(state.route, state.method)
         elsewhere, database, waiting_for_pool = worker_lines(worker_threads(hb.loop))
-        if waiting_for_pool and 2 * waiting_for_pool >= pool.busy:
-            # Most threads wait for a database connection: the pool is the bottleneck, and the database
-            # signal, which sees the pool and the threads, names its cause (the pool, or the line that
-            # holds connections while it blocks) with this saturation among the symptoms.
-            return
         lines = elsewhere + database
         (location, call), in_call = lines.most_common(1)[0] if lines else ((None, None), 0)
-        route = routes.most_common(1)[0][0] if routes else None
-        held = routes[route] if route is not None else 0
-        holding = ", ".join(f"{methods[r]} {r} ({n})" for r, n in routes.most_common(5)) or "tasks outside any request"
-        what = f" Most threads were in {call}." if call else ""
-        summary = (
-            f"All {pool.limit} threadpool threads were busy for {saturated_s:.1f} s and up to {pool.max_waiting} "
-            f"tasks waited for one; threads were held by {holding}.{what} Sync endpoints and dependencies share "
-            "anyio's threads: make the slow call async, or raise the limit "
-            "(anyio.to_thread.current_default_thread_limiter().total_tokens)."
+        seen = blocking_io.ThreadpoolSaturated(
+            limit=pool.limit,
+            busy=pool.busy,
+            waiting=pool.max_waiting,
+            saturated_s=saturated_s,
+            holders=tuple((methods[route], route, n) for route, n in routes.most_common()),
+            call=call,
+            location=location,
+            threads_in_call=in_call,
+            threads_waiting_for_a_connection=waiting_for_pool,
         )
-        evidence: dict[str, Any] = {
-            "signal": "threadpool",
-            "limit": pool.limit,
-            "busy": pool.busy,
-            "waiting": pool.max_waiting,
-            "saturated_s": round(saturated_s, 2),
-            "threads_held": held,
-            "routes": dict(routes.most_common(10)),
-            "call": call,
-            "threads_in_call": in_call,
-        }
-        self.agent.findings.report("blocking_io", route=route, summary=summary, evidence=evidence, location=location,
-                                   method=methods.get(route) if route is not None else None)
+        publish(self.agent.findings, blocking_io.decide_threadpool(seen))

@@ -2,9 +2,8 @@
 
 An engine, a connection pool, an HTTP client, a session factory or a settings object parsed from the
 environment and files is meant to be built once. Built inside a request by the same line
-``REBUILD_REPEATS`` times, it is rebuilt per request: the finding names the object, the line, the
-dependency it ran in and how often. A slow dependency is not evidence of a rebuild (it may be waiting
-for the pool, the loop or a remote service); only the building is.
+``REBUILD_REPEATS`` times, it is rebuilt per request: the rule (:mod:`fastapi_doctor.diagnosis.dependency_rebuild`)
+names the object, the line, the dependency it ran in and how often. Here the sites are counted.
 
 Shared by the signals that see the objects being built (the dependencies signal patches the classes'
 ``__init__``; the database signal wraps ``Engine.__init__``).
@@ -17,16 +16,16 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.findings import Location
+from fastapi_doctor.diagnosis import Findings, dependency_rebuild, publish
+from fastapi_doctor.kernel.location import Location
 
-REBUILD_REPEATS = 3  # objects created in requests from the same line before it is a finding
 _MAX_SITES = 1_000
 
 
 class RebuildSites:
-    """Counts, per (object, line), the objects built inside requests; reports the repeated ones."""
+    """Counts, per (object, line), the objects built inside requests; the dependency_rebuild rule decides."""
 
-    def __init__(self, findings: Any, repeats: int = REBUILD_REPEATS) -> None:
+    def __init__(self, findings: Findings, repeats: int = dependency_rebuild.REBUILD_REPEATS) -> None:
         self.findings = findings
         self.repeats = repeats
         self.counts: dict[tuple[str, Location | None], int] = {}
@@ -34,10 +33,11 @@ class RebuildSites:
     @classmethod
     def of(cls, agent: Any) -> RebuildSites:
         """The agent's: in a test (``test_mode``) one object built inside a request is already the fact."""
-        return cls(agent.findings, 1 if agent.settings.test_mode else REBUILD_REPEATS)
+        return cls(agent.findings, 1 if agent.settings.test_mode else dependency_rebuild.REBUILD_REPEATS)
 
-    def created(self, label: str, why: str, frame: types.FrameType | None, evidence: dict[str, Any] | None = None) -> None:
-        """``label`` (e.g. ``httpx.AsyncClient``) was built; ``frame`` is the frame that called its constructor."""
+    def created(self, label: str, frame: types.FrameType | None, details: dict[str, Any] | None = None) -> None:
+        """``label`` (e.g. ``httpx.AsyncClient``, a key of ``dependency_rebuild.COSTS``) was built; ``frame``
+        is the frame that called its constructor."""
         try:
             state = current_request.get()
             if state is None:
@@ -47,21 +47,13 @@ class RebuildSites:
             where, dependency, cached = creation_site(frame)
             if cached:
                 return  # built by a function the app caches (functools.lru_cache): its cache decides how often
-            count = self._repeated((label, where))
+            count = self._count((label, where))
             if count is None:
                 return
-            inside = f" in dependency {dependency}" if dependency else ""
-            self.findings.report(
-                "dependency_rebuild",
-                route=state.route,
-                method=state.method,
-                summary=(
-                    f"A new {label} is built inside requests{inside} ({count} so far): {why} "
-                    "Build it once at start-up (lifespan, a module-level object, functools.lru_cache) and share it."
-                ),
-                evidence={"object": label, "created_in_requests": count, "dependency": dependency, **(evidence or {})},
-                location=where,
+            built = dependency_rebuild.ObjectBuilt(
+                label, where, dependency, count, state.method, state.route, details or {}
             )
+            publish(self.findings, dependency_rebuild.decide_built(built, repeats=self.repeats))
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
@@ -80,36 +72,25 @@ class RebuildSites:
             fingerprint = _fingerprint(inputs)
             if fingerprint is None:
                 return
-            count = self._repeated((f"{dependency}:{fingerprint}", where))
+            count = self._count((f"{dependency}:{fingerprint}", where))
             if count is None:
                 return
-            cpu_ms = round(cpu_s * 1000.0, 1)
-            self.findings.report(
-                "dependency_rebuild",
-                route=route,
-                method=method,
-                summary=(
-                    f"Dependency {dependency} computes the same result in every request: {cpu_ms} ms of its own "
-                    f"CPU time per build, on the same inputs, {count} times so far. Compute it once "
-                    "(functools.lru_cache, or at start-up in the lifespan) and reuse it."
-                ),
-                evidence={"computation": dependency, "cpu_ms": cpu_ms, "same_inputs": count, "dependency": dependency},
-                location=where,
-            )
+            computed = dependency_rebuild.SameComputation(dependency, where, cpu_s, count, method, route)
+            publish(self.findings, dependency_rebuild.decide_computed(computed, repeats=self.repeats))
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
     def clear(self) -> None:
         self.counts.clear()
 
-    def _repeated(self, key: tuple[str, Location | None]) -> int | None:
-        """Count one more of ``key``; the count once it is a repetition (``repeats``), else None."""
+    def _count(self, key: tuple[str, Location | None]) -> int | None:
+        """Count one more of ``key``; None once too many sites are counted."""
         counts = self.counts
         if key not in counts and len(counts) >= _MAX_SITES:
             return None
         count = counts.get(key, 0) + 1
         counts[key] = count
-        return count if count >= self.repeats else None
+        return count
 
 
 def creation_site(frame: types.FrameType | None, limit: int = 64) -> tuple[Location | None, str | None, bool]:

@@ -1,0 +1,113 @@
+"""``dependency_rebuild``: an object meant to be built once, built again in every request.
+
+Decided on the building, never on a duration: an engine, a connection pool, an HTTP client, a session
+factory or a settings object built inside requests by the same line ``REBUILD_REPEATS`` times (once in a
+test suite, where a request is made once), or a sync dependency that computes the same result from the
+same plain inputs again and again. A slow dependency is not evidence of a rebuild (it may be waiting for
+the pool, the loop or a remote service); objects built at start-up are built once and never count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi_doctor.diagnosis import Verdict, verdict_on
+from fastapi_doctor.kernel.location import Location
+
+ROOT_CAUSE = "dependency_rebuild"
+TITLE = "Dependencies rebuilt per request"
+REBUILD_REPEATS = 3  # objects built in requests from the same line before it is a finding
+
+_CLIENT_POOL = "each one builds its own connection pool (and TLS context), so connections are never reused."
+_DATABASE_POOL = "each one opens its own connections to the database (TCP, TLS, authentication), so none is reused."
+# What building one per request costs, by the object's label (the signals' names for what they watch).
+COSTS = {
+    "httpx.Client": _CLIENT_POOL,
+    "httpx.AsyncClient": _CLIENT_POOL,
+    "aiohttp.ClientSession": _CLIENT_POOL,
+    "requests.Session": _CLIENT_POOL,
+    "sqlalchemy.orm.sessionmaker": (
+        "each one makes a new Session class (and its configuration) where one factory made at start-up serves all."
+    ),
+    "sqlalchemy.ext.asyncio.async_sessionmaker": (
+        "each one makes a new session factory where one made at start-up serves all."
+    ),
+    "pydantic_settings.BaseSettings": (
+        "each one reads the environment and parses its env files again and validates every field."
+    ),
+    "sqlalchemy.engine.Engine": "each one builds a new connection pool (pool {pool}) and opens new database connections.",
+    "databases.Database": _DATABASE_POOL,
+    "asyncpg.Pool": _DATABASE_POOL,
+    "asyncpg.Connection": (
+        "each request pays a new connection's TCP, TLS and authentication handshake, and none is reused; acquire "
+        "from a pool made at start-up (asyncpg.create_pool in lifespan) instead."
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectBuilt:
+    """An object of ``label`` built inside a request, the ``count``-th time by this line."""
+
+    label: str  # e.g. httpx.AsyncClient (a key of COSTS)
+    location: Location | None  # the user's line that built it
+    dependency: str | None  # the dependency it was built in
+    count: int
+    method: str | None
+    route: str | None
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. {"pool": ...}: evidence, and words of COSTS
+
+
+@dataclass(frozen=True, slots=True)
+class SameComputation:
+    """A sync dependency computed from the same plain inputs, the ``count``-th time."""
+
+    dependency: str
+    location: Location | None
+    cpu_s: float  # its own CPU time on this build
+    count: int
+    method: str | None
+    route: str | None
+
+
+def decide_built(built: ObjectBuilt, *, repeats: int = REBUILD_REPEATS) -> Verdict | None:
+    if built.count < repeats:
+        return None
+    inside = f" in dependency {built.dependency}" if built.dependency else ""
+    why = COSTS.get(built.label, "it is meant to be built once.").format(**built.details)
+    return verdict_on(
+        built,
+        root_cause=ROOT_CAUSE,
+        summary=(
+            f"A new {built.label} is built inside requests{inside} ({built.count} so far): {why} "
+            "Build it once at start-up (lifespan, a module-level object, functools.lru_cache) and share it."
+        ),
+        evidence={
+            "object": built.label,
+            "created_in_requests": built.count,
+            "dependency": built.dependency,
+            **built.details,
+        },
+    )
+
+
+def decide_computed(computed: SameComputation, *, repeats: int = REBUILD_REPEATS) -> Verdict | None:
+    if computed.count < repeats:
+        return None
+    cpu_ms = round(computed.cpu_s * 1000.0, 1)
+    return verdict_on(
+        computed,
+        root_cause=ROOT_CAUSE,
+        summary=(
+            f"Dependency {computed.dependency} computes the same result in every request: {cpu_ms} ms of its own "
+            f"CPU time per build, on the same inputs, {computed.count} times so far. Compute it once "
+            "(functools.lru_cache, or at start-up in the lifespan) and reuse it."
+        ),
+        evidence={
+            "computation": computed.dependency,
+            "cpu_ms": cpu_ms,
+            "same_inputs": computed.count,
+            "dependency": computed.dependency,
+        },
+    )

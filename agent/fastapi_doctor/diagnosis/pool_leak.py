@@ -1,0 +1,242 @@
+"""``pool_leak``: connections not returned to their pool, or a pool too small for the load.
+
+Decided on facts the database signals see, never on a slow query alone:
+
+* a connection checked out and never returned: the garbage collector returned it
+  (``garbage_collected``), it is still out ``leak_seconds`` after its request finished
+  (``request_finished``), or held longer than ``leak_seconds`` (``held_too_long``);
+* a checkout that timed out waiting on an exhausted pool (``pool_exhausted``), or most recent asyncpg
+  acquires found every connection in use and waited (``pool_exhausted``, median wait in the evidence);
+* every connection in use for ``pool_wait_s`` without a break while callers waited (``pool_wait``):
+  the pool is too small for the concurrency, or connections are held too long. When the threads
+  holding them wait in one call outside the database, that call is the cause: a ``blocking_io``
+  verdict (:func:`fastapi_doctor.diagnosis.blocking_io.decide_held_across_call`).
+
+A dependency waiting for a connection, or a threadpool full of threads waiting for one, is this root
+cause's symptom, not another finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi_doctor.diagnosis import Verdict, verdict_on
+from fastapi_doctor.kernel.location import Location
+
+ROOT_CAUSE = "pool_leak"
+TITLE = "Connection leaks, bad pooling"
+MAX_HOLDERS = 5  # holders named in the evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Connections of a pool checked out now by one route and line."""
+
+    route: str | None
+    location: Location | None
+    connections: int
+    oldest_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutHeld:
+    """One connection not returned in time (``reason``: garbage_collected, request_finished, held_too_long)."""
+
+    pool: str
+    reason: str
+    age_s: float
+    location: Location | None  # where it was checked out
+    method: str | None
+    route: str | None
+    occupancy: dict[str, Any] = field(default_factory=dict)  # the pool's state now
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutTimedOut:
+    """A checkout that waited ``waited_s`` on an exhausted pool and timed out."""
+
+    pool: str
+    waited_s: float
+    location: Location | None  # where the checkout failed
+    method: str | None
+    route: str | None
+    holders: tuple[Holder, ...]  # most connections first
+    occupancy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AcquiresWaited:
+    """Of the last ``acquires`` acquires of an asyncpg pool, ``waits`` found it full and waited."""
+
+    pool: str
+    max_connections: int
+    waits: int
+    acquires: int
+    wait_p50_s: float
+    location: Location | None  # the waiting acquire's line
+    method: str | None
+    route: str | None
+    holders: tuple[Holder, ...]
+    occupancy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSaturated:
+    """Every connection of a pool in use for ``saturated_s`` while up to ``waiting`` callers waited."""
+
+    pool: str
+    pool_size: int
+    max_overflow: int
+    max_connections: int
+    checked_out: int
+    waiting: int
+    saturated_s: float
+    threads_waiting: int  # worker threads waiting for a connection now
+    holders: tuple[Holder, ...]
+
+
+def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
+    where = f" at {held.location}" if held.location else ""
+    on = f" on {held.route}" if held.route else ""
+    if held.reason == "garbage_collected":
+        summary = (
+            f"A connection of pool {held.pool} checked out{where}{on} was never closed: the garbage "
+            f"collector returned it after {held.age_s:.2f} s. Close sessions and connections (`with`/`async with`, "
+            "or a dependency with `yield`)."
+        )
+    elif held.reason == "request_finished":
+        summary = (
+            f"A connection of pool {held.pool} checked out{where}{on} is still checked out "
+            f"{held.age_s:.2f} s later, after its request finished: it is not returned to the pool."
+        )
+    else:
+        summary = (
+            f"A connection of pool {held.pool} checked out{where}{on} has been held for {held.age_s:.2f} s "
+            f"(limit {leak_seconds:g} s)."
+        )
+    return verdict_on(
+        held,
+        root_cause=ROOT_CAUSE,
+        summary=summary,
+        evidence={
+            "reason": held.reason,
+            "pool": held.pool,
+            "age_s": round(held.age_s, 3),
+            "leak_seconds": leak_seconds,
+            **held.occupancy,
+        },
+    )
+
+
+def decide_timed_out(timed_out: CheckoutTimedOut) -> Verdict:
+    summary = (
+        f"Pool {timed_out.pool} is exhausted: a checkout waited {timed_out.waited_s:.2f} s and timed out"
+        + _waiting_on(timed_out.route, timed_out.holders)
+        + ". Return connections promptly (close sessions) or size the pool for the load."
+    )
+    # The finding is where the checkout failed; the holders (routes and lines) are in its evidence.
+    return verdict_on(
+        timed_out,
+        root_cause=ROOT_CAUSE,
+        summary=summary,
+        evidence={
+            "reason": "pool_exhausted",
+            "pool": timed_out.pool,
+            "waited_s": round(timed_out.waited_s, 3),
+            "waiting_route": timed_out.route,
+            "holders": holders_evidence(timed_out.holders),
+            **timed_out.occupancy,
+        },
+    )
+
+
+def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
+    """Due when at least half of the recent acquires waited on a full pool."""
+    if 2 * waited.waits < waited.acquires:
+        return None
+    summary = (
+        f"Pool {waited.pool} (max {waited.max_connections} connections) is exhausted: {waited.waits} of the last "
+        f"{waited.acquires} acquires found every connection in use and waited (median wait {waited.wait_p50_s:.3f} s)"
+        + _waiting_on(waited.route, waited.holders)
+        + ". Hold a connection only for its queries (`async with pool.acquire()`), or size the pool for the load."
+    )
+    return verdict_on(
+        waited,
+        root_cause=ROOT_CAUSE,
+        summary=summary,
+        evidence={
+            "reason": "pool_exhausted",
+            "pool": waited.pool,
+            "waited_s": round(waited.wait_p50_s, 3),
+            "waits_on_full_pool": waited.waits,
+            "acquires": waited.acquires,
+            "waiting_route": waited.route,
+            "holders": holders_evidence(waited.holders),
+            **waited.occupancy,
+        },
+    )
+
+
+def decide_saturated(saturated: PoolSaturated) -> Verdict:
+    demand = saturated.max_connections + saturated.waiting  # every connection in use, and these callers wanting one
+    top = saturated.holders[0] if saturated.holders else None
+    summary = (
+        f"Pool {saturated.pool} (pool_size={saturated.pool_size}, max_overflow={saturated.max_overflow}: "
+        f"{saturated.max_connections} connections) had every connection in use for {saturated.saturated_s:.1f} s "
+        f"without a break while up to {saturated.waiting} callers waited: about {demand} needed a connection at "
+        f"once. Connections are held by {named_holders(saturated.holders) or 'nobody known'}. Size the pool for "
+        f"the concurrency (pool_size + max_overflow >= {demand}, within the database's max_connections), or hold "
+        "connections for less time (close sessions before slow work)."
+    )
+    return Verdict(
+        root_cause=ROOT_CAUSE,
+        route=top.route if top else None,
+        summary=summary,
+        location=top.location if top else None,
+        evidence={
+            "reason": "pool_wait",
+            **saturation_symptoms(saturated),
+            "demand": demand,
+            "pool_size": saturated.pool_size,
+            "max_overflow": saturated.max_overflow,
+            "checked_out": saturated.checked_out,
+        },
+    )
+
+
+def saturation_symptoms(saturated: PoolSaturated) -> dict[str, Any]:
+    """What a saturated pool shows, in the evidence of its finding (or of the blocking call behind it)."""
+    return {
+        "pool": saturated.pool,
+        "max_connections": saturated.max_connections,
+        "waiting": saturated.waiting,
+        "saturated_s": round(saturated.saturated_s, 2),
+        "threads_waiting_for_a_connection": saturated.threads_waiting,
+        "holders": holders_evidence(saturated.holders),
+    }
+
+
+def _waiting_on(route: str | None, holders: tuple[Holder, ...]) -> str:
+    """`` on <route>; connections are held by <holders>``, the parts that are known."""
+    named = named_holders(holders)
+    return (f" on {route}" if route else "") + (f"; connections are held by {named}" if named else "")
+
+
+def named_holders(holders: tuple[Holder, ...]) -> str:
+    return ", ".join(
+        f"{h.route or '(no request)'} x{h.connections}" + (f" at {h.location}" if h.location else "")
+        for h in holders[:3]
+    )
+
+
+def holders_evidence(holders: tuple[Holder, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "route": h.route,
+            "connections": h.connections,
+            "oldest_age_s": round(h.oldest_age_s, 3),
+            "location": str(h.location) if h.location else None,
+        }
+        for h in holders[:MAX_HOLDERS]
+    ]

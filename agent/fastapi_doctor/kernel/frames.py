@@ -1,0 +1,121 @@
+"""From code to the user's line: where a callable is defined, and the innermost line of the app's
+code calling into a library (no traceback is built)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import types
+from typing import Any
+
+from fastapi_doctor import attribution
+from fastapi_doctor.kernel.location import Location
+
+
+def _target(obj: Any) -> Any:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    try:
+        return inspect.unwrap(obj)
+    except ValueError:  # a __wrapped__ cycle
+        return obj
+
+
+def code_of(obj: Any) -> types.CodeType | None:
+    """The code object that runs when ``obj`` is called (function, method, class, callable instance)."""
+    target = _target(obj)
+    if isinstance(target, types.FunctionType):
+        return target.__code__
+    if isinstance(target, types.MethodType):
+        return code_of(target.__func__)
+    if isinstance(target, type):
+        for klass in target.__mro__:
+            init = klass.__dict__.get("__init__")
+            if isinstance(init, types.FunctionType):
+                return init.__code__
+        return None
+    call = getattr(type(target), "__call__", None)
+    if isinstance(call, types.FunctionType):
+        return call.__code__
+    return None
+
+
+def name_of(obj: Any) -> str:
+    """Qualified name of a function or class; the class's for a callable instance."""
+    target = _target(obj)
+    qualname = getattr(target, "__qualname__", None)
+    if isinstance(qualname, str) and not isinstance(target, functools.partial):
+        return qualname
+    return type(target).__qualname__
+
+
+def location_of(code: types.CodeType | None) -> Location | None:
+    """Where ``code`` is defined: its ``def`` line (after any decorators)."""
+    if code is None:
+        return None
+    import linecache
+
+    line = code.co_firstlineno
+    if linecache.getline(code.co_filename, line).lstrip().startswith("@"):
+        # co_firstlineno is the first decorator's line: find the def below the decorators.
+        for offset in range(1, 32):
+            text = linecache.getline(code.co_filename, line + offset).lstrip()
+            if not text:
+                break
+            if text.startswith(("def ", "async def ", "class ")):
+                line += offset
+                break
+    return Location(attribution.display_path(code.co_filename), line, code.co_qualname)
+
+
+# (file, line, function) -> Location: a checkout site is met again and again; building its Location (a relative
+# path) costs more than the walk. Bounded: code objects of the app are few.
+_locations: dict[tuple[str, int, str], Location] = {}
+# filename -> is it the user's code? (a plain dict lookup per frame; the walk crosses ~10 frames)
+_user_files: dict[str, bool] = {}
+
+
+def _is_user_file(filename: str) -> bool:
+    # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
+    user = not filename.startswith("<") and not attribution.is_library_file(filename)
+    if len(_user_files) < 4096:
+        _user_files[filename] = user
+    return user
+
+
+def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
+    depth = 0
+    while frame is not None and depth < limit:
+        code = frame.f_code
+        filename = code.co_filename
+        user = _user_files.get(filename)
+        if user is None:
+            user = _is_user_file(filename)
+        if user:
+            key = (filename, frame.f_lineno or 0, code.co_qualname)  # strings: hashes are cached
+            location = _locations.get(key)
+            if location is None:
+                location = Location(attribution.display_path(filename), key[1], key[2])
+                if len(_locations) < 4096:
+                    _locations[key] = location
+            return location
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
+def user_location(skip: int = 1) -> Location | None:
+    """The innermost line of user code calling into SQLAlchemy (no traceback is built).
+
+    An async engine runs the pool inside a greenlet whose frames end at SQLAlchemy's
+    ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet.
+    """
+    location = _walk(sys._getframe(skip + 1))
+    if location is None:
+        greenlet = sys.modules.get("greenlet")
+        if greenlet is not None:
+            parent = greenlet.getcurrent().parent
+            if parent is not None:
+                location = _walk(parent.gr_frame)
+    return location
