@@ -1,0 +1,262 @@
+"""Instructions per request, counted by valgrind's callgrind: repeatable on a shared, noisy machine
+where req/s and CPU time move by ±10 % between runs.
+
+    .venv/bin/python bench/instructions.py            # every line below (about 15 minutes)
+    .venv/bin/python bench/instructions.py --quick    # fewer requests, a 100-route large app
+    .venv/bin/python bench/instructions.py --only bare,default --apps small
+
+One child process per (configuration, app) under ``valgrind --tool=callgrind``; it drives the app
+in process through raw ASGI (no server, no sockets), ``CLIENTS`` concurrent clients, each request in
+a task of its own as uvicorn runs it. Counting is on only while the measured requests run: in the
+event loop's thread and in anyio's worker threads (sync endpoints and dependencies), not in the
+agent's own threads (export, watchdogs), whose work is off the request path. A small C helper
+(``callgrind.h``'s client requests, compiled once into .cache/) zeroes the counters before each
+route's requests and dumps them after; warm-up requests (stack built, caches filled) run first.
+
+Apps: ``small`` is ``bench/app.py`` (hello; deps+db+middleware); ``large-1`` and ``large-1000`` are
+``bench/large_app.py`` with 1 and 1,000 routes (8 middlewares, 5 dependencies per route), the same
+measured route in both: the agent's cost on it should not grow with the app.
+
+Configurations:
+
+* ``bare``: no agent.
+* ``default``: the agent in its default configuration, on the request path almost every request
+  takes: every detector on, traces at ratio 0.1 but the per-second trace budget spent, and the
+  per-second budget of requests whose middleware layers are timed spent (at thousands of requests
+  a second, 2 traced and 50 timed a second are a small fraction; under valgrind a second is about
+  a hundred requests, so the budgets are set to ~0 here and their cost is measured apart:)
+* ``traced``: every request traced (ratio 1, no limit), no export: the extra of one traced request;
+* ``timed``: every request's middleware layers timed;
+* ``core``: every detector off, traces off (the agent's middleware, request metrics, route hook,
+  admission).
+
+Per request at a rate R (req/s) the default configuration costs ``default + 2/R * (traced - default)
++ 50/R * (timed - default)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "callgrind-helper"
+CLIENTS = 4
+DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "asyncpg",
+             "tasks", "logs")
+_EMPTY = 1e-9  # a per-second budget that is spent after its first token
+
+APPS: dict[str, dict[str, Any]] = {
+    "small": {"module": "app", "env": {}, "routes": {"hello": "/hello", "deps_db_mw": "/items/7"}},
+    "large-1": {"module": "large_app", "env": {"BENCH_LARGE_ROUTES": "1"}, "routes": {"large_route": "/r0/items/7/0"}},
+    "large-1000": {"module": "large_app", "env": {"BENCH_LARGE_ROUTES": "1000"},
+                   "routes": {"large_route": "/r0/items/7/0"}},
+}
+
+
+def configs() -> dict[str, dict[str, Any] | None]:
+    budgets = {"traces_per_second": _EMPTY, "middleware_timed_per_second": _EMPTY}
+    return {
+        "bare": None,
+        "default": dict(budgets),
+        "traced": {"traces_sampler_arg": 1.0, "traces_per_second": 0, "middleware_timed_per_second": _EMPTY},
+        "timed": {"traces_per_second": _EMPTY, "middleware_timed_per_second": 0},
+        "core": {"disabled_detectors": ",".join(DETECTORS), "traces_sampler_arg": 0.0},
+    }
+
+
+# -- the C helper: callgrind's client requests --------------------------------------------------
+
+_HELPER_C = r"""
+#include <valgrind/callgrind.h>
+void cg_zero(void) { CALLGRIND_ZERO_STATS; }
+void cg_dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
+void cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
+"""
+
+
+def helper() -> Path:
+    lib = CACHE / "libcghelper.so"
+    if not lib.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        src = CACHE / "cghelper.c"
+        src.write_text(_HELPER_C)
+        subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return lib
+
+
+# -- the child: runs under valgrind -------------------------------------------------------------
+
+async def drive(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: int) -> None:
+    body = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return body
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def client(count: int) -> None:
+        create_task = asyncio.get_running_loop().create_task
+        for _ in range(count):
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000), "server": ("bench", 80),
+                "state": {},
+            }
+            await create_task(app(scope, receive, send))  # a task per request, as uvicorn runs it
+
+    await asyncio.gather(*(client(n // CLIENTS) for _ in range(CLIENTS)))
+
+
+def child(config: str, app_name: str, n: int, warm: int) -> None:
+    import ctypes
+
+    cg = ctypes.CDLL(str(helper()))
+    settings = configs()[config]
+    spec = APPS[app_name]  # its environment is set by the parent
+    sys.path.insert(0, str(ROOT / "bench"))
+    if settings is not None:
+        import fastapi_doctor
+
+        fastapi_doctor.instrument(None, prometheus_port=0, **settings)
+    import random
+
+    random.seed(1)  # the sampling ratio's draws
+    import anyio._backends._asyncio as anyio_asyncio
+
+    # Counting is per thread: anyio's worker threads count from their start (sync endpoints and
+    # dependencies run there); the counters are zeroed before each measured route anyway.
+    run = anyio_asyncio.WorkerThread.run
+
+    def counted_run(self: Any) -> None:
+        cg.cg_toggle()
+        run(self)
+
+    anyio_asyncio.WorkerThread.run = counted_run  # type: ignore[method-assign]
+    module = __import__(spec["module"])
+    headers = [(b"host", b"bench"), (b"user-agent", b"bench"), (b"accept-encoding", b"gzip"),
+               *getattr(module, "HEADERS", [])]
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    for route, path in spec["routes"].items():
+        loop.run_until_complete(drive(module.app, path, headers, warm))
+        cg.cg_zero()
+        cg.cg_toggle()
+        loop.run_until_complete(drive(module.app, path, headers, n))
+        cg.cg_toggle()
+        cg.cg_dump(f"measured:{route}:{n // CLIENTS * CLIENTS}".encode())
+    loop.close()
+
+
+# -- the parent ----------------------------------------------------------------------------------
+
+def count(config: str, app_name: str, n: int, warm: int, app_env: dict[str, str]) -> dict[str, float]:
+    """{route: instructions per request} for one child under callgrind."""
+    helper()
+    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
+        env.update(app_env)
+        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={out}",
+               sys.executable, __file__, "--child", config, "--app", app_name, "--n", str(n), "--warm", str(warm)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{config}/{app_name} failed:\n{proc.stderr[-4000:]}")
+        result = {}
+        for dump in Path(tmp).iterdir():
+            text = dump.read_text(errors="replace")
+            trigger = re.search(r"^desc: Trigger: Client Request: measured:(\w+):(\d+)", text, re.M)
+            if trigger is None:
+                continue
+            total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+            assert total is not None, dump
+            result[trigger.group(1)] = int(total.group(1)) / int(trigger.group(2))
+        return result
+
+
+def app_env(app_name: str, quick: bool) -> dict[str, str]:
+    env = dict(APPS[app_name]["env"])
+    if quick and app_name == "large-1000":
+        env["BENCH_LARGE_ROUTES"] = "100"  # building 1,000 routes under valgrind takes minutes
+    return env
+
+
+def measure(quick: bool = False, only: list[str] | None = None, apps: list[str] | None = None,
+            jobs: int = 2) -> dict[str, dict[str, float]]:
+    """{config: {route: instructions per request}}; large apps' route keyed by app name."""
+    n, warm = (40, 40) if quick else (200, 200)
+    wanted = [(c, a) for a in (apps or list(APPS)) for c in (only or list(configs()))
+              if not (a.startswith("large") and c in ("traced", "timed"))]
+    out: dict[str, dict[str, float]] = {c: {} for c, _ in wanted}
+    running: list[tuple[str, str, Any]] = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for config, app_name in wanted:
+            running.append((config, app_name, pool.submit(count, config, app_name, n, warm, app_env(app_name, quick))))
+        for config, app_name, future in running:
+            for route, per_request in future.result().items():
+                key = route if not route.startswith("large") else f"{route}@{app_name}"
+                out[config][key] = per_request
+                print(f"{config:8} {key:24} {per_request:12,.0f} instructions/request", flush=True)
+    return out
+
+
+def render(counts: dict[str, dict[str, float]]) -> str:
+    bare = counts.get("bare", {})
+    routes = sorted({r for v in counts.values() for r in v})
+    lines = [f"{'instructions/request':22} " + " ".join(f"{r:>26}" for r in routes)]
+    for config, by_route in counts.items():
+        cells = []
+        for r in routes:
+            value = by_route.get(r)
+            if value is None:
+                cells.append(f"{'':>26}")
+            elif config != "bare" and r in bare:
+                cells.append(f"{value:>14,.0f} ({value - bare[r]:+9,.0f})")
+            else:
+                cells.append(f"{value:>26,.0f}")
+        lines.append(f"{config:22} " + " ".join(cells))
+    lines.append("(in brackets: against bare)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", help="comma-separated configurations")
+    parser.add_argument("--apps", help="comma-separated apps: " + ",".join(APPS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", help="write the counts as JSON here")
+    parser.add_argument("--child")
+    parser.add_argument("--app")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--warm", type=int, default=200)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.app, args.n, args.warm)
+        return 0
+    started = time.monotonic()
+    counts = measure(args.quick, args.only.split(",") if args.only else None,
+                     args.apps.split(",") if args.apps else None, args.jobs)
+    print()
+    print(render(counts))
+    print(f"({time.monotonic() - started:.0f} s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(counts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
