@@ -184,6 +184,7 @@ def count(config: str, app_name: str, n: int, warm: int, app_env: dict[str, str]
         out = Path(tmp) / "callgrind.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
         env.update(app_env)
+        env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
         cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={out}",
                sys.executable, __file__, "--child", config, "--app", app_name, "--n", str(n), "--warm", str(warm)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
