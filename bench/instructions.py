@@ -104,7 +104,8 @@ def helper() -> Path:
 
 # -- the child: runs under valgrind -------------------------------------------------------------
 
-async def drive(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: int) -> None:
+async def drive(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: int, clients: int = CLIENTS) -> None:
+    """``n`` requests over ``clients`` concurrent clients, through raw ASGI."""
     body = {"type": "http.request", "body": b"", "more_body": False}
 
     async def receive() -> dict[str, Any]:
@@ -124,7 +125,7 @@ async def drive(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: int)
             }
             await create_task(app(scope, receive, send))  # a task per request, as uvicorn runs it
 
-    await asyncio.gather(*(client(n // CLIENTS) for _ in range(CLIENTS)))
+    await asyncio.gather(*(client(n // clients) for _ in range(clients)))
 
 
 class _Counter:
