@@ -224,7 +224,8 @@ def child(config: str, app_name: str, n: int, warm: int, opcodes: bool = False) 
         counter.toggle()
         counter.dump(f"measured:{route}:{n // CLIENTS * CLIENTS}")
         if counter.opcodes is not None:
-            print(render_opcodes(config, route, counter.opcodes, n // CLIENTS * CLIENTS))
+            counted = collections.Counter(dict(counter.opcodes))  # worker threads may still count
+            print(render_opcodes(config, route, counted, n // CLIENTS * CLIENTS))
     loop.close()
 
 
