@@ -52,6 +52,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ class _Counter:
 
     def __init__(self, opcodes: bool) -> None:
         self.opcodes: collections.Counter[tuple[str, str]] | None = None
-        self._on = False
+        self._on = threading.local()  # whether this thread counts (as callgrind's, per thread)
         if opcodes:
             self.opcodes = collections.Counter()
         else:
@@ -154,8 +155,8 @@ class _Counter:
         if self.opcodes is None:
             self.cg.cg_toggle()
             return
-        self._on = not self._on
-        sys.settrace(self._trace if self._on else None)
+        on = self._on.value = not getattr(self._on, "value", False)
+        sys.settrace(self._trace if on else None)
 
     def start_thread(self) -> None:
         self.toggle()  # each thread has its own state, off at its start
