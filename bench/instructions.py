@@ -13,7 +13,9 @@ event loop's thread and in anyio's worker threads (sync endpoints and dependenci
 agent's own threads (export, watchdogs), whose work is off the request path, nor in the event loop
 heartbeat's ticks (a few a second, whatever the load). A small C helper
 (``callgrind.h``'s client requests, compiled once into .cache/) zeroes the counters before each
-route's requests and dumps them after; warm-up requests (stack built, caches filled) run first.
+route's requests and dumps them after; warm-up requests (stack built, caches filled) run first,
+then a collection and ``gc.freeze()`` (a full collection's cost is the heap's size, not the request
+path's), and the agent's time thresholds are scaled by valgrind's slowdown (``SLOWDOWN``).
 
 Apps: ``small`` is ``bench/app.py`` (hello; deps+db+middleware); ``large-1`` and ``large-1000`` are
 ``bench/large_app.py`` with 1 and 1,000 routes (8 middlewares, 5 dependencies per route), the same
