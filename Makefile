@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the wrapper's default distro. Tests and the benchmark add it to PYTHONPATH where they need it.
 STOCK_OTEL := .cache/stock-otel
 
-.PHONY: demo test test-fast test-matrix test-fastapi-suite bench dashboards clean
+.PHONY: demo test test-fast test-matrix test-fastapi-suite bench bench-instructions dashboards clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,8 +78,14 @@ test-matrix: $(MATRIX:%=.cache/matrix/%/.installed) $(MATRIX_UNSUPPORTED:%=.cach
 test-fastapi-suite: $(VENV)/.test-installed
 	$(BIN)/python tests/fastapi_suite/run.py
 
+# Full run: bare, stock, fastapi-doctor and the peers (bench/peers.py: venvs under .cache/bench-peers/).
+# BENCH_ARGS=--quick checks that it works (CI; peers off unless --peers).
 bench: $(VENV)/.test-installed $(STOCK_OTEL)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Instructions per request under valgrind's callgrind (repeatable on a noisy machine; docs/performance.md).
+bench-instructions: $(VENV)/.test-installed
+	$(BIN)/python bench/instructions.py $(BENCH_ARGS)
 
 # Regenerates dashboards/grafana/*.json, dashboards/prometheus/alerts.yaml and its promtool tests, and
 # the Helm chart's copies of them (RUNBOOK_BASE_URL=... points the runbook links elsewhere).

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import instructions  # bench/ is this script's directory
+
 ROOT = Path(__file__).resolve().parent.parent
 DETECTORS = ("eventloop", "threadpool", "gc", "process", "dependencies", "middleware", "responses", "db", "asyncpg", "tasks", "logs")
 ROUTES = {"hello": "/hello", "deps_db_mw": "/items/7"}
@@ -57,26 +59,8 @@ def configs() -> dict[str, dict[str, Any] | None]:
 async def drive(app: Any, path: str, n: int) -> float:
     """CPU seconds of this process per request, ``n`` requests over CLIENTS concurrent clients."""
     headers = [(b"host", b"bench"), (b"user-agent", b"bench"), (b"accept-encoding", b"gzip")]
-    body = {"type": "http.request", "body": b"", "more_body": False}
-
-    async def receive() -> dict[str, Any]:
-        return body
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    async def client(count: int) -> None:
-        create_task = asyncio.get_running_loop().create_task
-        for _ in range(count):
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-                "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000), "server": ("bench", 80),
-            }
-            await create_task(app(scope, receive, send))  # a task per request, as uvicorn runs it
-
     start = time.process_time()
-    await asyncio.gather(*(client(n // CLIENTS) for _ in range(CLIENTS)))
+    await instructions.drive(app, path, headers, n, CLIENTS)
     return (time.process_time() - start) / (n // CLIENTS * CLIENTS)
 
 

@@ -1,8 +1,13 @@
 """Overhead benchmark: the same app bare, under the stock ``opentelemetry-instrument`` (with
 opentelemetry-distro) and under fastapi-doctor, started in alternation (A B C A B C …).
 
-    make bench                      # full run (about 20 minutes)
+    make bench                      # full run, peers included (about 30 minutes)
     make bench BENCH_ARGS=--quick   # a few seconds per part: checks that it works, measures nothing
+    make bench BENCH_ARGS="--quick --peers"   # the same, with the peers
+
+Peers (``peers.py``): prometheus-fastapi-instrumentator, Logfire and Sentry's SDK on the same app in
+the same alternating rounds, each in a venv of its own with the same uvicorn, uvloop and httptools
+(on by default in the full run; ``--peers``/``--no-peers``).
 
 Server pinned to core 0, load generator to core 1 (taskset, when the machine has two cores).
 Both instrumented runs export OTLP/gRPC to the same local receiver. Then p99 at half the bare
@@ -38,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness import free_port, start_otlp_receiver  # noqa: E402
 
 import detector_cost  # noqa: E402 - bench/ is this script's directory
+import peers  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STOCK_OTEL = ROOT / ".cache" / "stock-otel"
@@ -61,6 +67,7 @@ class Run:
 class Server:
     config: str
     env: dict[str, str]
+    python: str = sys.executable  # a peer's venv
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     side_port: int = 0
@@ -72,9 +79,10 @@ class Server:
         env.update(self.env)
         env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(self.side_port)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--port", str(self.port), "--no-access-log",
+        module = "peer_app:app" if "BENCH_PEER" in self.env else "app:app"
+        cmd = [self.python, "-m", "uvicorn", module, "--port", str(self.port), "--no-access-log",
                "--log-level", "warning"]
-        if self.config != "bare":
+        if self.config in ("stock", "doctor"):
             cmd = [str(BIN / "opentelemetry-instrument"), *cmd]
         if cpu is not None:
             cmd = ["taskset", "-c", cpu, *cmd]
@@ -108,7 +116,7 @@ class Server:
         self._logf.close()
 
 
-def configs(receiver_endpoint: str) -> dict[str, dict[str, str]]:
+def configs(receiver_endpoint: str, peer_names: tuple[str, ...] = (), sentry_dsn: str = "") -> dict[str, dict[str, str]]:
     stock = {
         "PYTHONPATH": str(STOCK_OTEL),
         "OTEL_PYTHON_DISTRO": "distro",
@@ -121,7 +129,10 @@ def configs(receiver_endpoint: str) -> dict[str, dict[str, str]]:
         "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
     }
     doctor = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver_endpoint, "OTEL_SERVICE_NAME": "bench"}
-    return {"bare": {}, "stock": stock, "doctor": doctor}
+    out = {"bare": {}, "stock": stock, "doctor": doctor}
+    for name in peer_names:
+        out[name] = {"BENCH_PEER": name, "BENCH_SENTRY_DSN": sentry_dsn}
+    return out
 
 
 _WRK_LAT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
@@ -234,7 +245,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--skip-detectors", action="store_true", help="skip the per-detector cost runs")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the peers (peers.py); default: on, off with --quick")
     args = parser.parse_args()
+    with_peers = (not args.quick) if args.peers is None else args.peers
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
     server_cpu, load_cpu = ("0", "1") if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else (None, None)
@@ -242,19 +256,21 @@ def main() -> int:
         print(f"bench: opentelemetry-distro is missing in {STOCK_OTEL}; run `make bench`", file=sys.stderr)
         return 2
 
+    peer_python = {name: str(peers.ensure(name)) for name in (peers.PEERS if with_peers else ())}
     receiver = start_otlp_receiver()
-    env_by_config = configs(receiver.endpoint)
+    sink = peers.Sink()
+    env_by_config = configs(receiver.endpoint, tuple(peer_python), sink.dsn)
     runs: list[Run] = []
     try:
         for round_no in range(args.rounds):
             for config, env in env_by_config.items():
-                server = Server(config, env)
+                server = Server(config, env, peer_python.get(config, sys.executable))
                 server.start(server_cpu)
                 try:
                     for route in ROUTES:
                         run = measure(server, route, args.seconds, load_cpu)
                         runs.append(run)
-                        print(f"round {round_no + 1}/{args.rounds} {config:7} {route:11} {run.rps:8.0f} req/s "
+                        print(f"round {round_no + 1}/{args.rounds} {config:14} {route:11} {run.rps:8.0f} req/s "
                               f"p99 {run.p99_ms:6.2f} ms  {run.cpu_us_per_req:6.1f} us/req", flush=True)
                 finally:
                     server.stop()
@@ -271,6 +287,7 @@ def main() -> int:
             detectors = detector_cost.measure(quick=args.quick)
     finally:
         receiver.stop()
+        sink.stop()
 
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pinned": server_cpu is not None},
@@ -342,10 +359,13 @@ def summarise(runs: list[Run]) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def ratios(summary: dict[tuple[str, str], dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every configuration against bare, and fastapi-doctor against every other one."""
     out = {}
     for route in ROUTES:
-        bare, stock, doctor = (summary[(c, route)]["rps"] for c in ("bare", "stock", "doctor"))
-        out[route] = {"doctor_to_bare": doctor / bare, "stock_to_bare": stock / bare, "doctor_to_stock": doctor / stock}
+        rps = {c: v["rps"] for (c, r), v in summary.items() if r == route}
+        mine = {f"{c}_to_bare": rps[c] / rps["bare"] for c in rps if c != "bare"}
+        mine.update({f"doctor_to_{c}": rps["doctor"] / rps[c] for c in rps if c not in ("bare", "doctor")})
+        out[route] = mine
     return out
 
 
@@ -374,15 +394,14 @@ def rss_growth(env: dict[str, str], server_cpu: str | None, load_cpu: str | None
 
 
 def render(report: dict) -> str:
-    lines = ["config   route        req/s    p50 ms   p99 ms   CPU us/req   RSS MB"]
+    lines = ["config         route        req/s    p50 ms   p99 ms   CPU us/req   RSS MB"]
     for key, v in report["summary"].items():
         config, route = key.split("/")
-        lines.append(f"{config:8} {route:11} {v['rps']:7.0f}  {v['p50_ms']:7.2f}  {v['p99_ms']:7.2f}  "
+        lines.append(f"{config:14} {route:11} {v['rps']:7.0f}  {v['p50_ms']:7.2f}  {v['p99_ms']:7.2f}  "
                      f"{v['cpu_us_per_req']:10.1f}  {v['rss_mb']:7.1f}")
     lines.append("")
     for route, r in report["ratios"].items():
-        lines.append(f"{route:11} doctor/bare {r['doctor_to_bare']:.2f}x   stock/bare {r['stock_to_bare']:.2f}x   "
-                     f"doctor/stock {r['doctor_to_stock']:.2f}x")
+        lines.append(f"{route:11} " + "   ".join(f"{k.replace('_to_', '/')} {v:.2f}x" for k, v in r.items()))
     lat = report["p99_at_half_bare_capacity_ms"]
     if lat:
         lines.append(f"p99 at half the bare capacity: bare {lat['bare']:.2f} ms, doctor {lat['doctor']:.2f} ms "

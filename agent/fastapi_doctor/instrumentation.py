@@ -19,6 +19,8 @@ cannot be installed, nothing is patched: one warning names the version and the s
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -100,8 +102,16 @@ class FastAPIHooks:
         self._native = fastapi_has_native_telemetry()
         if self._native:
             self._wrap(fastapi.applications.FastAPI, "__init__", self._init)
-            self._wrap(fastapi.applications.FastAPI, "__call__", self._call)
-            self._wrap(fastapi.routing, "_route_selected", self._route_selected)
+            # The two hooks every request runs are plain functions, not wrapt wrappers: a wrapt
+            # descriptor binds a new wrapper object and packs the arguments on every call (measured:
+            # docs/performance.md, decision 11).
+            if _MARK_COROUTINE_FUNCTION is not None:
+                self._replace(fastapi.applications.FastAPI, "__call__", _admitting_call)
+            else:
+                # Before 3.12 only a real coroutine function (or wrapt's proxy of one) passes
+                # inspect.iscoroutinefunction, which servers such as Hypercorn ask.
+                self._wrap(fastapi.applications.FastAPI, "__call__", self._call)
+            self._replace(fastapi.routing, "_route_selected", _route_selected_hook)
         else:
             import starlette.routing
 
@@ -124,13 +134,16 @@ class FastAPIHooks:
         self.active = False
 
     def _wrap(self, owner: Any, name: str, wrapper: Any) -> None:
+        self._replace(owner, name, lambda original: wrapt.FunctionWrapper(original, wrapper))
+
+    def _replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
         # A class's own attribute (``__dict__``: a descriptor, not yet bound), or one it inherits
-        # (FastAPI 0.115 takes build_middleware_stack from Starlette): the wrapper goes on
+        # (FastAPI 0.115 takes build_middleware_stack from Starlette): the replacement goes on
         # ``owner`` either way, and the class it inherits from is left alone.
         owned = not isinstance(owner, type) or name in owner.__dict__
         original = owner.__dict__[name] if isinstance(owner, type) and owned else getattr(owner, name)
         self._patched.append((owner, name, original, owned))
-        setattr(owner, name, wrapt.FunctionWrapper(original, wrapper))
+        setattr(owner, name, make(original))
 
     # -- wrappers ------------------------------------------------------------------------------
 
@@ -142,12 +155,9 @@ class FastAPIHooks:
             containment.report("fastapi telemetry configuration", exc)
 
     def _call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        # Fast path for requests not admitted by head sampling: FastAPI skips its telemetry for a
-        # scope that already carries "fastapi.telemetry" (as for a mounted app), which saves the
-        # per-request work its `exclude` path still does (measured ~14 us). `exclude` stays set, so
-        # the decision holds on FastAPI versions where this key means nothing.
+        # As _admitting_call, through wrapt (Python 3.11). uvicorn calls the app once with no
+        # argument at start-up (its factory probe).
         try:
-            # uvicorn calls the app once with no argument at start-up (its factory probe).
             scope = args[0] if args else kwargs.get("scope")
             if (
                 scope is not None
@@ -200,24 +210,6 @@ class FastAPIHooks:
             containment.report("build_middleware_stack", exc)
             return stack
 
-    def _route_selected(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        try:
-            state = current_request.get()
-            if state is not None:
-                path = kwargs.get("path")
-                if path is not None:
-                    if kwargs.get("mount", False):
-                        path = path.removesuffix("/{path}")
-                        state.mount_prefix += path
-                        state.route = state.mount_prefix + "/{path}"
-                    else:
-                        state.route = state.mount_prefix + path
-                    # The task that runs the endpoint (may differ from the middleware's task).
-                    state.inner_task = asyncio.current_task()
-        except Exception as exc:
-            containment.report("route hook", exc)
-        return wrapped(*args, **kwargs)
-
     def _route_handle(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         # FastAPI without the route hook: the matched route, as it starts (mounts included, through
         # the root path that each Mount extends).
@@ -232,6 +224,59 @@ class FastAPIHooks:
         except Exception as exc:
             containment.report("route hook", exc)
         return wrapped(*args, **kwargs)
+
+
+# Python 3.12+: marks a plain function that returns a coroutine as a coroutine function, for the
+# servers and frameworks that pick the ASGI interface by asking (``inspect`` and ``asyncio`` both honour it).
+_MARK_COROUTINE_FUNCTION = getattr(inspect, "markcoroutinefunction", None)
+
+
+def _admitting_call(original: Any) -> Any:
+    """``FastAPI.__call__`` taking the sampling decision first.
+
+    Fast path for requests not admitted by head sampling: FastAPI skips its telemetry for a scope
+    that already carries "fastapi.telemetry" (as for a mounted app), which saves the per-request work
+    its `exclude` path still does (measured ~14 us). `exclude` stays set, so the decision holds on
+    FastAPI versions where this key means nothing. Returns the original's coroutine: no frame of its own.
+    """
+    admit = sampling.admit
+
+    @functools.wraps(original)
+    def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
+        try:
+            if scope["type"] == "http" and "fastapi.telemetry" not in scope and not admit(scope):
+                scope["fastapi.telemetry"] = None
+        except Exception as exc:
+            containment.report("fastapi admission", exc)
+        return original(self, scope, receive, send)
+
+    return _MARK_COROUTINE_FUNCTION(__call__)
+
+
+def _route_selected_hook(original: Any) -> Any:
+    """``fastapi.routing._route_selected``: notes the route template of every request while it runs,
+    sampled or not, and the task that runs its endpoint."""
+    get_request = current_request.get
+    current_task = asyncio.current_task
+
+    @functools.wraps(original)
+    def _route_selected(*, scope: Any, path: str | None, mount: bool = False) -> None:
+        try:
+            state = get_request()
+            if state is not None and path is not None:
+                if mount:
+                    prefix = path.removesuffix("/{path}")
+                    state.mount_prefix += prefix
+                    state.route = state.mount_prefix + "/{path}"
+                else:
+                    state.route = state.mount_prefix + path
+                # The task that runs the endpoint (may differ from the middleware's task).
+                state.inner_task = current_task()
+        except Exception as exc:
+            containment.report("route hook", exc)
+        return original(scope=scope, path=path, mount=mount)  # type: ignore[no-any-return]
+
+    return _route_selected
 
 
 def _expected_outer_layer(app: Any, stack: Any) -> Any:

@@ -8,7 +8,7 @@ stable semantic-convention attributes. The hot path builds no attribute dict: se
 
 from __future__ import annotations
 
-import asyncio
+from asyncio import current_task as _current_task
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -18,6 +18,8 @@ from opentelemetry.trace import get_current_span as _get_current_span
 from fastapi_doctor import containment, lifecycle, sampling
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
 from fastapi_doctor.lean_metrics import LeanMetrics
+
+_admitted = sampling.admitted
 
 _KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"})
 
@@ -34,7 +36,8 @@ class RequestMetrics:
             description="Duration of HTTP server requests.",
             boundaries=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
         )
-        self._attributes: dict[tuple[str, str | None, int | None, str], dict[str, Any]] = {}
+        # (method, route, status, scheme) -> the attribute set recorded with.
+        self.attribute_sets: dict[tuple[str, str | None, int | None, str], dict[str, Any]] = {}
         # Hooks of the signals, run after each request (contained one by one).
         self.finished_hooks: list[RequestHook] = []
 
@@ -45,7 +48,7 @@ class RequestMetrics:
 
     def attributes(self, method: str, route: str | None, status: int | None, scheme: str) -> dict[str, Any]:
         key = (method, route, status, scheme)
-        attrs = self._attributes.get(key)
+        attrs = self.attribute_sets.get(key)
         if attrs is None:
             attrs = {"http.request.method": method, "url.scheme": scheme}
             if route is not None:
@@ -54,8 +57,8 @@ class RequestMetrics:
                 attrs["http.response.status_code"] = status
             if status is None or status >= 500:
                 attrs["error.type"] = str(status) if status is not None else "incomplete_response"
-            if len(self._attributes) < 10000:  # routes are templates; this only guards odd status codes
-                self._attributes[key] = attrs
+            if len(self.attribute_sets) < 10000:  # routes are templates; this only guards odd status codes
+                self.attribute_sets[key] = attrs
         return attrs
 
 
@@ -81,7 +84,20 @@ class DoctorMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            state = self._start(scope)
+            # Inline rather than a method: this runs for every request (docs/performance.md, decision 11).
+            method = scope.get("method", "")
+            state = RequestState(method if method in _KNOWN_METHODS else "_OTHER", perf_counter(), scope)
+            state.outer_task = _current_task()
+            admissions.value += 1
+            # Alone so far (none in flight); still alone at the end if nobody was admitted meanwhile.
+            state.admission = admissions.value if not active_requests else -1
+            root = scope.get("app_root_path", scope.get("root_path"))
+            if root:
+                state.mount_prefix = root.rstrip("/")
+            admitted = _admitted.get()
+            state.sampled = sampling.admit(scope) if self._admits or admitted is None else admitted
+            if state.sampled:
+                state.span = _get_current_span()
         except Exception as exc:
             containment.report("request middleware", exc)
             await self.app(scope, receive, send)
@@ -104,31 +120,19 @@ class DoctorMiddleware:
             current_request.reset(token)
             self._finish(state)
 
-    def _start(self, scope: dict[str, Any]) -> RequestState:
-        method = scope.get("method", "")
-        state = RequestState(method if method in _KNOWN_METHODS else "_OTHER", perf_counter(), scope)
-        state.outer_task = asyncio.current_task()
-        admissions.value += 1
-        # Alone so far (none in flight); still alone at the end if nobody was admitted meanwhile.
-        state.admission = admissions.value if not active_requests else -1
-        state.mount_prefix = scope.get("app_root_path", scope.get("root_path", "")).rstrip("/")
-        admitted = sampling.admitted.get()
-        state.sampled = sampling.admit(scope) if self._admits or admitted is None else admitted
-        if state.sampled:
-            state.span = _get_current_span()
-        return state
-
     def _finish(self, state: RequestState) -> None:
+        metrics = self._metrics
         try:
             if state.route is None:
                 state.route = route_of(state.scope)
-            attrs = self._metrics.attributes(
-                state.method, state.route, state.status, state.scope.get("scheme", "http")
-            )
-            self._metrics.duration.record(state.duration, attrs)
+            key = (state.method, state.route, state.status, state.scope.get("scheme", "http"))
+            attrs = metrics.attribute_sets.get(key)
+            if attrs is None:
+                attrs = metrics.attributes(*key)
+            metrics.duration.record(state.duration, attrs)
         except Exception as exc:
             containment.report("request metrics", exc)
-        for hook in self._metrics.finished_hooks:
+        for hook in metrics.finished_hooks:
             try:
                 hook(state)
             except Exception as exc:

@@ -48,18 +48,21 @@ class TokenBucket:
     """``rate`` per second, bursts up to ``max(rate, 1)``; ``rate`` 0 is no limit. No lock: two
     threads taking the last token at once may take one too many."""
 
-    __slots__ = ("rate", "capacity", "tokens", "at")
+    __slots__ = ("rate", "capacity", "tokens", "at", "ready_at")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.capacity = max(rate, 1.0)
         self.tokens = self.capacity
         self.at = _monotonic()
+        self.ready_at = self.at  # no token before this moment: a refused take reads the clock only
 
     def take(self) -> bool:
         if self.rate <= 0.0:
             return True
         now = _monotonic()
+        if now < self.ready_at:
+            return False
         tokens = self.tokens + (now - self.at) * self.rate
         if tokens > self.capacity:
             tokens = self.capacity
@@ -68,6 +71,7 @@ class TokenBucket:
             self.tokens = tokens - 1.0
             return True
         self.tokens = tokens
+        self.ready_at = now + (1.0 - tokens) / self.rate
         return False
 
 

@@ -221,6 +221,13 @@ class _LayerTimer:
         self.probe = probe  # the layer above this timer hops tasks (see the module doc)
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if self.index:
+            # Most requests are not timed (decision 8): an inner timer finds no sample and passes
+            # on before it reads the clock (docs/performance.md, decision 11).
+            state = current_request.get()
+            data = state.data if state is not None else None
+            if data is None or self.chain not in data:
+                return self.app(scope, receive, send)
         now = perf_counter()
         chain = self.chain
         if scope["type"] != "http" or not chain.active:
