@@ -159,15 +159,7 @@ class FastAPIHooks:
         # argument at start-up (its factory probe).
         try:
             scope = args[0] if args else kwargs.get("scope")
-            if (
-                scope is not None
-                and scope["type"] == "http"
-                and "fastapi.telemetry" not in scope
-                # Only where the agent decides (an app that gave FastAPI its own provider or
-                # exclude hook gets FastAPI's telemetry as it asked for it).
-                and getattr(instance, "_telemetry", _NO_CONFIG).get("exclude") is sampling.exclude_unsampled
-                and not sampling.admit(scope)
-            ):
+            if scope is not None and _declined(instance, scope):
                 scope["fastapi.telemetry"] = None
         except Exception as exc:
             containment.report("fastapi admission", exc)
@@ -231,6 +223,18 @@ class FastAPIHooks:
 _MARK_COROUTINE_FUNCTION = getattr(inspect, "markcoroutinefunction", None)
 
 
+def _declined(app: Any, scope: Any) -> bool:
+    """An HTTP request that head sampling does not admit, to an app whose FastAPI telemetry the agent
+    configured (an app that gave FastAPI its own provider or exclude hook gets its telemetry as it
+    asked for it)."""
+    return (
+        scope["type"] == "http"
+        and "fastapi.telemetry" not in scope
+        and getattr(app, "_telemetry", _NO_CONFIG).get("exclude") is sampling.exclude_unsampled
+        and not sampling.admit(scope)
+    )
+
+
 def _admitting_call(original: Any) -> Any:
     """``FastAPI.__call__`` taking the sampling decision first.
 
@@ -239,12 +243,11 @@ def _admitting_call(original: Any) -> Any:
     its `exclude` path still does (measured ~14 us). `exclude` stays set, so the decision holds on
     FastAPI versions where this key means nothing. Returns the original's coroutine: no frame of its own.
     """
-    admit = sampling.admit
 
     @functools.wraps(original)
     def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
         try:
-            if scope["type"] == "http" and "fastapi.telemetry" not in scope and not admit(scope):
+            if _declined(self, scope):
                 scope["fastapi.telemetry"] = None
         except Exception as exc:
             containment.report("fastapi admission", exc)
