@@ -301,3 +301,57 @@ def test_under_xdist_only_workers_run_the_agent_and_the_controller_lists_their_f
     # The override in the suite's file builds settings per request: listed as the suite's, not failed.
     assert {f["status"] for f in findings if f["status"] != "failed"} == {"suite_code"}
     assert ("dependency_rebuild", "suite_code") in {(f["root_cause"], f["status"]) for f in findings}
+
+
+# Two apps in one test process, both with a GET / (as FastAPI's own suite builds hundreds): the large
+# response of one is not blamed on the other, nor measured together with its small ones.
+TWO_APPS = '''
+from fastapi import APIRouter, FastAPI
+
+status = FastAPI()
+
+
+@status.get("/")
+def status_root():
+    return {"ok": True}
+
+
+export = FastAPI()
+rows = APIRouter()
+
+
+@rows.get("/")
+def export_rows():
+    return {"rows": [{"id": i, "name": "row-%06d" % i, "note": "x" * 40} for i in range(6000)]}
+
+
+export.include_router(rows)
+'''
+
+TWO_APPS_SUITE = '''
+from fastapi.testclient import TestClient
+
+from two_apps import export, status
+
+
+def test_status():
+    client = TestClient(status)
+    for _ in range(30):
+        assert client.get("/", headers={"Accept-Encoding": "gzip"}).json() == {"ok": True}
+
+
+def test_export():
+    client = TestClient(export)
+    assert len(client.get("/", headers={"Accept-Encoding": "gzip"}).json()["rows"]) == 6000
+'''
+
+
+def test_two_apps_with_the_same_route_in_one_process_are_judged_apart(tmp_path: Path) -> None:
+    (tmp_path / "two_apps.py").write_text(TWO_APPS)
+    suite = tmp_path / "test_two_apps.py"
+    suite.write_text(TWO_APPS_SUITE)
+    proc, cases = run_suite(tmp_path, "--doctor", suite=suite, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert not failed(cases["test_status"]), proc.stdout[-4000:]
+    assert failed(cases["test_export"]), proc.stdout[-4000:]
+    [finding] = [f for f in findings_of(cases["test_export"]) if f["root_cause"] == "large_payload"]
+    assert finding["location"]["function"] == "export_rows", finding

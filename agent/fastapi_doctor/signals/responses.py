@@ -88,11 +88,12 @@ def _is_compression(layer: Any) -> bool:
 class _Route:
     """One method and route: attribute sets built once, where its endpoint is, the window of its responses."""
 
-    __slots__ = ("method", "route", "attrs", "by_encoding", "location", "window", "compression", "encoding")
+    __slots__ = ("method", "route", "endpoint", "attrs", "by_encoding", "location", "window", "compression", "encoding")
 
-    def __init__(self, method: str, route: str | None, location: Location | None) -> None:
+    def __init__(self, method: str, route: str | None, endpoint: Any, location: Location | None) -> None:
         self.method = method
         self.route = route
+        self.endpoint = endpoint
         self.attrs: dict[str, Any] = {} if route is None else {"http.route": route}
         self.by_encoding: dict[str, dict[str, Any]] = {}
         self.location = location
@@ -157,6 +158,9 @@ class ResponseSignal:
         self._large = 262144
         # method -> route -> its _Route (two lookups, no key built per request)
         self._routes: dict[str, dict[str | None, _Route]] = {}
+        # The same method and route of other apps in the process (a test suite builds hundreds of apps
+        # with a GET /): each endpoint its own statistics, never mixed with the first app's.
+        self._other_apps: dict[tuple[str, str | None, Any], _Route] = {}
         self._route_count = 0
         self._patched: list[tuple[Any, str, Any, bool]] = []  # (owner, name, original, was own attribute)
         self._counters: list[tuple[Any, _BodyCounter]] = []
@@ -257,16 +261,29 @@ class ResponseSignal:
 
     def _route(self, state: RequestState) -> _Route:
         route = state.route
+        endpoint = getattr((state.scope or {}).get("route"), "endpoint", None)
         by_route = self._routes.get(state.method)
         stats = by_route.get(route) if by_route is not None else None
         if stats is None:
-            endpoint = getattr((state.scope or {}).get("route"), "endpoint", None)
-            location = location_of(code_of(endpoint)) if endpoint is not None else None
-            stats = _Route(state.method, route, location)
-            if self._route_count < 10000:
+            stats = self._new(state.method, route, endpoint)
+            if stats is not None:
                 self._routes.setdefault(state.method, {})[route] = stats
-                self._route_count += 1
-        return stats
+        elif stats.endpoint is not endpoint:
+            key = (state.method, route, endpoint)
+            stats = self._other_apps.get(key)
+            if stats is None:
+                stats = self._new(state.method, route, endpoint)
+                if stats is not None:
+                    self._other_apps[key] = stats
+        return stats if stats is not None else _Route(state.method, route, endpoint, None)
+
+    def _new(self, method: str, route: str | None, endpoint: Any) -> _Route | None:
+        """Statistics for one more endpoint, while under the bound (beyond it, nothing is kept)."""
+        if self._route_count >= 10000:
+            return None
+        self._route_count += 1
+        location = location_of(code_of(endpoint)) if endpoint is not None else None
+        return _Route(method, route, endpoint, location)
 
     def _finished(self, state: RequestState) -> None:
         if state.status is None:
