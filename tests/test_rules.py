@@ -223,6 +223,19 @@ def test_a_connection_never_returned_is_a_leak_at_its_checkout_line_with_its_rea
     assert "after its request finished" in after.summary
 
 
+def test_a_pool_stays_one_finding_when_its_busiest_holder_changes() -> None:
+    other = pool_leak.Holder("/users/me", Location("app/deps.py", 40, "get_current_user"), 6, 3.0)
+    first = pool_leak.PoolSaturated("postgresql://db/app", 2, 0, 2, 2, 18, 1.0, 0, (HOLDER, other))
+    later = dataclasses.replace(first, holders=(other, HOLDER))
+    names = pool_leak.FirstNamed()
+    verdicts = [names.keep("postgresql://db/app", pool_leak.decide_saturated(s)) for s in (first, later)]
+    assert [(v.method, v.route, v.location) for v in verdicts] == [(None, "/reports/", WHERE)] * 2
+    # The evidence is the latest decision's: who holds the connections now.
+    assert verdicts[1].evidence["holders"][0]["route"] == "/users/me"
+    # Another pool is its own finding.
+    assert names.keep("sqlite:///other.db", pool_leak.decide_saturated(later)).route == "/users/me"
+
+
 def test_a_saturated_pool_is_sized_by_its_demand_and_names_its_holders() -> None:
     saturated = pool_leak.PoolSaturated("postgresql://db/app", 5, 2, 7, 7, 9, 3.2, 9, (HOLDER,))
     verdict = pool_leak.decide_saturated(saturated)

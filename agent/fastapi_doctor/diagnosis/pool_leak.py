@@ -18,6 +18,7 @@ cause's symptom, not another finding.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,3 +241,27 @@ def holders_evidence(holders: tuple[Holder, ...]) -> list[dict[str, Any]]:
         }
         for h in holders[:MAX_HOLDERS]
     ]
+
+
+class FirstNamed:
+    """A pool's finding keeps the method, route and line it was first published with.
+
+    A pool-wide verdict names the route and line holding (or waiting for) the most connections at
+    the time it is decided; as the load shifts between routes that changes, and each new name would
+    be another finding of the same pool. Bounded: beyond ``limit`` pools, verdicts pass unchanged."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._first: dict[tuple[str, Any], tuple[str | None, str | None, Location | None]] = {}
+
+    def keep(self, pool: str, verdict: Verdict | None) -> Verdict | None:
+        if verdict is None:
+            return None
+        key = (pool, verdict.evidence.get("reason"))
+        first = self._first.get(key)
+        if first is None:
+            if len(self._first) >= self.limit:
+                return verdict
+            first = self._first[key] = (verdict.method, verdict.route, verdict.location)
+        method, route, location = first
+        return dataclasses.replace(verdict, method=method, route=route, location=location)

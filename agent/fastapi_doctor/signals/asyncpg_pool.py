@@ -251,7 +251,7 @@ class AsyncpgPoolTracker(PoolTracker):
             holders=self.holders(view, excluding=waiter),
             occupancy=occupancy(view),
         )
-        publish(self.findings, pool_leak.decide_acquires(seen))
+        publish(self.findings, self.pool_names.keep(view.stats.name, pool_leak.decide_acquires(seen)))
 
 
 class AsyncpgSignal:

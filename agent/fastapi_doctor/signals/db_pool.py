@@ -111,6 +111,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
 class PoolTracker:
     def __init__(self, agent: Any) -> None:
         self.findings = agent.findings
+        self.pool_names = pool_leak.FirstNamed()
         self.leak_seconds = float(agent.settings.leak_seconds)
         self.pool_wait_s = float(getattr(agent.settings, "pool_wait_seconds", 2.0))
         # Time a connection may stay out after its request finished before it counts as left behind.
@@ -406,7 +407,7 @@ class PoolTracker:
             )
             publish(self.findings, blocking_io.decide_held_across_call(held))
             return
-        publish(self.findings, pool_leak.decide_saturated(saturated))
+        publish(self.findings, self.pool_names.keep(stats.name, pool_leak.decide_saturated(saturated)))
 
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
