@@ -253,8 +253,10 @@ def test_a_paused_process_is_counted_not_blamed(serve):
         client.start()
     try:
         for _ in range(6):
+            # Half a second: on a busy machine the process then also waits for a CPU once continued,
+            # and the stop must remain most of the loop's lateness to be told from that.
             os.kill(app.proc.pid, signal.SIGSTOP)
-            time.sleep(0.25)
+            time.sleep(0.5)
             os.kill(app.proc.pid, signal.SIGCONT)
             time.sleep(0.3)
     finally:
@@ -265,7 +267,7 @@ def test_a_paused_process_is_counted_not_blamed(serve):
     paused = wait_until(lambda: metric_value(app.metrics_text(), "fastapi_doctor_process_paused_total") >= 6 and
                         metric_value(app.metrics_text(), "fastapi_doctor_process_paused_total"))
     assert paused <= 12  # one per stop (a stop can make two ticks late at most)
-    assert 6 * 0.15 <= metric_value(app.metrics_text(), "fastapi_doctor_process_paused_time_seconds_total") <= 6 * 0.5
+    assert 6 * 0.3 <= metric_value(app.metrics_text(), "fastapi_doctor_process_paused_time_seconds_total") <= 6 * 1.0
     assert app.findings() == []
     assert app.doctor()["stalls"]["paused"]["episodes"] == paused
     page = httpx.get(app.side_url + "/", timeout=5).text
