@@ -151,17 +151,22 @@ print(sum(1 for s in exporter.get_finished_spans() if s.kind.name == "SERVER"))
 """
 
 
-def test_the_apps_own_tracer_provider_keeps_its_sampling_under_the_wrapper(tmp_path):
-    # The agent samples its own traces; a provider the app builds itself samples as the SDK's default
-    # (every trace), as it would without the wrapper.
+def _server_spans_under_the_wrapper(tmp_path, script_text: str) -> int:
+    """Run ``script_text`` under opentelemetry-instrument; the count of SERVER spans it printed last."""
     script = tmp_path / "own_provider.py"
-    script.write_text(_OWN_PROVIDER_SCRIPT)
+    script.write_text(script_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
     env["OTEL_EXPORTER_PROMETHEUS_PORT"] = "0"
     result = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(script)],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "20"
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_apps_own_tracer_provider_keeps_its_sampling_under_the_wrapper(tmp_path):
+    # The agent samples its own traces; a provider the app builds itself samples as the SDK's default
+    # (every trace), as it would without the wrapper.
+    assert _server_spans_under_the_wrapper(tmp_path, _OWN_PROVIDER_SCRIPT) == 20
 
 
 _OWN_NATIVE_PROVIDER_SCRIPT = """
@@ -189,14 +194,7 @@ print(sum(1 for s in exporter.get_finished_spans() if s.kind.name == "SERVER"))
 
 @pytest.mark.skipif(importlib.util.find_spec("fastapi.telemetry") is None, reason="FastAPI without native telemetry")
 def test_fastapi_telemetry_given_the_apps_own_provider_is_not_sampled_by_the_agent(tmp_path):
-    script = tmp_path / "own_native_provider.py"
-    script.write_text(_OWN_NATIVE_PROVIDER_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_DOCTOR_"))}
-    env["OTEL_EXPORTER_PROMETHEUS_PORT"] = "0"
-    result = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(script)],
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "20"
+    assert _server_spans_under_the_wrapper(tmp_path, _OWN_NATIVE_PROVIDER_SCRIPT) == 20
 
 
 def test_instrument_in_code_without_wrapper(serve):
