@@ -68,6 +68,8 @@ class Server:
     config: str
     env: dict[str, str]
     python: str = sys.executable  # a peer's venv
+    module: str = "app:app"
+    ready_path: str = "/hello"
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     side_port: int = 0
@@ -79,7 +81,7 @@ class Server:
         env.update(self.env)
         env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(self.side_port)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), env.get("PYTHONPATH")]))
-        module = "peer_app:app" if "BENCH_PEER" in self.env else "app:app"
+        module = "peer_app:app" if "BENCH_PEER" in self.env else self.module
         cmd = [self.python, "-m", "uvicorn", module, "--port", str(self.port), "--no-access-log",
                "--log-level", "warning"]
         if self.config in ("stock", "doctor"):
@@ -92,7 +94,7 @@ class Server:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/hello", timeout=1).read()
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=1).read()
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -139,13 +141,16 @@ _WRK_LAT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, seconds: float, cpu: str | None, script: str | None = None) -> tuple[float, float, float, int]:
+def wrk(url: str, seconds: float, cpu: str | None, script: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[float, float, float, int]:
     """(req/s, p50 ms, p99 ms, requests) from wrk -t1 -c32; a Python client when wrk is missing."""
     if shutil.which("wrk") is None:
-        return asyncio.run(_python_load(url, seconds))
+        return asyncio.run(_python_load(url, seconds, headers=headers))
     cmd = ["wrk", "-t1", "-c32", f"-d{max(1, round(seconds))}s", "--latency", url]
     if script:
         cmd[1:1] = ["-s", script]
+    for name, value in headers:
+        cmd[1:1] = ["-H", f"{name.decode()}: {value.decode()}"]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -155,14 +160,16 @@ def wrk(url: str, seconds: float, cpu: str | None, script: str | None = None) ->
     return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), total
 
 
-async def _python_load(url: str, seconds: float, connections: int = 32) -> tuple[float, float, float, int]:
+async def _python_load(url: str, seconds: float, connections: int = 32,
+                       headers: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[float, float, float, int]:
     host, port, path = _split(url)
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
+    extra = "".join(f"{name.decode()}: {value.decode()}\r\n" for name, value in headers)
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection(host, port)
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
             writer.write(request)
@@ -247,6 +254,8 @@ def main() -> int:
     parser.add_argument("--skip-detectors", action="store_true", help="skip the per-detector cost runs")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the peers (peers.py); default: on, off with --quick")
+    parser.add_argument("--large-only", action="store_true",
+                        help="only the large app's part (1 route against 1,000 routes, bare and fastapi-doctor)")
     args = parser.parse_args()
     with_peers = (not args.quick) if args.peers is None else args.peers
     if args.quick:
@@ -255,6 +264,16 @@ def main() -> int:
     if not (STOCK_OTEL / "opentelemetry" / "distro").is_dir():
         print(f"bench: opentelemetry-distro is missing in {STOCK_OTEL}; run `make bench`", file=sys.stderr)
         return 2
+
+    if args.large_only:
+        receiver = start_otlp_receiver()
+        try:
+            large = large_app_ratios(configs(receiver.endpoint), args.rounds, args.seconds, server_cpu, load_cpu)
+        finally:
+            receiver.stop()
+        print()
+        print(render_large(large))
+        return 0
 
     peer_python = {name: str(peers.ensure(name)) for name in (peers.PEERS if with_peers else ())}
     receiver = start_otlp_receiver()
@@ -282,6 +301,8 @@ def main() -> int:
 
         rss = rss_growth(env_by_config["doctor"], server_cpu, load_cpu, 20_000 if args.quick else 200_000)
 
+        large = large_app_ratios(env_by_config, args.rounds, args.seconds, server_cpu, load_cpu)
+
         detectors: dict[str, dict[str, float]] = {}
         if not args.skip_detectors:
             detectors = detector_cost.measure(quick=args.quick)
@@ -296,6 +317,7 @@ def main() -> int:
         "ratios": ratios(summary),
         "p99_at_half_bare_capacity_ms": latency,
         "rss_growth": rss,
+        "large_app": large,
         "detector_cost_us_per_request": detectors,  # best CPU us/request per config, in process
         "runs": [asdict(r) for r in runs],
     }
@@ -307,6 +329,38 @@ def main() -> int:
     (out / name).write_text(json.dumps(report, indent=2))
     print(f"\nwritten {out / name}")
     return 0
+
+
+LARGE_APPS = {"large_1_route": "1", "large_1000_routes": "1000"}
+
+
+def large_app_ratios(env_by_config: dict[str, dict[str, str]], rounds: int, seconds: float,
+                     server_cpu: str | None, load_cpu: str | None) -> dict[str, dict[str, float]]:
+    """Flat with the app's size: bare and fastapi-doctor in alternation on the same route of
+    ``large_app.py`` built with 1 route and with 1,000 (8 middlewares, 5 dependencies per route);
+    median req/s of each and fastapi-doctor's ratio to bare for each size."""
+    import large_app  # builds the app once here too; only its request's path and headers are used
+
+    samples: dict[tuple[str, str], list[float]] = {}
+    for round_no in range(rounds):
+        for size, routes in LARGE_APPS.items():
+            for config in ("bare", "doctor"):
+                env = {**env_by_config[config], "BENCH_LARGE_ROUTES": routes}
+                server = Server(config, env, module="large_app:app", ready_path="/docs")
+                server.start(server_cpu)
+                try:
+                    url = f"http://127.0.0.1:{server.port}{large_app.MEASURED_PATH}"
+                    wrk(url, max(1.0, seconds / 4), load_cpu, headers=tuple(large_app.HEADERS))  # warm-up
+                    rps = wrk(url, seconds, load_cpu, headers=tuple(large_app.HEADERS))[0]
+                finally:
+                    server.stop()
+                samples.setdefault((size, config), []).append(rps)
+                print(f"round {round_no + 1}/{rounds} {config:14} {size:17} {rps:8.0f} req/s", flush=True)
+    out: dict[str, dict[str, float]] = {}
+    for size in LARGE_APPS:
+        bare, doctor = (statistics.median(samples[(size, c)]) for c in ("bare", "doctor"))
+        out[size] = {"bare_rps": bare, "doctor_rps": doctor, "doctor_to_bare": doctor / bare}
+    return out
 
 
 def p99_at_half_capacity(env_by_config: dict[str, dict[str, str]], rate: float, server_cpu: str | None,
@@ -411,10 +465,18 @@ def render(report: dict) -> str:
             lines.append(f"  doctor with FASTAPI_DOCTOR_GC_FREEZE=false {off:.2f} ms ({off / lat['bare']:.2f}x)")
     rss = report["rss_growth"]
     lines.append(f"RSS growth over {rss['requests']:,} requests on 1,000 raw paths: {rss['growth_mb']:.1f} MB")
+    lines.append(render_large(report["large_app"]))
     if report["detector_cost_us_per_request"]:
         lines.append("")
         lines.append(detector_cost.render(report["detector_cost_us_per_request"]))
     return "\n".join(lines)
+
+
+def render_large(large: dict[str, dict[str, float]]) -> str:
+    one, many = (large[size]["doctor_to_bare"] for size in LARGE_APPS)
+    return ("large app, same route: " + "   ".join(
+        f"{size} doctor/bare {v['doctor_to_bare']:.2f}x ({v['doctor_rps']:.0f} / {v['bare_rps']:.0f} req/s)"
+        for size, v in large.items()) + f"   difference {100 * (many - one):+.1f} points")
 
 
 if __name__ == "__main__":
