@@ -15,8 +15,8 @@ import httpx
 from harness import ROOT, AppProcess, wait_until
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fastapi_doctor.history import History
-from fastapi_doctor.report.html import render_page
+from fastapi_doctor.publish.history import History
+from fastapi_doctor.publish.report.html import render_page
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_FLAGS = [

@@ -56,7 +56,7 @@ class ReportError(Exception):
 
 
 def report(args: argparse.Namespace) -> int:
-    from fastapi_doctor.report.terminal import render_table
+    from fastapi_doctor.publish.report.terminal import render_table
 
     if args.prometheus or len(args.url or ()) > 1:
         return fleet_report(args)
@@ -74,8 +74,8 @@ def report(args: argparse.Namespace) -> int:
 
 def fleet_report(args: argparse.Namespace) -> int:
     """Several side servers merged, or the fleet from Prometheus: each finding once, by finding_id."""
-    from fastapi_doctor.report import fleet
-    from fastapi_doctor.report.terminal import render_fleet
+    from fastapi_doctor.publish.report import fleet
+    from fastapi_doctor.publish.report.terminal import render_fleet
 
     try:
         if args.prometheus:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import fastapi_doctor
 from fastapi_doctor.cli import ReportError, fetch_doctor
 from fastapi_doctor.demo.scenarios import SCENARIOS, Scenario, runbook_fixes
-from fastapi_doctor.report.terminal import render_finding, render_rows
+from fastapi_doctor.publish.report.terminal import render_finding, render_rows
 
 PACKAGE_PARENT = Path(fastapi_doctor.__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE_PARENT.parent if (PACKAGE_PARENT.parent / "docs").is_dir() else None
@@ -500,7 +500,7 @@ def _fetch(url: str, token: str | None = None) -> str | None:
 
 def _static(page: str) -> str:
     """The saved copy does not reload itself and links the runbooks on disk: the server is gone."""
-    from fastapi_doctor.report.html import REFRESH
+    from fastapi_doctor.publish.report.html import REFRESH
 
     runbooks = Path(__file__).resolve().parent.parent / "runbooks"
     return page.replace(REFRESH, "", 1).replace('href="/runbooks/', f'href="{runbooks.as_uri()}/')

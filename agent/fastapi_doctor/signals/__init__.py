@@ -35,7 +35,7 @@ REGISTRY: list[tuple[str, str]] = [
     ("responses", "fastapi_doctor.signals.responses:ResponseSignal"),
     ("tasks", "fastapi_doctor.signals.tasks:TaskSignal"),
     # logs: keep last, its request hook reads the findings the other signals raised.
-    ("logs", "fastapi_doctor.signals.logs:LogsSignal"),
+    ("logs", "fastapi_doctor.publish.logs:LogsSignal"),
 ]
 
 

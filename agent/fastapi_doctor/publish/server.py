@@ -353,7 +353,7 @@ def collect_metrics(registry: CollectorRegistry = REGISTRY) -> list[Any]:
 
 def _runbook(root_cause: str) -> bytes:
     # The runbooks of docs/runbooks/, shipped in the package (agent/fastapi_doctor/runbooks).
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runbooks", f"{root_cause}.md")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runbooks", f"{root_cause}.md")
     with open(path, "rb") as f:
         return f.read()
 
