@@ -33,7 +33,7 @@ from dashboards.promql import quantile, sel
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-# A finding's identity and location on fastapi_doctor_finding_info (agent/fastapi_doctor/findings_export.py).
+# A finding's identity and location on fastapi_doctor_finding_info (agent/fastapi_doctor/publish/findings_export.py).
 FINDING_LABELS = ("finding_id, root_cause, http_request_method, http_route, code_file_path, code_line_number, "
                   "code_function_name")
 

@@ -88,9 +88,9 @@ class Agent:
         self.request_metrics = RequestMetrics(self.lean)
         self.running = True
         _imports.when_imported("fastapi", self._on_fastapi)
-        from fastapi_doctor import signals
+        from fastapi_doctor import publish, signals
 
-        for detector, target in signals.REGISTRY:
+        for detector, target in (*signals.REGISTRY, *publish.REGISTRY):
             if not self.settings.detector_enabled(detector):
                 continue
             try:

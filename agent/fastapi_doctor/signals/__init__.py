@@ -34,12 +34,11 @@ REGISTRY: list[tuple[str, str]] = [
     ("middleware", "fastapi_doctor.signals.middleware_timing:MiddlewareSignal"),
     ("responses", "fastapi_doctor.signals.responses:ResponseSignal"),
     ("tasks", "fastapi_doctor.signals.tasks:TaskSignal"),
-    # logs: keep last, its request hook reads the findings the other signals raised.
-    ("logs", "fastapi_doctor.publish.logs:LogsSignal"),
 ]
 
 
 def load(detector: str, target: str) -> Signal:
+    """The signal (or publisher: ``publish.REGISTRY``) named by ``"module:Class"``."""
     module_name, _, class_name = target.partition(":")
     module = importlib.import_module(module_name)
     signal: Signal = getattr(module, class_name)()
