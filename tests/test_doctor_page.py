@@ -92,7 +92,7 @@ def _carts(base: str, stop: threading.Event) -> None:
 
 def test_doctor_page_in_chromium_shows_each_finding_and_the_charts(tmp_path):
     patient = AppProcess(
-        "fastapi_doctor.demo.patient:app",
+        "fastapi_doctor_demo.patient:app",
         env={"PATIENT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'patient.db'}",
              "FASTAPI_DOCTOR_LEAK_SECONDS": "1"},
         ready_path="/healthz",

@@ -99,7 +99,7 @@ def fleet_report(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from fastapi_doctor.demo.run import main as run_demo
+    from fastapi_doctor_demo.run import main as run_demo
 
     return run_demo(args)
 

@@ -1,7 +1,7 @@
 """``fastapi-doctor demo``: the patient under the agent, a load per scenario, and the diagnosis.
 
-Starts the patient (``fastapi_doctor.demo.patient``) under ``opentelemetry-instrument`` in a real
-uvicorn process, drives each scenario of :mod:`fastapi_doctor.demo.scenarios` with concurrent
+Starts the patient (``fastapi_doctor_demo.patient``) under ``opentelemetry-instrument`` in a real
+uvicorn process, drives each scenario of :mod:`fastapi_doctor_demo.scenarios` with concurrent
 requests, waits for the agent's findings and prints, per scenario, the root cause found with its
 route, code location, evidence and fix; then expected vs found. Exits 1 when an expected finding is
 missing or an unexpected one appears, 2 when the patient cannot be run.
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import fastapi_doctor
 from fastapi_doctor.cli import ReportError, fetch_doctor
-from fastapi_doctor.demo.scenarios import SCENARIOS, Scenario, runbook_fixes
+from fastapi_doctor_demo.scenarios import SCENARIOS, Scenario, runbook_fixes
 from fastapi_doctor.publish.report.terminal import render_finding, render_rows
 
 PACKAGE_PARENT = Path(fastapi_doctor.__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ class Patient:
         wrapper = bin_dir / "opentelemetry-instrument"
         self.command = [
             str(wrapper) if wrapper.exists() else shutil.which("opentelemetry-instrument") or "opentelemetry-instrument",
-            sys.executable, "-m", "uvicorn", "fastapi_doctor.demo.patient:app",
+            sys.executable, "-m", "uvicorn", "fastapi_doctor_demo.patient:app",
             "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning",
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,7 +97,7 @@ class Patient:
 
     def start(self, timeout: float = 60.0) -> None:
         self._log = open(self.log_path, "wb")
-        # Run from the directory above the package so code locations read fastapi_doctor/demo/….
+        # Run from the directory above the package so code locations read fastapi_doctor_demo/….
         self.proc = subprocess.Popen(
             self.command, cwd=PACKAGE_PARENT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -378,7 +378,7 @@ def main(args: argparse.Namespace) -> int:
     database_url = args.database_url or f"sqlite+aiosqlite:///{workdir / 'patient.db'}"
     patient = Patient(database_url, workdir)
     print("fastapi-doctor demo: a sick FastAPI app under the agent", file=out)
-    print(f"$ opentelemetry-instrument uvicorn fastapi_doctor.demo.patient:app --port {patient.port}", file=out)
+    print(f"$ opentelemetry-instrument uvicorn fastapi_doctor_demo.patient:app --port {patient.port}", file=out)
     print(f"  database {_redact(database_url)} · doctor page {patient.side_url}/", file=out)
     try:
         try:
