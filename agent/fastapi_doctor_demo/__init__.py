@@ -1,7 +1,8 @@
 """The demo: a patient app with one bug per root cause, and the runner that shows the agent finding them.
 
-It ships inside the agent's distribution, so it tells attribution that its code is the app's (the
-agent's own frames are never blamed).
+A package of its own in the agent's distribution: the agent never imports it (its ``demo`` command
+comes through the ``fastapi_doctor.commands`` entry point, ``command.py``). Installed, it sits in
+site-packages like a library, so it tells attribution that its code is the app's.
 """
 
 import os

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-import fastapi_doctor
 from fastapi_doctor.cli import ReportError, fetch_doctor
-from fastapi_doctor_demo.scenarios import SCENARIOS, Scenario, runbook_fixes
+from fastapi_doctor.publish import runbooks
 from fastapi_doctor.publish.report.terminal import render_finding, render_rows
+from fastapi_doctor_demo.scenarios import SCENARIOS, Scenario
 
-PACKAGE_PARENT = Path(fastapi_doctor.__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE_PARENT.parent if (PACKAGE_PARENT.parent / "docs").is_dir() else None
 
 # Settings for a run of a few seconds (a FASTAPI_DOCTOR_* variable of the environment wins; everything
@@ -354,7 +354,7 @@ def run_scenario(patient: Patient, scenario: Scenario, index: int, total: int, q
     if found:
         best = max(found, key=lambda f: f.get("count", 1))
         print(f"  FOUND {scenario.root_cause} on {best.get('route') or '(no route)'}", file=out)
-        print(render_finding(best, scenario.fix, runbook_fixes(scenario.root_cause, REPO_ROOT)), file=out)
+        print(render_finding(best, scenario.fix, runbooks.runbook_fixes(scenario.root_cause, REPO_ROOT)), file=out)
     elif not is_covered:
         print(f"  MISSING: no {' or '.join(scenario.detectors)} detector runs in this agent", file=out)
     else:
@@ -502,8 +502,7 @@ def _static(page: str) -> str:
     """The saved copy does not reload itself and links the runbooks on disk: the server is gone."""
     from fastapi_doctor.publish.report.html import REFRESH
 
-    runbooks = Path(__file__).resolve().parent.parent / "runbooks"
-    return page.replace(REFRESH, "", 1).replace('href="/runbooks/', f'href="{runbooks.as_uri()}/')
+    return page.replace(REFRESH, "", 1).replace('href="/runbooks/', f'href="{runbooks.DIRECTORY.as_uri()}/')
 
 
 def _redact(url: str) -> str:
