@@ -26,8 +26,8 @@ REGISTRY: list[tuple[str, str]] = [
     ("threadpool", "fastapi_doctor.signals.threadpool:ThreadpoolSignal"),
     ("gc", "fastapi_doctor.signals.gc_pauses:GCSignal"),
     ("process", "fastapi_doctor.signals.process:ProcessSignal"),
-    ("db", "fastapi_doctor.signals.db:DatabaseSignal"),
-    ("asyncpg", "fastapi_doctor.signals.asyncpg_pool:AsyncpgSignal"),
+    ("db", "fastapi_doctor.signals.database.db:DatabaseSignal"),
+    ("asyncpg", "fastapi_doctor.signals.database.asyncpg_pool:AsyncpgSignal"),
     # request path: dependencies before middleware before responses (responses' stack counter may sit
     # below a middleware timer; undo runs in reverse).
     ("dependencies", "fastapi_doctor.signals.dependencies:DependencySignal"),
