@@ -88,8 +88,7 @@ bench-instructions: $(VENV)/.test-installed
 	$(BIN)/python bench/instructions.py $(BENCH_ARGS)
 
 # Regenerates dashboards/grafana/*.json, dashboards/prometheus/alerts.yaml and its promtool tests, and
-# the Helm chart's copies of them, and the packaged runbooks (agent/fastapi_doctor/runbooks/ from
-# docs/runbooks/; RUNBOOK_BASE_URL=... points the runbook links elsewhere).
+# the Helm chart's copies of them (RUNBOOK_BASE_URL=... points the runbook links elsewhere).
 dashboards: $(VENV)/.test-installed
 	$(BIN)/python -m dashboards.build
 
