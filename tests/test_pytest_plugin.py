@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = ROOT / "agent" / "fastapi_doctor" / "demo" / "tests" / "test_patient.py"
+SUITE = ROOT / "agent" / "fastapi_doctor_demo" / "tests" / "test_patient.py"
 
 # test -> (root cause, file:function of the line it must name)
 SICK = {
