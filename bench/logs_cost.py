@@ -39,7 +39,7 @@ def agent() -> tuple[Any, Any]:
     from fastapi_doctor import _agent, config
     from fastapi_doctor.lean_metrics import LeanMetrics
     from fastapi_doctor.middleware import RequestMetrics
-    from fastapi_doctor.signals.logs import LogsSignal
+    from fastapi_doctor.publish.logs import LogsSignal
 
     settings, _ = config.load(environ={})
     a = _agent.Agent(settings)

@@ -1,6 +1,6 @@
 """Cost of ``pytest --doctor`` on a test suite: wall time with and without the plugin.
 
-    python bench/pytest_cost.py patient            # the demo patient's suite (agent/fastapi_doctor/demo/tests)
+    python bench/pytest_cost.py patient            # the demo patient's suite (agent/fastapi_doctor_demo/tests)
     python bench/pytest_cost.py fastapi [--doctor-json PATH] [-- extra pytest args]
                                                    # FastAPI's own suite (the sdist of tests/fastapi_suite)
 
@@ -42,7 +42,7 @@ def main() -> int:
     if args.suite == "patient":
         python, cwd = Path(sys.executable), ROOT
         base = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                "agent/fastapi_doctor/demo/tests", *args.pytest_args]
+                "agent/fastapi_doctor_demo/tests", *args.pytest_args]
         with_plugin = ["--doctor"]
     else:
         import importlib.metadata

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dashboards.config import ROOT_CAUSES, Config
+from dashboards.config import ROOT_CAUSES, Config, phrase
 from dashboards.promql import mean, quantile, sel
 
 # A finding's alert is per finding (its finding_id), with the finding's line of code when known.
@@ -246,6 +246,8 @@ def task_leak(cfg: Config) -> list[Alert]:
     ]
 
 
+# The root causes with alerts on their signals; every other root cause of the agent's registry gets
+# the alert on its findings alone (findings_alert).
 BUILDERS = {
     "blocking_io": blocking_io,
     "dependency_rebuild": dependency_rebuild,
@@ -255,11 +257,25 @@ BUILDERS = {
     "n_plus_one": n_plus_one,
     "task_leak": task_leak,
 }
-assert tuple(BUILDERS) == ROOT_CAUSES
+assert set(BUILDERS) <= set(ROOT_CAUSES), set(BUILDERS) - set(ROOT_CAUSES)
+
+
+def findings_alert_name(root_cause: str) -> str:
+    return "FastAPIDoctor" + "".join(word.capitalize() for word in root_cause.split("_")) + "Finding"
+
+
+def findings_alert(cfg: Config, root_cause: str) -> Alert:
+    """The alert of a root cause that has no builder: its findings, described by its title."""
+    return _findings(cfg, root_cause, findings_alert_name(root_cause), phrase(root_cause))
+
+
+def of(cfg: Config, root_cause: str) -> list[Alert]:
+    builder = BUILDERS.get(root_cause)
+    return builder(cfg) if builder is not None else [findings_alert(cfg, root_cause)]
 
 
 def alerts(cfg: Config) -> list[Alert]:
-    return [alert for root_cause in ROOT_CAUSES for alert in BUILDERS[root_cause](cfg)]
+    return [alert for root_cause in ROOT_CAUSES for alert in of(cfg, root_cause)]
 
 
 def add_runbook_links(groups: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
@@ -273,7 +289,7 @@ def add_runbook_links(groups: list[dict[str, Any]], cfg: Config) -> list[dict[st
 
 def rule_groups(cfg: Config) -> dict[str, Any]:
     groups = [
-        {"name": f"fastapi-doctor.{root_cause}", "rules": [a.rule(cfg) for a in BUILDERS[root_cause](cfg)]}
+        {"name": f"fastapi-doctor.{root_cause}", "rules": [a.rule(cfg) for a in of(cfg, root_cause)]}
         for root_cause in ROOT_CAUSES
     ]
     return {"groups": add_runbook_links(groups, cfg)}

@@ -10,8 +10,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fastapi_doctor import config as agent_config
+from fastapi_doctor.diagnosis import registry
 
 ROOT_CAUSES: tuple[str, ...] = agent_config.ROOT_CAUSES
+TITLES: dict[str, str] = registry.TITLES
+
+
+def phrase(root_cause: str) -> str:
+    """A root cause's title inside a sentence: "Heavy middleware" -> "heavy middleware"."""
+    title = TITLES[root_cause]
+    return title[:1].lower() + title[1:]
 
 _DEFAULTS = {s.field: s.default for s in agent_config.SETTINGS}
 

@@ -28,12 +28,12 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from dashboards.config import Config
+from dashboards.config import ROOT_CAUSES, TITLES, Config, phrase
 from dashboards.promql import quantile, sel
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-# A finding's identity and location on fastapi_doctor_finding_info (agent/fastapi_doctor/findings_export.py).
+# A finding's identity and location on fastapi_doctor_finding_info (agent/fastapi_doctor/publish/findings_export.py).
 FINDING_LABELS = ("finding_id, root_cause, http_request_method, http_route, code_file_path, code_line_number, "
                   "code_function_name")
 
@@ -78,6 +78,29 @@ def _or_zero(expr: str, zero_on: str) -> str:
 
 
 def rows(cfg: Config) -> list[RowSpec]:
+    """The rows written below, and a row of its findings for each root cause of the agent's registry
+    that has none (a new rule module), before the process row."""
+    written = _rows(cfg)
+    covered = {row.meant_for for row in written}
+    added = [_findings_row(cfg, rc) for rc in ROOT_CAUSES if rc not in covered]
+    return [*written[:-1], *added, written[-1]]
+
+
+def _findings_row(cfg: Config, root_cause: str) -> RowSpec:
+    """A root cause without panels of its own: its findings per route."""
+    of_root_cause = sel(cfg.dashboard_selector, f'root_cause="{root_cause}"')
+    return RowSpec(f"{root_cause}: {phrase(root_cause)}", root_cause, (
+        PanelSpec(
+            "Findings per route: " + TITLES[root_cause], units.Short,
+            (Query(f"sum by (http_route) (increase(fastapi_doctor_findings_total{of_root_cause}[{RATE}]))",
+                   "{{http_route}}"),),
+            f"Occurrences of {root_cause} findings reported by the agent; /doctor has the evidence and the line.",
+            width=24,
+        ),
+    ))
+
+
+def _rows(cfg: Config) -> list[RowSpec]:
     t = cfg.thresholds
     d = cfg.dashboard_selector
     r = cfg.route_selector

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashboards import alerts as alert_rules
-from dashboards.config import Config
+from dashboards.config import ROOT_CAUSES, Config
 
 JOB, INSTANCE = "patient", "10.0.0.7:9464"
 BASE = {"job": JOB, "instance": INSTANCE}
@@ -155,8 +155,21 @@ def _finding(root_cause: str, route: str | None) -> list[dict[str, str]]:
     return series
 
 
+def _findings_only(h: list[dict[str, str]], root_cause: str) -> Scenario:
+    """A root cause without alerts on its signals (no builder in alerts.py): one finding a minute."""
+    route = f"/{root_cause}"
+    return Scenario(root_cause, h + _finding(root_cause, route),
+                    [Expect(alert_rules.findings_alert_name(root_cause), finding_labels(root_cause, route), "2")])
+
+
 def scenarios() -> list[Scenario]:
     h = healthy()
+    written = _scenarios(h)
+    named = {s.name for s in written}
+    return written + [_findings_only(h, rc) for rc in ROOT_CAUSES if rc not in named]
+
+
+def _scenarios(h: list[dict[str, str]]) -> list[Scenario]:
     route = lambda r: {**BASE, "http_route": r}  # noqa: E731
     pool = {**BASE, "db_client_connection_pool_name": "main"}
     return [

@@ -90,12 +90,18 @@ def test_every_alert_is_labelled_annotated_and_linked() -> None:
 
 
 def test_each_root_cause_has_alerts_on_its_signals_not_only_on_findings() -> None:
+    from dashboards import alerts
+
     names = catalogue()
     # A rebuild's evidence (the object built inside a request, where) is seen by the agent's rule
     # alone; no series carries it, and its duration is no evidence of one.
-    for root_cause in set(agent_config.ROOT_CAUSES) - {"dependency_rebuild"}:
+    for root_cause in set(alerts.BUILDERS) - {"dependency_rebuild"}:
         exprs = [r["expr"] for _, r in rules() if r["labels"]["root_cause"] == root_cause]
         assert any("fastapi_doctor_findings_total" not in e for e in exprs), root_cause
+    # A root cause without a builder (a new rule module) still gets the alert on its findings.
+    for root_cause in set(agent_config.ROOT_CAUSES) - set(alerts.BUILDERS):
+        assert [r["alert"] for _, r in rules() if r["labels"]["root_cause"] == root_cause] == [
+            alerts.findings_alert_name(root_cause)]
     for _, rule in rules():
         found = metric_names(rule["expr"])
         assert found and all(known(n, names) for n in found), (rule["alert"], found)

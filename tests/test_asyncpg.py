@@ -187,7 +187,7 @@ def test_pool_or_connection_per_request_is_a_rebuild(serve, database):
 
 
 def test_pool_name_has_no_credentials_or_query():
-    from fastapi_doctor.signals.asyncpg_pool import pool_name
+    from fastapi_doctor.signals.database.asyncpg_pool import pool_name
 
     # The name a SQLAlchemy pool on the same database gets (test_db.py), from a DSN or from keywords.
     assert pool_name(("postgresql://u:pw@db.internal:6432/app?sslpassword=x",), {}) == "postgresql://db.internal:6432/app"
@@ -201,7 +201,7 @@ def test_pool_name_has_no_credentials_or_query():
 UNDO_SCRIPT = textwrap.dedent(
     """
     import json, sys, threading
-    import fastapi_doctor.signals.asyncpg_pool
+    import fastapi_doctor.signals.database.asyncpg_pool
     imported_early = "asyncpg" in sys.modules
 
     import fastapi_doctor

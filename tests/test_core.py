@@ -11,8 +11,9 @@ import urllib.request
 import pytest
 from apps import loop_free_helpers as helpers  # noqa: F401  (a user module outside the library dirs)
 
-from fastapi_doctor import attribution, config, sampling, server
+from fastapi_doctor import attribution, config, sampling
 from fastapi_doctor.findings import FindingsRegistry, Location
+from fastapi_doctor.publish import server
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def test_a_get_and_a_post_on_one_route_are_two_findings():
     assert again is get and post is not get and get.id != post.id
     assert [(f.as_dict()["method"], f.as_dict()["route"], f.count) for f in registry.all()] == [
         ("POST", "/items/", 1), ("GET", "/items/", 2)]
-    from fastapi_doctor.report.terminal import render_finding, render_table
+    from fastapi_doctor.publish.report.terminal import render_finding, render_table
 
     doc = {"service": "shop", "pid": 1, "findings": [f.as_dict() for f in registry.all()]}
     table = render_table(doc)

@@ -300,7 +300,7 @@ def test_failures_inside_the_db_signal_never_change_the_response(serve, tmp_path
 def test_pool_name_has_no_credentials_or_query():
     from sqlalchemy import make_url
 
-    from fastapi_doctor.signals.db_pool import pool_name
+    from fastapi_doctor.signals.database.db_pool import pool_name
 
     assert pool_name(make_url("postgresql+asyncpg://u:pw@db.internal:6432/app?sslpassword=x")) == (
         "postgresql://db.internal:6432/app"
@@ -313,7 +313,7 @@ def test_pool_name_has_no_credentials_or_query():
 UNDO_SCRIPT = textwrap.dedent(
     """
     import json, sys, threading
-    import fastapi_doctor.signals.db
+    import fastapi_doctor.signals.database.db
     imported_early = "sqlalchemy" in sys.modules
 
     import fastapi_doctor

@@ -12,19 +12,19 @@ from typing import Any
 
 from harness import BIN
 
-from fastapi_doctor.demo.scenarios import SCENARIOS
+from fastapi_doctor_demo.scenarios import SCENARIOS
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent / "agent"
 
 # The function holding the line each finding must name (what a user opens to fix it).
 CULPRITS = {
-    "blocking_io": ("fastapi_doctor/demo/pricing.py", {"fetch_quote_blocking"}),
-    "dependency_rebuild": ("fastapi_doctor/demo/db.py", {"get_session_new_engine"}),
-    "n_plus_one": ("fastapi_doctor/demo/orders.py", {"orders_with_lines_n_plus_one"}),
-    "large_payload": ("fastapi_doctor/demo/", {"export", "export_all"}),
-    "slow_middleware": ("fastapi_doctor/demo/middleware.py", {"AuditLogMiddleware.dispatch", "AuditStore.write"}),
-    "pool_leak": ("fastapi_doctor/demo/carts.py", {"open_cart", "_cart_of"}),
-    "task_leak": ("fastapi_doctor/demo/analytics.py", {"Analytics.track_view"}),
+    "blocking_io": ("fastapi_doctor_demo/pricing.py", {"fetch_quote_blocking"}),
+    "dependency_rebuild": ("fastapi_doctor_demo/db.py", {"get_session_new_engine"}),
+    "n_plus_one": ("fastapi_doctor_demo/orders.py", {"orders_with_lines_n_plus_one"}),
+    "large_payload": ("fastapi_doctor_demo/", {"export", "export_all"}),
+    "slow_middleware": ("fastapi_doctor_demo/middleware.py", {"AuditLogMiddleware.dispatch", "AuditStore.write"}),
+    "pool_leak": ("fastapi_doctor_demo/carts.py", {"open_cart", "_cart_of"}),
+    "task_leak": ("fastapi_doctor_demo/analytics.py", {"Analytics.track_view"}),
 }
 
 
@@ -90,7 +90,7 @@ def test_demo_finds_every_scenario_at_its_line_and_nothing_else(tmp_path):
 
     # The diagnosis as printed: the table, the fix, the runbook, the saved report.
     for s in SCENARIOS:
-        assert re.search(rf"^  {s.root_cause}\s+{re.escape(s.route or '(any route)')}\s+found\s+fastapi_doctor/demo/\S+:\d+\s+clean$",
+        assert re.search(rf"^  {s.root_cause}\s+{re.escape(s.route or '(any route)')}\s+found\s+fastapi_doctor_demo/\S+:\d+\s+clean$",
                          out, re.M), s.root_cause
         assert f"fix       {s.fix}" in out
         assert f"runbook   docs/runbooks/{s.root_cause}.md" in out

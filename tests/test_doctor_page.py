@@ -15,8 +15,8 @@ import httpx
 from harness import ROOT, AppProcess, wait_until
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fastapi_doctor.history import History
-from fastapi_doctor.report.html import render_page
+from fastapi_doctor.publish.history import History
+from fastapi_doctor.publish.report.html import render_page
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_FLAGS = [
@@ -92,7 +92,7 @@ def _carts(base: str, stop: threading.Event) -> None:
 
 def test_doctor_page_in_chromium_shows_each_finding_and_the_charts(tmp_path):
     patient = AppProcess(
-        "fastapi_doctor.demo.patient:app",
+        "fastapi_doctor_demo.patient:app",
         env={"PATIENT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'patient.db'}",
              "FASTAPI_DOCTOR_LEAK_SECONDS": "1"},
         ready_path="/healthz",

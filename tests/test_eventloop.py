@@ -512,7 +512,7 @@ def test_the_agents_and_opentelemetrys_own_work_is_their_cost_not_the_apps(agent
     from fastapi.testclient import TestClient
     from opentelemetry.sdk.trace import TracerProvider
 
-    from fastapi_doctor.report.html import render_stalls
+    from fastapi_doctor.publish.report.html import render_stalls
 
     agent._on_fastapi(fastapi)
     tracer = TracerProvider().get_tracer("test")

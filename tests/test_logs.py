@@ -313,7 +313,7 @@ class Clock:
 
 
 def test_limiter_writes_the_first_record_then_one_summary_per_window():
-    from fastapi_doctor.signals.log_limiter import LogLimiter
+    from fastapi_doctor.publish.log_limiter import LogLimiter
 
     clock = Clock()
     limiter = LogLimiter(window_s=60, max_keys=4, clock=clock)
@@ -337,7 +337,7 @@ def test_limiter_writes_the_first_record_then_one_summary_per_window():
 
 
 def test_limiter_memory_is_bounded_by_distinct_keys():
-    from fastapi_doctor.signals.log_limiter import LogLimiter
+    from fastapi_doctor.publish.log_limiter import LogLimiter
 
     limiter = LogLimiter(window_s=60, max_keys=100, clock=Clock())
     written = sum(limiter.admit("query", f"statement {i}", {})[0] for i in range(10_000))
@@ -347,7 +347,7 @@ def test_limiter_memory_is_bounded_by_distinct_keys():
 
 
 def test_summary_text_and_json_say_how_many_were_suppressed():
-    from fastapi_doctor.signals.logs import render_text
+    from fastapi_doctor.publish.logs import render_text
 
     fields = {"kind": "request", "reasons": ["error"], "method": "GET", "route": "/r", "status": 500,
               "root_causes": [], "repeated": 2341, "window_s": 60.0}
@@ -365,7 +365,7 @@ def agent_with_logs(tmp_path: Path) -> Iterator[Any]:
     from fastapi_doctor import _agent, config
     from fastapi_doctor.lean_metrics import LeanMetrics
     from fastapi_doctor.middleware import RequestMetrics
-    from fastapi_doctor.signals.logs import LogsSignal
+    from fastapi_doctor.publish.logs import LogsSignal
 
     settings, errors = config.load(environ={}, overrides={"slow_query_ms": 100, "log_format": "json"})
     assert errors == []
@@ -407,7 +407,7 @@ def test_uninstrument_removes_listeners_handlers_hooks_and_the_record_patch(agen
     from sqlalchemy import event, text
     from sqlalchemy.engine import Engine
 
-    from fastapi_doctor.signals.logs import QUERIES_LOGGER, REQUESTS_LOGGER
+    from fastapi_doctor.publish.logs import QUERIES_LOGGER, REQUESTS_LOGGER
 
     agent, signal = agent_with_logs
     original_make_record = signal.trace_ids._original

@@ -1,7 +1,7 @@
 """End to end on a real Prometheus: the demo patient under the agent, one pathology at a time.
 
 A real Prometheus (Debian's /usr/bin/prometheus) scrapes the patient's side server every second. For
-the healthy load and for each scenario of ``fastapi_doctor.demo.scenarios`` a fresh patient process
+the healthy load and for each scenario of ``fastapi_doctor_demo.scenarios`` a fresh patient process
 (its own ``instance``) serves the scenario's sick and healthy requests; then
 
 1. every panel query of the generated dashboards runs through Prometheus' HTTP API, and each returns
@@ -40,8 +40,8 @@ from harness import AppProcess, wait_until  # noqa: E402
 from dashboards import alerts as alert_rules  # noqa: E402
 from dashboards import overview  # noqa: E402
 from dashboards.config import DEFAULT, ROOT_CAUSES  # noqa: E402
-from fastapi_doctor.demo import run as demo_run  # noqa: E402
-from fastapi_doctor.demo.scenarios import SCENARIOS  # noqa: E402
+from fastapi_doctor_demo import run as demo_run  # noqa: E402
+from fastapi_doctor_demo.scenarios import SCENARIOS  # noqa: E402
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 WINDOW = "30s"

@@ -1,4 +1,4 @@
-"""pytest --doctor on the patient's own test suite (agent/fastapi_doctor/demo/tests), in a real pytest
+"""pytest --doctor on the patient's own test suite (agent/fastapi_doctor_demo/tests), in a real pytest
 subprocess: each sick route's test fails naming its root cause and line, each healthy twin passes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = ROOT / "agent" / "fastapi_doctor" / "demo" / "tests" / "test_patient.py"
+SUITE = ROOT / "agent" / "fastapi_doctor_demo" / "tests" / "test_patient.py"
 
 # test -> (root cause, file:function of the line it must name)
 SICK = {
@@ -110,7 +110,7 @@ def test_a_baseline_lets_known_findings_pass_and_a_marker_allows_a_root_cause(tm
     assert proc.returncode == 0, proc.stdout[-4000:]
     entries = json.loads(baseline.read_text())["findings"]
     assert {"root_cause": "n_plus_one", "route": "/customers/{customer_id}/orders", "file":
-            "agent/fastapi_doctor/demo/orders.py", "function": "orders_with_lines_n_plus_one"} in entries
+            "agent/fastapi_doctor_demo/orders.py", "function": "orders_with_lines_n_plus_one"} in entries
     proc, cases = run_suite(tmp_path, "--doctor", f"--doctor-baseline={baseline}")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert {f["status"] for f in findings_of(cases["test_customer_orders_n_plus_one"])} == {"baseline"}

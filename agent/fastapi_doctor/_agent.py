@@ -15,7 +15,7 @@ from typing import Any
 from fastapi_doctor import _imports, attribution, config, containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.findings import Finding, FindingsRegistry, log_first_occurrence
-from fastapi_doctor.findings_export import FindingsExport
+from fastapi_doctor.publish.findings_export import FindingsExport
 from fastapi_doctor.version import __version__
 
 _log = logging.getLogger("fastapi_doctor")
@@ -88,9 +88,9 @@ class Agent:
         self.request_metrics = RequestMetrics(self.lean)
         self.running = True
         _imports.when_imported("fastapi", self._on_fastapi)
-        from fastapi_doctor import signals
+        from fastapi_doctor import publish, signals
 
-        for detector, target in signals.REGISTRY:
+        for detector, target in (*signals.REGISTRY, *publish.REGISTRY):
             if not self.settings.detector_enabled(detector):
                 continue
             try:
@@ -151,7 +151,7 @@ class Agent:
 
     def _after_fork(self) -> None:
         """In a forked child (a prefork worker): fresh locks, its own side server, signals told."""
-        from fastapi_doctor import server
+        from fastapi_doctor.publish import server
 
         self.findings._lock = threading.Lock()
         if self.findings_export is not None:
@@ -165,9 +165,9 @@ class Agent:
         self._each_signal("after_fork")
 
     def _start_server(self) -> None:
-        from fastapi_doctor import server
-        from fastapi_doctor.history import History
-        from fastapi_doctor.report.html import render_page
+        from fastapi_doctor.publish import server
+        from fastapi_doctor.publish.history import History
+        from fastapi_doctor.publish.report.html import render_page
 
         history = History(server.collect_metrics)
         side = server.SideApp(
@@ -238,7 +238,7 @@ class Agent:
         if settings.test_mode or not settings.otlp_endpoint or not settings.detector_enabled("logs"):
             return None
         try:
-            from fastapi_doctor.signals import log_export
+            from fastapi_doctor.publish import log_export
 
             return log_export.logger_provider(self.settings, getattr(self.pipelines, "outage", None))
         except Exception as exc:

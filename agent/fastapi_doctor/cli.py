@@ -1,4 +1,4 @@
-"""``fastapi-doctor``: check-config, report, demo."""
+"""``fastapi-doctor``: check-config, report, and the commands other packages add (the demo's ``demo``)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def fetch_doctor(url: str, token: str | None = None, timeout: float = 5.0) -> di
 
 
 DEFAULT_URL = "http://127.0.0.1:9464"
+# Entry-point group of the commands other packages add (pyproject.toml: the demo's).
+COMMANDS = "fastapi_doctor.commands"
 
 
 class ReportError(Exception):
@@ -56,7 +58,7 @@ class ReportError(Exception):
 
 
 def report(args: argparse.Namespace) -> int:
-    from fastapi_doctor.report.terminal import render_table
+    from fastapi_doctor.publish.report.terminal import render_table
 
     if args.prometheus or len(args.url or ()) > 1:
         return fleet_report(args)
@@ -74,8 +76,8 @@ def report(args: argparse.Namespace) -> int:
 
 def fleet_report(args: argparse.Namespace) -> int:
     """Several side servers merged, or the fleet from Prometheus: each finding once, by finding_id."""
-    from fastapi_doctor.report import fleet
-    from fastapi_doctor.report.terminal import render_fleet
+    from fastapi_doctor.publish.report import fleet
+    from fastapi_doctor.publish.report.terminal import render_fleet
 
     try:
         if args.prometheus:
@@ -98,10 +100,16 @@ def fleet_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(args: argparse.Namespace) -> int:
-    from fastapi_doctor.demo.run import main as run_demo
+def add_commands(sub: Any) -> None:
+    """Commands that other packages add (the demo's ``demo``): each entry point of the group
+    ``fastapi_doctor.commands`` is a function that adds its subparser."""
+    from importlib.metadata import entry_points
 
-    return run_demo(args)
+    for entry in entry_points(group=COMMANDS):
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # a broken plugin leaves the agent's own commands working
+            print(f"fastapi-doctor: command {entry.name!r} unavailable: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,14 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the /doctor JSON (the fleet document when merged)")
     p.set_defaults(func=report)
 
-    p = sub.add_parser("demo", help="run the patient app under the agent and print the diagnosis")
-    p.add_argument("--database-url", default=None, help="SQLAlchemy async URL (default: a SQLite file)")
-    p.add_argument("--report", default="fastapi-doctor-report.html", help="where to save the HTML report")
-    p.add_argument("--quick", action="store_true", help="shorter load phases")
-    p.add_argument("--only", action="append", choices=config.ROOT_CAUSES, metavar="ROOT_CAUSE",
-                   help="run only this scenario (repeatable): " + ", ".join(config.ROOT_CAUSES))
-    p.add_argument("--summary", default=None, metavar="PATH", help="also write the result as JSON to PATH")
-    p.set_defaults(func=demo)
+    add_commands(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

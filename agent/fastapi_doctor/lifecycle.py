@@ -296,7 +296,7 @@ def register(lifecycle: Lifecycle) -> None:
 
 
 def _fork_locks() -> list[Any]:
-    from fastapi_doctor import server  # the side server's scrape lock, taken before the gate
+    from fastapi_doctor.publish import server  # the side server's scrape lock, taken before the gate
 
     return [server._collect_lock, collect_gate]
 
@@ -318,7 +318,7 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     global collect_gate
-    from fastapi_doctor import server
+    from fastapi_doctor.publish import server
 
     server._collect_lock = threading.Lock()
     collect_gate = threading.Lock()

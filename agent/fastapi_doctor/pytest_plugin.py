@@ -418,7 +418,7 @@ def _headline(finding: dict[str, Any]) -> str:
 
 def failure_text(finding: dict[str, Any]) -> str:
     """What a failing test says, in pytest's style: cause, route, line, evidence, fix, runbook."""
-    from fastapi_doctor.demo.scenarios import runbook_fixes
+    from fastapi_doctor.publish.runbooks import runbook_fixes
 
     evidence = ", ".join(f"{k}={v}" for k, v in (finding.get("evidence") or {}).items() if v not in (None, ""))
     lines = [

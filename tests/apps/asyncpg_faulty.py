@@ -3,7 +3,7 @@
 from asyncpg_app import app  # noqa: F401
 
 from fastapi_doctor.kernel import rebuilds
-from fastapi_doctor.signals import asyncpg_pool, db_queries
+from fastapi_doctor.signals.database import asyncpg_pool, db_queries
 
 
 def broken(*args, **kwargs):

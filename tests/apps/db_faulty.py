@@ -2,7 +2,7 @@
 
 from db_app import app  # noqa: F401
 
-from fastapi_doctor.signals import db_pool, db_queries
+from fastapi_doctor.signals.database import db_pool, db_queries
 
 
 def broken(*args, **kwargs):

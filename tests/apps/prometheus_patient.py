@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from fastapi_doctor.demo.middleware import AuditLogMiddleware
-from fastapi_doctor.demo.patient import app
+from fastapi_doctor_demo.middleware import AuditLogMiddleware
+from fastapi_doctor_demo.patient import app
 
 if os.environ.get("PATIENT_SCENARIO") != "slow_middleware":
     app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not AuditLogMiddleware]

@@ -1,8 +1,9 @@
-"""From code to the user's line: where a callable is defined, and the innermost line of the app's
-code calling into a library (no traceback is built)."""
+"""From code to the user's line: where a callable is defined, the innermost line of the app's code
+calling into a library, and the app's loop that calls it again and again (no traceback is built)."""
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 import sys
@@ -84,15 +85,17 @@ def _is_user_file(filename: str) -> bool:
     return user
 
 
+def _is_users(filename: str) -> bool:
+    user = _user_files.get(filename)
+    return _is_user_file(filename) if user is None else user
+
+
 def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
     depth = 0
     while frame is not None and depth < limit:
         code = frame.f_code
         filename = code.co_filename
-        user = _user_files.get(filename)
-        if user is None:
-            user = _is_user_file(filename)
-        if user:
+        if _is_users(filename):
             key = (filename, frame.f_lineno or 0, code.co_qualname)  # strings: hashes are cached
             location = _locations.get(key)
             if location is None:
@@ -105,17 +108,53 @@ def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
     return None
 
 
-def user_location(skip: int = 1) -> Location | None:
-    """The innermost line of user code calling into SQLAlchemy (no traceback is built).
+def _greenlet_parent() -> types.FrameType | None:
+    """An async engine runs the pool and the statements inside a greenlet whose frames end at
+    SQLAlchemy's ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet."""
+    greenlet = sys.modules.get("greenlet")
+    parent = greenlet.getcurrent().parent if greenlet is not None else None
+    return parent.gr_frame if parent is not None else None
 
-    An async engine runs the pool inside a greenlet whose frames end at SQLAlchemy's
-    ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet.
-    """
+
+def user_location(skip: int = 1) -> Location | None:
+    """The innermost line of user code calling into SQLAlchemy (no traceback is built), through an
+    async engine's greenlet too."""
     location = _walk(sys._getframe(skip + 1))
     if location is None:
-        greenlet = sys.modules.get("greenlet")
-        if greenlet is not None:
-            parent = greenlet.getcurrent().parent
-            if parent is not None:
-                location = _walk(parent.gr_frame)
+        location = _walk(_greenlet_parent())
     return location
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_loop(code: types.CodeType, offset: int) -> bool:
+    """Whether the instruction at ``offset`` is in a loop body: a backward jump after it lands at or before
+    it. ``JUMP_BACKWARD_NO_INTERRUPT`` is each ``await``'s own little loop, not the code's."""
+    return any(
+        ins.opname == "JUMP_BACKWARD" and ins.offset > offset and isinstance(ins.argval, int) and ins.argval <= offset
+        for ins in dis.get_instructions(code)
+    )
+
+
+def _user_frames(frame: types.FrameType | None, limit: int = 64) -> list[types.FrameType]:
+    found = []
+    while frame is not None and limit > 0:
+        if _is_users(frame.f_code.co_filename):
+            found.append(frame)
+        frame = frame.f_back
+        limit -= 1
+    return found
+
+
+def loop_location(skip: int = 1) -> Location | None:
+    """The user's line that runs a statement again and again: the innermost user frame inside a loop (a
+    repository function called once per row is not the loop, its caller's ``for`` is), else the innermost
+    user line (:func:`user_location`), through an async engine's greenlet too. Called once per
+    fingerprint and request, at the threshold (signals.database.db_queries)."""
+    frames = _user_frames(sys._getframe(skip + 1))
+    if not frames:
+        frames = _user_frames(_greenlet_parent())
+    for frame in frames:
+        if _in_loop(frame.f_code, frame.f_lasti):
+            code = frame.f_code
+            return Location(attribution.display_path(code.co_filename), frame.f_lineno or 0, code.co_qualname)
+    return user_location(skip + 1)

@@ -26,20 +26,19 @@ REGISTRY: list[tuple[str, str]] = [
     ("threadpool", "fastapi_doctor.signals.threadpool:ThreadpoolSignal"),
     ("gc", "fastapi_doctor.signals.gc_pauses:GCSignal"),
     ("process", "fastapi_doctor.signals.process:ProcessSignal"),
-    ("db", "fastapi_doctor.signals.db:DatabaseSignal"),
-    ("asyncpg", "fastapi_doctor.signals.asyncpg_pool:AsyncpgSignal"),
+    ("db", "fastapi_doctor.signals.database.db:DatabaseSignal"),
+    ("asyncpg", "fastapi_doctor.signals.database.asyncpg_pool:AsyncpgSignal"),
     # request path: dependencies before middleware before responses (responses' stack counter may sit
     # below a middleware timer; undo runs in reverse).
     ("dependencies", "fastapi_doctor.signals.dependencies:DependencySignal"),
     ("middleware", "fastapi_doctor.signals.middleware_timing:MiddlewareSignal"),
     ("responses", "fastapi_doctor.signals.responses:ResponseSignal"),
     ("tasks", "fastapi_doctor.signals.tasks:TaskSignal"),
-    # logs: keep last, its request hook reads the findings the other signals raised.
-    ("logs", "fastapi_doctor.signals.logs:LogsSignal"),
 ]
 
 
 def load(detector: str, target: str) -> Signal:
+    """The signal (or publisher: ``publish.REGISTRY``) named by ``"module:Class"``."""
     module_name, _, class_name = target.partition(":")
     module = importlib.import_module(module_name)
     signal: Signal = getattr(module, class_name)()

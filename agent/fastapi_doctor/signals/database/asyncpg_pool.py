@@ -5,14 +5,14 @@ the same decision code as the SQLAlchemy database signal, so the findings and th
 the ones dashboards and alerts already know:
 
 * ``Pool._acquire`` and ``PoolConnectionHolder._release`` are wrapped: every acquired connection is a
-  :class:`~fastapi_doctor.signals.db_pool.Checkout` of a :class:`~fastapi_doctor.signals.db_pool.PoolTracker`
+  :class:`~fastapi_doctor.signals.database.db_pool.Checkout` of a :class:`~fastapi_doctor.signals.database.db_pool.PoolTracker`
   (``db.client.connection.*`` metrics, leaks held too long or left behind by their request, with the
   acquire line). asyncpg waits for a free connection without a time limit by default, so exhaustion is
   decided on facts: at least half of a pool's recent acquires found it full and waited; an acquire
   timeout is reported at once. Either names the pool's size and the routes holding its connections.
 * ``Connection.fetch/fetchrow/fetchval/execute/executemany/fetchmany`` and the prepared statements'
   methods are wrapped: each statement the app sends counts in the request's statements by fingerprint
-  (:mod:`~fastapi_doctor.signals.db_queries`, the ``n_plus_one`` rule). asyncpg's own statements (reset on
+  (:mod:`~fastapi_doctor.signals.database.db_queries`, the ``n_plus_one`` rule). asyncpg's own statements (reset on
   release, transactions) and SQLAlchemy's (counted by the database signal) are left out.
 * ``Pool.__init__`` and ``asyncpg.connect`` are wrapped: a pool (``asyncpg.create_pool``, a
   ``databases.Database(...).connect()``) or a connection opened inside requests again and again from
@@ -39,13 +39,13 @@ from fastapi_doctor.context import current_request
 from fastapi_doctor.diagnosis import pool_leak, publish
 from fastapi_doctor.kernel.rebuilds import RebuildSites
 from fastapi_doctor.kernel.windows import Window
-from fastapi_doctor.signals.db_pool import (
+from fastapi_doctor.signals.database.db_pool import (
     Checkout,
     PoolStats,
     PoolTracker,
     occupancy,
 )
-from fastapi_doctor.signals.db_queries import QueryCounter
+from fastapi_doctor.signals.database.db_queries import QueryCounter
 from fastapi_doctor.version import __version__
 
 # An acquire that found every connection in use and waited at least this long counts towards

@@ -2,7 +2,7 @@
 ``/v2`` that does the same job the right way.
 
 Run it under the agent with ``fastapi-doctor demo`` (or ``opentelemetry-instrument uvicorn
-fastapi_doctor.demo.patient:app``). ``PATIENT_DATABASE_URL`` selects the database (SQLite file by
+fastapi_doctor_demo.patient:app``). ``PATIENT_DATABASE_URL`` selects the database (SQLite file by
 default; ``postgresql+asyncpg://…`` for PostgreSQL).
 """
 
@@ -18,9 +18,9 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fastapi_doctor.demo import analytics, carts, catalog, orders, pricing
-from fastapi_doctor.demo.db import Product, create_schema, get_session, get_session_new_engine, make_engine
-from fastapi_doctor.demo.middleware import AuditLogMiddleware, AuditStore, RequestIdMiddleware
+from fastapi_doctor_demo import analytics, carts, catalog, orders, pricing
+from fastapi_doctor_demo.db import Product, create_schema, get_session, get_session_new_engine, make_engine
+from fastapi_doctor_demo.middleware import AuditLogMiddleware, AuditStore, RequestIdMiddleware
 
 
 @asynccontextmanager

@@ -1,7 +1,7 @@
 """``fastapi-doctor demo``: the patient under the agent, a load per scenario, and the diagnosis.
 
-Starts the patient (``fastapi_doctor.demo.patient``) under ``opentelemetry-instrument`` in a real
-uvicorn process, drives each scenario of :mod:`fastapi_doctor.demo.scenarios` with concurrent
+Starts the patient (``fastapi_doctor_demo.patient``) under ``opentelemetry-instrument`` in a real
+uvicorn process, drives each scenario of :mod:`fastapi_doctor_demo.scenarios` with concurrent
 requests, waits for the agent's findings and prints, per scenario, the root cause found with its
 route, code location, evidence and fix; then expected vs found. Exits 1 when an expected finding is
 missing or an unexpected one appears, 2 when the patient cannot be run.
@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-import fastapi_doctor
 from fastapi_doctor.cli import ReportError, fetch_doctor
-from fastapi_doctor.demo.scenarios import SCENARIOS, Scenario, runbook_fixes
-from fastapi_doctor.report.terminal import render_finding, render_rows
+from fastapi_doctor.publish import runbooks
+from fastapi_doctor.publish.report.terminal import render_finding, render_rows
+from fastapi_doctor_demo.scenarios import SCENARIOS, Scenario
 
-PACKAGE_PARENT = Path(fastapi_doctor.__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE_PARENT.parent if (PACKAGE_PARENT.parent / "docs").is_dir() else None
 
 # Settings for a run of a few seconds (a FASTAPI_DOCTOR_* variable of the environment wins; everything
@@ -81,7 +81,7 @@ class Patient:
         wrapper = bin_dir / "opentelemetry-instrument"
         self.command = [
             str(wrapper) if wrapper.exists() else shutil.which("opentelemetry-instrument") or "opentelemetry-instrument",
-            sys.executable, "-m", "uvicorn", "fastapi_doctor.demo.patient:app",
+            sys.executable, "-m", "uvicorn", "fastapi_doctor_demo.patient:app",
             "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning",
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,7 +97,7 @@ class Patient:
 
     def start(self, timeout: float = 60.0) -> None:
         self._log = open(self.log_path, "wb")
-        # Run from the directory above the package so code locations read fastapi_doctor/demo/….
+        # Run from the directory above the package so code locations read fastapi_doctor_demo/….
         self.proc = subprocess.Popen(
             self.command, cwd=PACKAGE_PARENT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -354,7 +354,7 @@ def run_scenario(patient: Patient, scenario: Scenario, index: int, total: int, q
     if found:
         best = max(found, key=lambda f: f.get("count", 1))
         print(f"  FOUND {scenario.root_cause} on {best.get('route') or '(no route)'}", file=out)
-        print(render_finding(best, scenario.fix, runbook_fixes(scenario.root_cause, REPO_ROOT)), file=out)
+        print(render_finding(best, scenario.fix, runbooks.runbook_fixes(scenario.root_cause, REPO_ROOT)), file=out)
     elif not is_covered:
         print(f"  MISSING: no {' or '.join(scenario.detectors)} detector runs in this agent", file=out)
     else:
@@ -378,7 +378,7 @@ def main(args: argparse.Namespace) -> int:
     database_url = args.database_url or f"sqlite+aiosqlite:///{workdir / 'patient.db'}"
     patient = Patient(database_url, workdir)
     print("fastapi-doctor demo: a sick FastAPI app under the agent", file=out)
-    print(f"$ opentelemetry-instrument uvicorn fastapi_doctor.demo.patient:app --port {patient.port}", file=out)
+    print(f"$ opentelemetry-instrument uvicorn fastapi_doctor_demo.patient:app --port {patient.port}", file=out)
     print(f"  database {_redact(database_url)} · doctor page {patient.side_url}/", file=out)
     try:
         try:
@@ -500,10 +500,9 @@ def _fetch(url: str, token: str | None = None) -> str | None:
 
 def _static(page: str) -> str:
     """The saved copy does not reload itself and links the runbooks on disk: the server is gone."""
-    from fastapi_doctor.report.html import REFRESH
+    from fastapi_doctor.publish.report.html import REFRESH
 
-    runbooks = Path(__file__).resolve().parent.parent / "runbooks"
-    return page.replace(REFRESH, "", 1).replace('href="/runbooks/', f'href="{runbooks.as_uri()}/')
+    return page.replace(REFRESH, "", 1).replace('href="/runbooks/', f'href="{runbooks.DIRECTORY.as_uri()}/')
 
 
 def _redact(url: str) -> str:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi_doctor import containment
-from fastapi_doctor.signals.log_limiter import Flusher, LogLimiter, Summary
+from fastapi_doctor.publish.log_limiter import Flusher, LogLimiter, Summary
 
 REQUESTS_LOGGER = "fastapi_doctor.requests"
 QUERIES_LOGGER = "fastapi_doctor.queries"
@@ -305,8 +305,8 @@ class LogsSignal:
         self._provider: Any = None
 
     def instrument(self, agent: Any) -> None:
-        from fastapi_doctor.signals.query_log import QueryLog
-        from fastapi_doctor.signals.request_log import RequestLog
+        from fastapi_doctor.publish.query_log import QueryLog
+        from fastapi_doctor.publish.request_log import RequestLog
 
         self._agent = agent
         settings = agent.settings
@@ -330,7 +330,7 @@ class LogsSignal:
             self._add_handler(logger, fallback)
 
         if settings.otlp_endpoint:
-            from fastapi_doctor.signals import log_export
+            from fastapi_doctor.publish import log_export
 
             pipelines = getattr(agent, "pipelines", None)
             self._provider = log_export.logger_provider(settings, getattr(pipelines, "outage", None))
@@ -369,7 +369,7 @@ class LogsSignal:
                 # are; a logger the app configured by name is never disabled by it.
                 logger.disabled = False
         if self._provider is not None and self._agent.settings.export_app_logs:
-            from fastapi_doctor.signals.log_export import OTLPHandler
+            from fastapi_doctor.publish.log_export import OTLPHandler
 
             root = logging.getLogger()
             if not any(isinstance(h, OTLPHandler) for h in root.handlers):
@@ -414,7 +414,7 @@ class LogsSignal:
                 except Exception as exc:
                     containment.report("log summaries", exc)
         if self._provider is not None:
-            from fastapi_doctor.signals import log_export
+            from fastapi_doctor.publish import log_export
 
             log_export.flush(2.0)
         for logger, handler in reversed(self._handlers):

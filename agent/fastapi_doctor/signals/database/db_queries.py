@@ -1,71 +1,27 @@
 """N+1 queries: statements per request by fingerprint (``n_plus_one``, ``fastapi_doctor.db.statements``).
 
-Fed by SQLAlchemy's ``do_execute`` dialect events (see :mod:`fastapi_doctor.signals.db`) and asyncpg's
-statements (:mod:`fastapi_doctor.signals.asyncpg_pool`). Only requests
+Fed by SQLAlchemy's ``do_execute`` dialect events (see :mod:`fastapi_doctor.signals.database.db`) and asyncpg's
+statements (:mod:`fastapi_doctor.signals.database.asyncpg_pool`). Only requests
 that run statements pay anything: a dict of fingerprint -> executions in the request's signal data.
 The user's line is taken once per fingerprint, when its count reaches the threshold: the line of the
-user's loop that runs it (:func:`loop_location`), also when a repository function called per row sends it.
+user's loop that runs it (:func:`~fastapi_doctor.kernel.frames.loop_location`), also when a repository function called per row sends it.
 Fingerprints carry no parameter values.
 """
 
 from __future__ import annotations
 
-import dis
-import functools
-import sys
-import types
 from typing import Any
 
-from fastapi_doctor import attribution
 from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.diagnosis import n_plus_one, publish
 from fastapi_doctor.findings import Location
-from fastapi_doctor.kernel.frames import user_location
+from fastapi_doctor.kernel.frames import loop_location
 from fastapi_doctor.kernel.metrics import histogram
 from fastapi_doctor.sql import fingerprint
 
 _COUNTS = "db.statements"
 _LOCATIONS = "db.n_plus_one_locations"
 _STATEMENT_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
-
-
-@functools.lru_cache(maxsize=4096)
-def _in_loop(code: types.CodeType, offset: int) -> bool:
-    """Whether the instruction at ``offset`` is in a loop body: a backward jump after it lands at or before
-    it. ``JUMP_BACKWARD_NO_INTERRUPT`` is each ``await``'s own little loop, not the code's."""
-    return any(
-        ins.opname == "JUMP_BACKWARD" and ins.offset > offset and isinstance(ins.argval, int) and ins.argval <= offset
-        for ins in dis.get_instructions(code)
-    )
-
-
-def _user_frames(frame: types.FrameType | None, limit: int = 64) -> list[types.FrameType]:
-    found = []
-    while frame is not None and limit > 0:
-        filename = frame.f_code.co_filename
-        if not filename.startswith("<") and not attribution.is_library_file(filename):
-            found.append(frame)
-        frame = frame.f_back
-        limit -= 1
-    return found
-
-
-def loop_location(skip: int = 1) -> Location | None:
-    """The user's line that runs a statement again and again: the innermost user frame inside a loop (a
-    repository function called once per row is not the loop, its caller's ``for`` is), else the innermost
-    user line. An async SQLAlchemy engine runs statements in a greenlet: the user's coroutines are in its
-    parent. Called once per fingerprint and request, at the threshold."""
-    frames = _user_frames(sys._getframe(skip + 1))
-    if not frames:
-        greenlet = sys.modules.get("greenlet")
-        parent = greenlet.getcurrent().parent if greenlet is not None else None
-        if parent is not None:
-            frames = _user_frames(parent.gr_frame)
-    for frame in frames:
-        if _in_loop(frame.f_code, frame.f_lasti):
-            code = frame.f_code
-            return Location(attribution.display_path(code.co_filename), frame.f_lineno or 0, code.co_qualname)
-    return user_location(skip + 1)
 
 
 class QueryCounter:

@@ -1,6 +1,6 @@
 """SQLAlchemy connection pools: ``db.client.connection.*`` metrics and leak detection (``pool_leak``).
 
-Fed by :mod:`fastapi_doctor.signals.db`, which owns the SQLAlchemy listeners and patches. Every
+Fed by :mod:`fastapi_doctor.signals.database.db`, which owns the SQLAlchemy listeners and patches. Every
 checkout remembers when it happened, the request that made it and the user's line (a cheap frame
 walk, across SQLAlchemy's greenlet for async engines). A watchdog thread (a handle, monotonic time)
 reports a checkout as a leak when it is held longer than ``FASTAPI_DOCTOR_LEAK_SECONDS``, is still

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fastapi_doctor.demo.db import Product
+from fastapi_doctor_demo.db import Product
 
 PAGE_SIZE_MAX = 100
 

@@ -151,8 +151,8 @@ def _chart(key: str, title: str, unit: str, history: dict[str, Any], companion: 
 
 
 def render_charts(history: dict[str, Any] | None) -> str:
-    """Small inline-SVG charts of the last minutes (from :mod:`fastapi_doctor.history`)."""
-    from fastapi_doctor.history import COMPANIONS, SERIES
+    """Small inline-SVG charts of the last minutes (from :mod:`fastapi_doctor.publish.history`)."""
+    from fastapi_doctor.publish.history import COMPANIONS, SERIES
 
     if history is None:
         return ""

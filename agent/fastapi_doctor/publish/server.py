@@ -21,7 +21,6 @@ import io
 import ipaddress
 import json
 import logging
-import os
 import queue
 import selectors
 import socket
@@ -38,6 +37,7 @@ from prometheus_client.exposition import choose_encoder
 
 from fastapi_doctor import containment
 from fastapi_doctor.config import ROOT_CAUSES
+from fastapi_doctor.publish import runbooks
 
 _log = logging.getLogger("fastapi_doctor")
 
@@ -352,10 +352,7 @@ def collect_metrics(registry: CollectorRegistry = REGISTRY) -> list[Any]:
 
 
 def _runbook(root_cause: str) -> bytes:
-    # The runbooks of docs/runbooks/, shipped in the package (agent/fastapi_doctor/runbooks).
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runbooks", f"{root_cause}.md")
-    with open(path, "rb") as f:
-        return f.read()
+    return runbooks.packaged(root_cause).read_bytes()
 
 
 class SideServer:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fastapi_doctor.demo.db import Order
+from fastapi_doctor_demo.db import Order
 
 # Sessions parked between the cart view and the checkout "to reuse them": each holds a pool
 # connection, in an open transaction, for as long as the user takes to come back.

@@ -28,7 +28,7 @@ from typing import Any
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 
 from fastapi_doctor import containment, lifecycle, redaction
-from fastapi_doctor.signals.logs import EVENT_NAMES, otel_attributes, render_text
+from fastapi_doctor.publish.logs import EVENT_NAMES, otel_attributes, render_text
 
 _log = logging.getLogger("fastapi_doctor")
 

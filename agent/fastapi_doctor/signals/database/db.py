@@ -3,9 +3,9 @@
 Installed when the app imports sqlalchemy, for every engine, sync and async:
 
 * class-level pool events (``connect``, ``checkout``, ``checkin``, ``detach`` on ``Pool``: they apply
-  to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.db_pool`;
+  to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.database.db_pool`;
 * the dialect's ``do_execute`` events (every statement sent to the driver) feed
-  :mod:`~fastapi_doctor.signals.db_queries`;
+  :mod:`~fastapi_doctor.signals.database.db_queries`;
 * ``Dialect.engine_created`` (the hook ``create_engine`` calls with every engine it made) is wrapped to
   know each engine (its pool and a credential-free name) and to
   report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`fastapi_doctor.kernel.rebuilds`);
@@ -25,8 +25,8 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.signals.db_pool import PoolTracker
-from fastapi_doctor.signals.db_queries import QueryCounter
+from fastapi_doctor.signals.database.db_pool import PoolTracker
+from fastapi_doctor.signals.database.db_queries import QueryCounter
 from fastapi_doctor.kernel.rebuilds import RebuildSites
 
 

@@ -22,7 +22,7 @@ def patient_database(tmp_path_factory: pytest.TempPathFactory) -> None:
 def client(patient_database: None) -> Iterator[object]:
     from fastapi.testclient import TestClient
 
-    from fastapi_doctor.demo.patient import app
+    from fastapi_doctor_demo.patient import app
 
     with TestClient(app) as client:  # the lifespan runs: pricing service, engine, schema
         yield client
@@ -33,7 +33,7 @@ def live_server(patient_database: None) -> Iterator[str]:
     """The patient under a real uvicorn server on a thread, as some suites test their app."""
     import uvicorn
 
-    from fastapi_doctor.demo.patient import app
+    from fastapi_doctor_demo.patient import app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from fastapi_doctor.demo.db import Order, OrderLine
+from fastapi_doctor_demo.db import Order, OrderLine
 
 
 def _as_dict(order: Order, lines: list[OrderLine]) -> dict[str, Any]:

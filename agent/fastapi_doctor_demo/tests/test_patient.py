@@ -70,7 +70,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def async_client(patient_database: None):
-    from fastapi_doctor.demo.patient import app
+    from fastapi_doctor_demo.patient import app
 
     async with app.router.lifespan_context(app):  # ASGITransport does not run the lifespan itself
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://patient") as c:

@@ -6,7 +6,7 @@ with the instances that report it, occurrences summed, first and last seen):
 * several side servers (``report --url A --url B``: the ports of a prefork server's workers): their
   ``/doctor`` documents merged;
 * Prometheus' HTTP API (``report --prometheus URL``): the series of
-  :mod:`fastapi_doctor.findings_export` (``fastapi_doctor_finding_info``, ``fastapi_doctor_findings_total``,
+  :mod:`fastapi_doctor.publish.findings_export` (``fastapi_doctor_finding_info``, ``fastapi_doctor_findings_total``,
   ``fastapi_doctor_finding_last_seen_seconds``) of every target the selector matches.
 
 Sorted by impact: the occurrence rate when Prometheus knows it, then occurrences, then instances.
