@@ -241,8 +241,15 @@ def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that
         # The OTLP receiver: each process sent one log event per finding it holds, with its line of code.
         pid_of = {i: d["pid"] for i, d in documents().items()}
         want = {(pid_of[i["instance"]], f["id"]) for f in doc["findings"] for i in f["instances"]}
-        events = wait_until(lambda: (lambda e: e if {(x["pid"], x["attributes"]["finding_id"]) for x in e} >= want
-                                     else None)(finding_events(otlp)), timeout=15, interval=0.2)
+        def all_sent() -> list[dict[str, Any]] | None:
+            events = finding_events(otlp)
+            return events if {(e["pid"], e["attributes"]["finding_id"]) for e in events} >= want else None
+
+        try:
+            events = wait_until(all_sent, timeout=15, interval=0.2)
+        except AssertionError:
+            got = sorted((e["pid"], e["attributes"]["finding_id"]) for e in finding_events(otlp))
+            raise AssertionError(f"log events (pid, finding_id) {got}, expected {sorted(want)}") from None
         assert sorted((e["pid"], e["attributes"]["finding_id"]) for e in events) == sorted(want)  # once each
         by_id = {f["id"]: f for f in doc["findings"]}
         for event in events:

@@ -54,7 +54,7 @@ class Agent:
         from opentelemetry import metrics, trace
 
         from fastapi_doctor import telemetry
-        from fastapi_doctor.middleware import RequestMetrics
+        from fastapi_doctor.middleware import RequestMetrics, observe_active_requests
 
         attribution.configure(self.settings.library_modules)
         if self.settings.test_mode:
@@ -86,6 +86,7 @@ class Agent:
         # Histograms recorded on the request path: lean ones, read by the SDK's readers (lean_metrics.py).
         self.lean = self.pipelines.lean
         self.request_metrics = RequestMetrics(self.lean)
+        observe_active_requests(self.meter)
         self.running = True
         _imports.when_imported("fastapi", self._on_fastapi)
         from fastapi_doctor import signals

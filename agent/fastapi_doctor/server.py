@@ -272,6 +272,18 @@ class SideApp:
         return hmac.compare_digest(credentials.encode("utf-8", "replace"), self.token.encode("utf-8"))
 
 
+class _SendAll(io.BufferedIOBase):
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One request whose head the reading loop already has; HTTP/1.0, so the connection then closes."""
 
@@ -286,7 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.rfile = io.BytesIO(self._head)  # a body is never read
-        self.wfile = self.connection.makefile("wb", buffering=0)
+        # sendall, not a raw socket file: its write() sends what the socket takes at once and drops the
+        # rest (a /metrics page of several MB was cut at 3.75 MB, a truncated scrape).
+        self.wfile = _SendAll(self.connection)
 
     def finish(self) -> None:
         try:

@@ -4,7 +4,7 @@ serialisation time.
 * Bytes sent and their ``content-encoding`` come from the agent's outermost ``send`` (after any
   compression; streamed and chunked bodies count every message): after each response the request
   hook records ``fastapi_doctor.response.body.size`` with ``http.route`` and
-  ``http.response.content_encoding`` (identity, gzip, br, deflate, zstd, compress, or other).
+  ``http.response.header.content-encoding`` (identity, gzip, br, deflate, zstd, compress, or other).
 * Where a compression middleware runs (GZip, Brotli, Zstd…), a counter placed just below it counts
   the bytes it was given: ``fastapi_doctor.response.body.uncompressed_size``.
 * Serialisation: FastAPI's ``serialize_response`` (validation and encoding against the response
@@ -30,16 +30,12 @@ from fastapi_doctor.diagnosis import large_payload, publish
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.asgi import splice_out, walk
 from fastapi_doctor.kernel.frames import code_of, location_of
-from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
+from fastapi_doctor.kernel.metrics import MEAN_ONLY, ROUTE_DURATION_BUCKETS, histogram
 from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window
-
-SIZE_BUCKETS = (
-    256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 67108864,
-)
 
 _UNCOMPRESSED = "responses.uncompressed"
 
-# Values of http.response.content_encoding; anything else is "other" (bounded cardinality).
+# Values of http.response.header.content-encoding; anything else is "other" (bounded cardinality).
 ENCODINGS = frozenset({"identity", "gzip", "br", "deflate", "zstd", "compress"})
 
 # Class names of compression middleware (Starlette's and FastAPI's GZip, brotli-asgi, zstd…).
@@ -110,7 +106,7 @@ class _Route:
                 value = "gzip"
             elif value not in ENCODINGS:
                 value = "other"
-            attrs = {**self.attrs, "http.response.content_encoding": value}
+            attrs = {**self.attrs, "http.response.header.content-encoding": value}
             if len(self.by_encoding) < 16:
                 self.by_encoding[encoding] = attrs
         return attrs
@@ -179,21 +175,21 @@ class ResponseSignal:
             "fastapi_doctor.response.body.size",
             "By",
             "Response body bytes sent to the client, by route and content-encoding.",
-            SIZE_BUCKETS,
+            MEAN_ONLY,
         )
         self._uncompressed = histogram(
             agent,
             "fastapi_doctor.response.body.uncompressed_size",
             "By",
             "Response body bytes before the compression middleware, by route.",
-            SIZE_BUCKETS,
+            MEAN_ONLY,
         )
         self._serialize = histogram(
             agent,
             "fastapi_doctor.response.serialize.duration",
             "s",
             "Time to validate, encode and render response content, by route.",
-            DURATION_BUCKETS,
+            ROUTE_DURATION_BUCKETS,
         )
         self._active = True
         agent.request_metrics.finished_hooks.append(self._finished)
@@ -293,7 +289,7 @@ class ResponseSignal:
         encoding = state.content_encoding
         attrs = stats.size_attrs(encoding)
         self._size.record(sent, attrs)
-        stats.encoding = attrs["http.response.content_encoding"]
+        stats.encoding = attrs["http.response.header.content-encoding"]
         data = state.data
         if data:
             uncompressed = data.get(_UNCOMPRESSED)
