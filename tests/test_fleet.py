@@ -264,3 +264,24 @@ def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that
         for replica in replicas:
             replica.stop()
         fleet.stop()
+
+
+def test_the_page_of_a_worker_links_the_pages_of_its_siblings():
+    app = prefork(UVICORN_2, 2)
+    try:
+        servers = side_servers(app.side_port)
+        ports = {s["port"] for s in servers.values()}
+        assert len(ports) == 2
+        for port in ports:
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text
+            [other] = ports - {port}
+            assert f'data-port="{other}"' in page and f'href="http://127.0.0.1:{other}/"' in page
+            assert f'data-port="{port}"' not in page
+        # A process that is not a worker of a prefork server has no siblings to link.
+        single = AppProcess("fleet_app:app", env={"OTEL_TRACES_SAMPLER_ARG": "0"}, ready_path="/health").start(timeout=30)
+        try:
+            assert "data-port=" not in httpx.get(single.side_url + "/", timeout=10).text
+        finally:
+            single.stop()
+    finally:
+        app.stop()

@@ -173,7 +173,7 @@ class Agent:
         history = History(server.collect_metrics)
         side = server.SideApp(
             doctor=self.doctor_document,
-            page=lambda doc: render_page(doc, history.snapshot()),
+            page=lambda doc, host: render_page(doc, history.snapshot(), self.server.siblings() if self.server else (), host),
             token=self.settings.auth_token,
             protect_metrics=self.settings.protect_metrics,
             profile=self.profiling.handle if self.profiling is not None else None,
