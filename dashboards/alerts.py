@@ -199,7 +199,7 @@ def large_payload(cfg: Config) -> list[Alert]:
     return [
         Alert(
             "FastAPIDoctorLargeUncompressedResponses", "large_payload", "warning",
-            mean("fastapi_doctor_response_body_size_bytes", uncompressed, w, "job", "instance", "http_route")
+            mean("http_server_response_body_size_bytes", uncompressed, w, "job", "instance", "http_route")
             + f" > {t.large_response_bytes:g}",
             "{{ $labels.http_route }} sends large uncompressed responses",
             _where() + ": responses of {{ $labels.http_route }} are {{ $value | humanize1024 }}B on average, "

@@ -236,9 +236,9 @@ def rows(cfg: Config) -> list[RowSpec]:
             PanelSpec(
                 "Response size by route and encoding (mean)", units.BytesIEC,
                 (Query(f"sum by (http_route, http_response_header_content_encoding) "
-                       f"(rate(fastapi_doctor_response_body_size_bytes_sum{dr}[{RATE}]))\n/\n"
+                       f"(rate(http_server_response_body_size_bytes_sum{dr}[{RATE}]))\n/\n"
                        f"sum by (http_route, http_response_header_content_encoding) "
-                       f"(rate(fastapi_doctor_response_body_size_bytes_count{dr}[{RATE}]))",
+                       f"(rate(http_server_response_body_size_bytes_count{dr}[{RATE}]))",
                        "{{http_route}} {{http_response_header_content_encoding}}"),),
                 "Bytes sent per response; an empty encoding is uncompressed. The red line is "
                 "FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES.",
@@ -249,7 +249,7 @@ def rows(cfg: Config) -> list[RowSpec]:
                 (Query(_or_zero(
                     f"sum by (http_route) (rate(fastapi_doctor_response_body_uncompressed_size_bytes_sum{dr}[{RATE}]))\n/\n"
                     f"sum by (http_route) (rate(fastapi_doctor_response_body_uncompressed_size_bytes_count{dr}[{RATE}]))",
-                    f"sum by (http_route) (rate(fastapi_doctor_response_body_size_bytes_count{dr}[{RATE}]))"),
+                    f"sum by (http_route) (rate(http_server_response_body_size_bytes_count{dr}[{RATE}]))"),
                        "{{http_route}}"),),
                 "Body size before a compression middleware (0 where the app compresses nothing).",
                 threshold=t.large_response_bytes, width=8,

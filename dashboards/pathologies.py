@@ -77,9 +77,9 @@ def healthy() -> list[dict[str, str]]:
                    fastapi_doctor_dependency="current_user", http_route="/orders")
     s += histogram("fastapi_doctor_middleware_duration_seconds", {0.0002: 720}, SECONDS_BUCKETS,
                    fastapi_doctor_middleware="CORSMiddleware")
-    s += histogram("fastapi_doctor_response_body_size_bytes", {120: 600}, BYTES_BUCKETS, http_route="/healthy")
+    s += histogram("http_server_response_body_size_bytes", {120: 600}, BYTES_BUCKETS, http_route="/healthy")
     # A large export that is compressed: not a large_payload.
-    s += histogram("fastapi_doctor_response_body_size_bytes", {600000: 10}, BYTES_BUCKETS,
+    s += histogram("http_server_response_body_size_bytes", {600000: 10}, BYTES_BUCKETS,
                    http_route="/export", http_response_header_content_encoding="gzip")
     s += [gauge("db_client_connection_count", 2, db_client_connection_pool_name="main", db_client_connection_state="used"),
           gauge("db_client_connection_count", 3, db_client_connection_pool_name="main", db_client_connection_state="idle"),
@@ -246,7 +246,7 @@ def _large_payload(h: list[dict[str, str]]) -> list[dict[str, str]]:
     s = _replace(h, histogram("fastapi_doctor_eventloop_lag_seconds", {0.0008: 1100, 0.15: 100}, SECONDS_BUCKETS),
                  drop="fastapi_doctor_eventloop_lag_seconds")
     return s + [
-        *histogram("fastapi_doctor_response_body_size_bytes", {1048576: 60}, BYTES_BUCKETS,
+        *histogram("http_server_response_body_size_bytes", {1048576: 60}, BYTES_BUCKETS,
                    http_route="/catalog", http_response_header_content_encoding="identity"),
         *histogram("fastapi_doctor_response_serialize_duration_seconds", {0.15: 60}, SECONDS_BUCKETS, http_route="/catalog"),
         counter("fastapi_doctor_eventloop_blocked_time_seconds_total", 9, http_route="/catalog"),

@@ -344,12 +344,12 @@ def test_large_uncompressed_payload_is_found_and_gzip_twin_is_not(servers):
     assert gzipped.findings("large_payload") == []
     assert [f for f in bare.findings("large_payload") if f["route"] == "/image"] == []
     # Both sizes are measured where GZip runs: what was sent, and what it was given.
-    _, sent_count = sum_and_count(gzipped, "fastapi_doctor_response_body_size_bytes", at_least=ROUNDS,
+    _, sent_count = sum_and_count(gzipped, "http_server_response_body_size_bytes", at_least=ROUNDS,
                                   http_route="/report", http_response_header_content_encoding="gzip")
     before, count = sum_and_count(gzipped, "fastapi_doctor_response_body_uncompressed_size_bytes", at_least=ROUNDS,
                                   http_route="/report")
     assert sent_count == ROUNDS and before == size * count
-    sent, _ = sum_and_count(gzipped, "fastapi_doctor_response_body_size_bytes",
+    sent, _ = sum_and_count(gzipped, "http_server_response_body_size_bytes",
                             http_route="/report", http_response_header_content_encoding="gzip")
     assert sent < before / 5
 
@@ -372,7 +372,7 @@ def test_streamed_bytes_are_counted(servers):
     bare, gzipped = servers["payload"], servers["payload_gzip"]
     hit(bare, "/stream", n=3)
     hit(gzipped, "/stream", n=3, headers={"accept-encoding": "gzip"})
-    sent, count = sum_and_count(bare, "fastapi_doctor_response_body_size_bytes", at_least=3,
+    sent, count = sum_and_count(bare, "http_server_response_body_size_bytes", at_least=3,
                                 http_route="/stream", http_response_header_content_encoding="identity")
     assert (sent, count) == (3 * 102400, 3)
     before, _ = sum_and_count(gzipped, "fastapi_doctor_response_body_uncompressed_size_bytes", at_least=3,
@@ -391,9 +391,10 @@ def test_response_metrics_have_exact_attributes(servers, receiver):
 
     wait_until(lambda: any(p.get("http.route") == "/small" for p in points("fastapi_doctor.response.serialize.duration")),
                timeout=15)
-    wait_until(lambda: any("http.route" not in p for p in points("fastapi_doctor.response.body.size")), timeout=15)
-    for p in points("fastapi_doctor.response.body.size"):
-        assert set(p) in ({"http.route", "http.response.header.content-encoding"}, {"http.response.header.content-encoding"})
+    wait_until(lambda: any("http.route" not in p for p in points("http.server.response.body.size")), timeout=15)
+    for p in points("http.server.response.body.size"):
+        assert set(p) - {"http.route", "error.type"} == {"http.request.method", "http.response.status_code", "url.scheme",
+                                                          "http.response.header.content-encoding"}
         assert p["http.response.header.content-encoding"] in {"identity", "gzip", "br", "deflate", "zstd", "compress", "other"}
         assert not str(p.get("http.route", "")).startswith("/no/")
     for name in ("fastapi_doctor.response.body.uncompressed_size", "fastapi_doctor.response.serialize.duration"):

@@ -81,6 +81,7 @@ def otlp_kinds(otlp: Any) -> dict[str, tuple[str, bool | None, str]]:
 
 def test_process_runtime_and_http_server_metrics_are_named_and_typed_as_the_conventions(serve: Any, otlp: Any) -> None:
     """process.unix.file_descriptor.count, process.thread.count and process.memory.usage are UpDownCounters;
+    the bytes sent are http.server.response.body.size;
     cpython.gc.* counters by cpython.gc.generation; http.server.active_requests (an UpDownCounter by method
     and scheme) counts the requests in flight, which FastAPI's own metrics (off under the agent) would."""
     import threading
@@ -109,6 +110,7 @@ def test_process_runtime_and_http_server_metrics_are_named_and_typed_as_the_conv
 
     wanted = {
         "http.server.active_requests": ("sum", False, "{request}"),
+        "http.server.response.body.size": ("histogram", None, "By"),
         "process.unix.file_descriptor.count": ("sum", False, "{file_descriptor}"),
         "process.thread.count": ("sum", False, "{thread}"),
         "process.memory.usage": ("sum", False, "By"),

@@ -3,7 +3,7 @@ serialisation time.
 
 * Bytes sent and their ``content-encoding`` come from the agent's outermost ``send`` (after any
   compression; streamed and chunked bodies count every message): after each response the request
-  hook records ``fastapi_doctor.response.body.size`` with ``http.route`` and
+  hook records ``http.server.response.body.size`` with ``http.route`` and
   ``http.response.header.content-encoding`` (identity, gzip, br, deflate, zstd, compress, or other).
 * Where a compression middleware runs (GZip, Brotli, Zstd…), a counter placed just below it counts
   the bytes it was given: ``fastapi_doctor.response.body.uncompressed_size``.
@@ -91,24 +91,30 @@ class _Route:
         self.route = route
         self.endpoint = endpoint
         self.attrs: dict[str, Any] = {} if route is None else {"http.route": route}
-        self.by_encoding: dict[str, dict[str, Any]] = {}
+        self.by_encoding: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.location = location
         # (bytes sent, bytes sent uncompressed to a gzip client, serialise seconds, its share)
         self.window = Window()
         self.compression = False
         self.encoding = "identity"  # of the last response (for the evidence)
 
-    def size_attrs(self, encoding: str) -> dict[str, Any]:
-        attrs = self.by_encoding.get(encoding)
+    def size_attrs(self, encoding: str, status: int, scheme: str) -> dict[str, Any]:
+        """Attributes of ``http.server.response.body.size``: the conventions' (method, route, status, scheme)
+        and the response's content coding."""
+        key = (encoding, status, scheme)
+        attrs = self.by_encoding.get(key)
         if attrs is None:
             value = encoding.strip().lower() or "identity"
             if value == "x-gzip":
                 value = "gzip"
             elif value not in ENCODINGS:
                 value = "other"
-            attrs = {**self.attrs, "http.response.header.content-encoding": value}
-            if len(self.by_encoding) < 16:
-                self.by_encoding[encoding] = attrs
+            attrs = {"http.request.method": self.method, **self.attrs, "http.response.status_code": status,
+                     "url.scheme": scheme, "http.response.header.content-encoding": value}
+            if status >= 500:
+                attrs["error.type"] = str(status)
+            if len(self.by_encoding) < 32:
+                self.by_encoding[key] = attrs
         return attrs
 
 
@@ -172,9 +178,9 @@ class ResponseSignal:
         self._report_each_large = agent.settings.test_mode
         self._size = histogram(
             agent,
-            "fastapi_doctor.response.body.size",
+            "http.server.response.body.size",
             "By",
-            "Response body bytes sent to the client, by route and content-encoding.",
+            "Size of HTTP server response bodies: the bytes sent (after any compression), by route and content coding.",
             MEAN_ONLY,
         )
         self._uncompressed = histogram(
@@ -287,7 +293,7 @@ class ResponseSignal:
         stats = self._route(state)
         sent = state.body_bytes
         encoding = state.content_encoding
-        attrs = stats.size_attrs(encoding)
+        attrs = stats.size_attrs(encoding, state.status, state.scope.get("scheme", "http"))
         self._size.record(sent, attrs)
         stats.encoding = attrs["http.response.header.content-encoding"]
         data = state.data
