@@ -182,10 +182,10 @@ def slow_middleware(cfg: Config) -> list[Alert]:
     return [
         Alert(
             "FastAPIDoctorSlowMiddleware", "slow_middleware", "warning",
-            quantile(0.5, "fastapi_doctor_middleware_duration_seconds", sel(a), w, "job", "instance", "fastapi_middleware")
+            quantile(0.5, "fastapi_doctor_middleware_duration_seconds", sel(a), w, "job", "instance", "fastapi_doctor_middleware")
             + f" > {t.slow_middleware_seconds:g}" + _loop_healthy(cfg),
-            "Middleware {{ $labels.fastapi_middleware }} is slow",
-            _where() + ": middleware {{ $labels.fastapi_middleware }} spends {{ $value | humanizeDuration }} "
+            "Middleware {{ $labels.fastapi_doctor_middleware }} is slow",
+            _where() + ": middleware {{ $labels.fastapi_doctor_middleware }} spends {{ $value | humanizeDuration }} "
             "of its own time per request at p50 over the last " + w
             + f" (threshold {_ms(t.slow_middleware_seconds)}); every route pays it.",
         ),
@@ -195,11 +195,11 @@ def slow_middleware(cfg: Config) -> list[Alert]:
 
 def large_payload(cfg: Config) -> list[Alert]:
     t, w, a = cfg.thresholds, cfg.window, cfg.alert_selector
-    uncompressed = sel(a, 'http_response_content_encoding=~"|identity"')
+    uncompressed = sel(a, 'http_response_header_content_encoding=~"|identity"')
     return [
         Alert(
             "FastAPIDoctorLargeUncompressedResponses", "large_payload", "warning",
-            mean("fastapi_doctor_response_body_size_bytes", uncompressed, w, "job", "instance", "http_route")
+            mean("http_server_response_body_size_bytes", uncompressed, w, "job", "instance", "http_route")
             + f" > {t.large_response_bytes:g}",
             "{{ $labels.http_route }} sends large uncompressed responses",
             _where() + ": responses of {{ $labels.http_route }} are {{ $value | humanize1024 }}B on average, "

@@ -183,15 +183,15 @@ def _rows(cfg: Config) -> list[RowSpec]:
             PanelSpec(
                 "Dependency time p50 by dependency", units.Seconds,
                 (Query(quantile(0.5, "fastapi_doctor_dependency_duration_seconds", dr, RATE,
-                                "fastapi_dependency", "http_route"),
-                       "{{fastapi_dependency}} {{http_route}}", exemplar=True),),
+                                "fastapi_doctor_dependency", "http_route"),
+                       "{{fastapi_doctor_dependency}} {{http_route}}", exemplar=True),),
                 "Time to build each Depends() callable; the red line is FASTAPI_DOCTOR_SLOW_DEPENDENCY_MS.",
                 threshold=t.slow_dependency_seconds,
             ),
             PanelSpec(
                 "Dependency calls by dependency", units.OpsPerSecond,
-                (Query(f"sum by (fastapi_dependency) (rate(fastapi_doctor_dependency_duration_seconds_count{dr}[{RATE}]))",
-                       "{{fastapi_dependency}}"),),
+                (Query(f"sum by (fastapi_doctor_dependency) (rate(fastapi_doctor_dependency_duration_seconds_count{dr}[{RATE}]))",
+                       "{{fastapi_doctor_dependency}}"),),
                 "How often each dependency is built: once per request unless cached.",
             ),
         )),
@@ -248,8 +248,8 @@ def _rows(cfg: Config) -> list[RowSpec]:
         RowSpec("slow_middleware: heavy middleware", "slow_middleware", (
             PanelSpec(
                 "Middleware self-time p50 by layer", units.Seconds,
-                (Query(quantile(0.5, "fastapi_doctor_middleware_duration_seconds", sel(d), RATE, "fastapi_middleware"),
-                       "{{fastapi_middleware}}", exemplar=True),),
+                (Query(quantile(0.5, "fastapi_doctor_middleware_duration_seconds", sel(d), RATE, "fastapi_doctor_middleware"),
+                       "{{fastapi_doctor_middleware}}", exemplar=True),),
                 "Time spent in each middleware layer itself, not in the layers inside it; the red line is "
                 "FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS.",
                 threshold=t.slow_middleware_seconds, width=24,
@@ -258,11 +258,11 @@ def _rows(cfg: Config) -> list[RowSpec]:
         RowSpec("large_payload: large uncompressed responses", "large_payload", (
             PanelSpec(
                 "Response size by route and encoding (mean)", units.BytesIEC,
-                (Query(f"sum by (http_route, http_response_content_encoding) "
-                       f"(rate(fastapi_doctor_response_body_size_bytes_sum{dr}[{RATE}]))\n/\n"
-                       f"sum by (http_route, http_response_content_encoding) "
-                       f"(rate(fastapi_doctor_response_body_size_bytes_count{dr}[{RATE}]))",
-                       "{{http_route}} {{http_response_content_encoding}}"),),
+                (Query(f"sum by (http_route, http_response_header_content_encoding) "
+                       f"(rate(http_server_response_body_size_bytes_sum{dr}[{RATE}]))\n/\n"
+                       f"sum by (http_route, http_response_header_content_encoding) "
+                       f"(rate(http_server_response_body_size_bytes_count{dr}[{RATE}]))",
+                       "{{http_route}} {{http_response_header_content_encoding}}"),),
                 "Bytes sent per response; an empty encoding is uncompressed. The red line is "
                 "FASTAPI_DOCTOR_LARGE_RESPONSE_BYTES.",
                 threshold=t.large_response_bytes, width=8,
@@ -272,7 +272,7 @@ def _rows(cfg: Config) -> list[RowSpec]:
                 (Query(_or_zero(
                     f"sum by (http_route) (rate(fastapi_doctor_response_body_uncompressed_size_bytes_sum{dr}[{RATE}]))\n/\n"
                     f"sum by (http_route) (rate(fastapi_doctor_response_body_uncompressed_size_bytes_count{dr}[{RATE}]))",
-                    f"sum by (http_route) (rate(fastapi_doctor_response_body_size_bytes_count{dr}[{RATE}]))"),
+                    f"sum by (http_route) (rate(http_server_response_body_size_bytes_count{dr}[{RATE}]))"),
                        "{{http_route}}"),),
                 "Body size before a compression middleware (0 where the app compresses nothing).",
                 threshold=t.large_response_bytes, width=8,
@@ -338,15 +338,15 @@ def _rows(cfg: Config) -> list[RowSpec]:
             ),
             PanelSpec(
                 "GC pause p99 by generation", units.Seconds,
-                (Query(quantile(0.99, "fastapi_doctor_gc_pause_seconds", sel(d), RATE, "gc_generation"),
-                       "gen {{gc_generation}}", exemplar=True),),
+                (Query(quantile(0.99, "fastapi_doctor_gc_pause_seconds", sel(d), RATE, "cpython_gc_generation"),
+                       "gen {{cpython_gc_generation}}", exemplar=True),),
                 "Garbage-collector pauses; they stop the event loop like a blocking call.",
                 threshold=t.loop_block_seconds, width=8,
             ),
             PanelSpec(
                 "Threads and open files", units.Short,
                 (Query(f"sum by (instance) (process_thread_count{sel(d)})", "threads {{instance}}"),
-                 Query(f"sum by (instance) (process_open_file_descriptor_count{sel(d)})", "fds {{instance}}")),
+                 Query(f"sum by (instance) (process_unix_file_descriptor_count{sel(d)})", "fds {{instance}}")),
                 "Threads and open file descriptors of the process.",
             ),
             PanelSpec(

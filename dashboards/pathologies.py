@@ -71,16 +71,16 @@ def healthy() -> list[dict[str, str]]:
     s += [gauge("fastapi_doctor_threadpool_busy", 3), gauge("fastapi_doctor_threadpool_limit", 40),
           gauge("fastapi_doctor_threadpool_waiting", 0)]
     s += histogram("fastapi_doctor_dependency_duration_seconds", {0.0004: 600}, SECONDS_BUCKETS,
-                   fastapi_dependency="get_settings", http_route="/healthy")
+                   fastapi_doctor_dependency="get_settings", http_route="/healthy")
     # A dependency that awaits a real query: 12 ms, under the 25 ms threshold.
     s += histogram("fastapi_doctor_dependency_duration_seconds", {0.012: 120}, SECONDS_BUCKETS,
-                   fastapi_dependency="current_user", http_route="/orders")
+                   fastapi_doctor_dependency="current_user", http_route="/orders")
     s += histogram("fastapi_doctor_middleware_duration_seconds", {0.0002: 720}, SECONDS_BUCKETS,
-                   fastapi_middleware="CORSMiddleware")
-    s += histogram("fastapi_doctor_response_body_size_bytes", {120: 600}, BYTES_BUCKETS, http_route="/healthy")
+                   fastapi_doctor_middleware="CORSMiddleware")
+    s += histogram("http_server_response_body_size_bytes", {120: 600}, BYTES_BUCKETS, http_route="/healthy")
     # A large export that is compressed: not a large_payload.
-    s += histogram("fastapi_doctor_response_body_size_bytes", {600000: 10}, BYTES_BUCKETS,
-                   http_route="/export", http_response_content_encoding="gzip")
+    s += histogram("http_server_response_body_size_bytes", {600000: 10}, BYTES_BUCKETS,
+                   http_route="/export", http_response_header_content_encoding="gzip")
     s += [gauge("db_client_connection_count", 2, db_client_connection_pool_name="main", db_client_connection_state="used"),
           gauge("db_client_connection_count", 3, db_client_connection_pool_name="main", db_client_connection_state="idle"),
           gauge("db_client_connection_max", 15, db_client_connection_pool_name="main"),
@@ -188,7 +188,7 @@ def _scenarios(h: list[dict[str, str]]) -> list[Scenario]:
         Scenario(
             "dependency_rebuild",
             h + histogram("fastapi_doctor_dependency_duration_seconds", {0.08: 300}, SECONDS_BUCKETS,
-                          fastapi_dependency="get_engine", http_route="/orders")
+                          fastapi_doctor_dependency="get_engine", http_route="/orders")
             + _finding("dependency_rebuild", "/orders"),
             [Expect("FastAPIDoctorDependencyRebuildFinding", finding_labels("dependency_rebuild", "/orders"), "2")],
         ),
@@ -203,8 +203,8 @@ def _scenarios(h: list[dict[str, str]]) -> list[Scenario]:
         Scenario(
             "slow_middleware",
             _replace(h, histogram("fastapi_doctor_middleware_duration_seconds", {0.06: 720}, SECONDS_BUCKETS,
-                                  fastapi_middleware="AuditLogMiddleware") + _finding("slow_middleware", None)),
-            [Expect("FastAPIDoctorSlowMiddleware", {**BASE, "fastapi_middleware": "AuditLogMiddleware"}, "75ms"),
+                                  fastapi_doctor_middleware="AuditLogMiddleware") + _finding("slow_middleware", None)),
+            [Expect("FastAPIDoctorSlowMiddleware", {**BASE, "fastapi_doctor_middleware": "AuditLogMiddleware"}, "75ms"),
              Expect("FastAPIDoctorSlowMiddlewareFinding", finding_labels("slow_middleware", None), "2")],
         ),
         Scenario(
@@ -259,13 +259,13 @@ def _large_payload(h: list[dict[str, str]]) -> list[dict[str, str]]:
     s = _replace(h, histogram("fastapi_doctor_eventloop_lag_seconds", {0.0008: 1100, 0.15: 100}, SECONDS_BUCKETS),
                  drop="fastapi_doctor_eventloop_lag_seconds")
     return s + [
-        *histogram("fastapi_doctor_response_body_size_bytes", {1048576: 60}, BYTES_BUCKETS,
-                   http_route="/catalog", http_response_content_encoding="identity"),
+        *histogram("http_server_response_body_size_bytes", {1048576: 60}, BYTES_BUCKETS,
+                   http_route="/catalog", http_response_header_content_encoding="identity"),
         *histogram("fastapi_doctor_response_serialize_duration_seconds", {0.15: 60}, SECONDS_BUCKETS, http_route="/catalog"),
         counter("fastapi_doctor_eventloop_blocked_time_seconds_total", 9, http_route="/catalog"),
         counter("fastapi_doctor_eventloop_blocked_total", 60, http_route="/catalog"),
         *histogram("fastapi_doctor_dependency_duration_seconds", {0.06: 60}, SECONDS_BUCKETS,
-                   fastapi_dependency="get_session", http_route="/catalog"),
+                   fastapi_doctor_dependency="get_session", http_route="/catalog"),
         *_finding("large_payload", "/catalog"),
     ]
 

@@ -222,7 +222,7 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 
 def test_side_server_routes_and_stop():
     doc = {"service": "svc", "findings": []}
-    side = server.start(server.SideApp(doctor=lambda: doc, page=lambda d: "<html>page</html>", token=None), "127.0.0.1", 0)
+    side = server.start(server.SideApp(doctor=lambda: doc, page=lambda d, host: "<html>page</html>", token=None), "127.0.0.1", 0)
     assert side is not None
     base = f"http://127.0.0.1:{side.port}"
     try:

@@ -206,7 +206,7 @@ def test_history_reads_the_catalogue_metrics_from_a_prometheus_registry():
     lag = Histogram("fastapi_doctor_eventloop_lag_seconds", "lag", registry=registry,
                     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0))
     requests = Histogram("http_server_request_duration_seconds", "d", ["http_route"], registry=registry)
-    size = Histogram("fastapi_doctor_response_body_size_bytes", "s", ["http_route"], registry=registry,
+    size = Histogram("http_server_response_body_size_bytes", "s", ["http_route"], registry=registry,
                      buckets=(1000, 100000, 1000000))
     used = Gauge("db_client_connection_count", "c", ["db_client_connection_pool_name", "db_client_connection_state"],
                  registry=registry)

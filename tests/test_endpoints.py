@@ -120,7 +120,7 @@ def test_under_concurrent_load_a_cheap_timing_middleware_is_not_slow_and_the_aud
     def timed() -> float | None:
         text = shop.metrics_text()
         count = metric_value(text, "fastapi_doctor_middleware_duration_seconds_count",
-                             fastapi_middleware="add_process_time_header")
+                             fastapi_doctor_middleware="add_process_time_header")
         return count if count and count >= 128 else None
 
     wait_until(timed, timeout=15)  # full windows of timed requests were judged

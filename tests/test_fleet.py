@@ -2,9 +2,10 @@
 instances that report it, its location and its occurrences summed.
 
 Real processes of tests/apps/fleet_app.py under the wrapper: a prefork server (uvicorn --workers 2,
-gunicorn -w 2) whose workers each serve the N+1 and the blocking route, a separate replica, and a
-real Prometheus (/usr/bin/prometheus) scraping every worker's side server. ``fastapi-doctor report``
-is run as a user runs it, and its answer is checked against each worker's own ``/doctor``.
+gunicorn -w 3) whose workers each serve the N+1 and the blocking route, two separate replicas, a real
+Prometheus (/usr/bin/prometheus) scraping every worker's side server, and the harness's OTLP/gRPC
+receiver. ``fastapi-doctor report`` is run as a user runs it, and its answer is checked against each
+worker's own ``/doctor``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from apps.fullstack_security import create_access_token
-from harness import BIN, AppProcess, concurrent_get, side_servers, wait_until
+from harness import BIN, AppProcess, OTLPReceiver, concurrent_get, side_servers, wait_until
 from test_prometheus_e2e import Prometheus
 
 from dashboards import alerts as alert_rules
@@ -30,8 +31,8 @@ N_PLUS_ONE = "/api/authors/"
 BLOCKING = "/api/reports/daily"
 
 
-def prefork(server: list[str], workers: int) -> AppProcess:
-    app = AppProcess("fleet_app:app", env={"OTEL_TRACES_SAMPLER_ARG": "0"}, ready_path="/health")
+def prefork(server: list[str], workers: int, env: dict[str, str] | None = None) -> AppProcess:
+    app = AppProcess("fleet_app:app", env={"OTEL_TRACES_SAMPLER_ARG": "0", **(env or {})}, ready_path="/health")
     command = [part.format(bin=BIN, port=app.port) for part in server]
     app.command = [str(BIN / "opentelemetry-instrument"), *command, "fleet_app:app"]
     app.start(timeout=60)
@@ -45,7 +46,7 @@ def prefork(server: list[str], workers: int) -> AppProcess:
 
 
 UVICORN_2 = ["{bin}/uvicorn", "--workers", "2", "--host", "127.0.0.1", "--port", "{port}", "--no-access-log"]
-GUNICORN_2 = ["{bin}/gunicorn", "-w", "2", "-k", "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:{port}"]
+GUNICORN_3 = ["{bin}/gunicorn", "-w", "3", "-k", "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:{port}"]
 
 
 def serve_everywhere(url: str, path: str, workers: set[int], rounds: int = 40) -> set[int]:
@@ -61,6 +62,21 @@ def serve_everywhere(url: str, path: str, workers: set[int], rounds: int = 40) -
 
     wait_until(spread, timeout=60, interval=0.1)
     return served
+
+
+def finding_events(otlp: OTLPReceiver) -> list[dict[str, Any]]:
+    """The ``fastapi_doctor.finding`` log events the receiver got: their attributes and the ``process.pid``
+    of the process that sent each."""
+    events = []
+    for request in list(otlp.log_requests):
+        for rl in request.resource_logs:
+            pid = next(kv.value.int_value for kv in rl.resource.attributes if kv.key == "process.pid")
+            for sl in rl.scope_logs:
+                for record in sl.log_records:
+                    if record.event_name == "fastapi_doctor.finding":
+                        attrs = {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in record.attributes}
+                        events.append({"pid": pid, "attributes": attrs})
+    return events
 
 
 def report(*args: str) -> tuple[int, str, str]:
@@ -117,24 +133,32 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
         server.stop()
 
 
-def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that_reports_it(prometheus):
-    fleet = prefork(GUNICORN_2, 2)
-    replica = AppProcess("fleet_app:app", env={"OTEL_TRACES_SAMPLER_ARG": "0"}, ready_path="/health")
+def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that_reports_it(prometheus, otlp):
+    """The issue's done-criterion: three gunicorn workers and two more replicas, one Prometheus."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BLRP_SCHEDULE_DELAY": "100",
+           "FASTAPI_DOCTOR_LOG_REPEAT_SECONDS": "600"}  # one event per finding and process in this test
+    fleet = prefork(GUNICORN_3, 3, env)
+    replicas = [AppProcess("fleet_app:app", env={"OTEL_TRACES_SAMPLER_ARG": "0", **env}, ready_path="/health")
+                for _ in range(2)]
     try:
-        replica.start(timeout=30)
+        for replica in replicas:
+            replica.start(timeout=30)
         workers = side_servers(fleet.side_port)
-        ports = [s["port"] for s in workers.values()] + [replica.side_port]
+        ports = [s["port"] for s in workers.values()] + [r.side_port for r in replicas]
         instances = [f"127.0.0.1:{p}" for p in ports]
+        assert len(set(instances)) == 5
         prometheus.targets.write_text(json.dumps([{"targets": instances, "labels": {"job": "library"}}]))
-        wait_until(lambda: len(prometheus.query('up{job="library"} == 1')) == 3, timeout=30, interval=0.5)
+        wait_until(lambda: len(prometheus.query('up{job="library"} == 1')) == 5, timeout=30, interval=0.5)
 
         serve_everywhere(fleet.url, N_PLUS_ONE, set(workers))
-        serve_everywhere(replica.url, N_PLUS_ONE, {replica.proc.pid})
+        for replica in replicas:
+            serve_everywhere(replica.url, N_PLUS_ONE, {replica.proc.pid})
         # A block is a finding once it recurs in a worker: two rounds over the workers.
         for _ in range(2):
             serve_everywhere(fleet.url, BLOCKING, set(workers), rounds=8)
-            for _ in range(2):
-                httpx.get(replica.url + BLOCKING, headers=HEADERS, timeout=30)
+            for replica in replicas:
+                for _ in range(2):
+                    httpx.get(replica.url + BLOCKING, headers=HEADERS, timeout=30)
 
         def documents() -> dict[str, dict[str, Any]]:
             return {i: httpx.get(f"http://{i}/doctor", timeout=5).json() for i in instances}
@@ -170,7 +194,7 @@ def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that
         ids = [f["id"] for f in doc["findings"]]
         assert len(ids) == len(set(ids))  # each finding once
         [n_plus_one] = [f for f in doc["findings"] if f["route"] == N_PLUS_ONE]
-        assert {i["instance"] for i in n_plus_one["instances"]} == set(instances)  # 2 workers + the replica
+        assert {i["instance"] for i in n_plus_one["instances"]} == set(instances)  # 3 workers + 2 replicas
         assert n_plus_one["location"]["function"] == "list_authors"
         assert n_plus_one["first_seen"] <= n_plus_one["last_seen"]
         blocking = [f for f in doc["findings"] if f["root_cause"] == "blocking_io"]
@@ -213,9 +237,51 @@ def test_report_from_prometheus_shows_each_finding_once_with_every_instance_that
         assert code == 0 and json.loads(out)["findings"] == []
         code, _, err = report("--prometheus", f"http://127.0.0.1:{fleet.side_port + 7}")
         assert code == 2 and "cannot reach Prometheus" in err
+
+        # The OTLP receiver: each process sent one log event per finding it holds, with its line of code.
+        pid_of = {i: d["pid"] for i, d in documents().items()}
+        want = {(pid_of[i["instance"]], f["id"]) for f in doc["findings"] for i in f["instances"]}
+        def all_sent() -> list[dict[str, Any]] | None:
+            events = finding_events(otlp)
+            return events if {(e["pid"], e["attributes"]["finding_id"]) for e in events} >= want else None
+
+        try:
+            events = wait_until(all_sent, timeout=15, interval=0.2)
+        except AssertionError:
+            got = sorted((e["pid"], e["attributes"]["finding_id"]) for e in finding_events(otlp))
+            raise AssertionError(f"log events (pid, finding_id) {got}, expected {sorted(want)}") from None
+        assert sorted((e["pid"], e["attributes"]["finding_id"]) for e in events) == sorted(want)  # once each
+        by_id = {f["id"]: f for f in doc["findings"]}
+        for event in events:
+            attrs, finding = event["attributes"], by_id[event["attributes"]["finding_id"]]
+            assert (attrs["root_cause"], attrs["http.route"], attrs["code.file.path"], attrs["code.line.number"],
+                    attrs["code.function.name"]) == (finding["root_cause"], finding["route"], "fleet_app.py",
+                                                     finding["location"]["line"], finding["location"]["function"])
     except BaseException:
-        print(fleet.logs()[-3000:], replica.logs()[-2000:])
+        print(fleet.logs()[-3000:], *(r.logs()[-2000:] for r in replicas))
         raise
     finally:
-        replica.stop()
+        for replica in replicas:
+            replica.stop()
         fleet.stop()
+
+
+def test_the_page_of_a_worker_links_the_pages_of_its_siblings():
+    app = prefork(UVICORN_2, 2)
+    try:
+        servers = side_servers(app.side_port)
+        ports = {s["port"] for s in servers.values()}
+        assert len(ports) == 2
+        for port in ports:
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text
+            [other] = ports - {port}
+            assert f'data-port="{other}"' in page and f'href="http://127.0.0.1:{other}/"' in page
+            assert f'data-port="{port}"' not in page
+        # A process that is not a worker of a prefork server has no siblings to link.
+        single = AppProcess("fleet_app:app", env={"OTEL_TRACES_SAMPLER_ARG": "0"}, ready_path="/health").start(timeout=30)
+        try:
+            assert "data-port=" not in httpx.get(single.side_url + "/", timeout=10).text
+        finally:
+            single.stop()
+    finally:
+        app.stop()

@@ -327,7 +327,7 @@ def test_agent_package_imports_no_app_library():
 
 # Semantic-convention names ending in ".count": promtool's lint wants "_count" only on histograms
 # and summaries. The conventions win (dashboards and other tools look for these names).
-SEMCONV_COUNT_GAUGES = {"db_client_connection_count", "process_open_file_descriptor_count", "process_thread_count"}
+SEMCONV_COUNT_GAUGES = {"db_client_connection_count", "process_unix_file_descriptor_count", "process_thread_count"}
 
 
 def test_metrics_page_passes_promtool(serve):

@@ -133,13 +133,13 @@ def test_slow_dependency_is_measured_but_not_a_rebuild_and_the_cached_one_builds
     # load_settings awaits a remote config for 40 ms on every request: it is slow, and the metric shows
     # it, but it waits rather than builds anything again: not a rebuild (the finding rests on evidence).
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
-                                 fastapi_dependency="load_settings", http_route="/deps/slow")
+                                 fastapi_doctor_dependency="load_settings", http_route="/deps/slow")
     assert count == ROUNDS and total / count >= 0.035
     assert app.findings("dependency_rebuild") == []
     # current_user is used twice per request; FastAPI's cache builds it once: one build per request.
     for dependency in ("current_user", "cached_settings", "audit", "app_level"):
         _, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
-                                 fastapi_dependency=dependency, http_route="/deps/cached")
+                                 fastapi_doctor_dependency=dependency, http_route="/deps/cached")
         assert count == ROUNDS, dependency
 
 
@@ -147,7 +147,7 @@ def test_generator_dependency_teardown_counts_but_is_not_a_rebuild(servers):
     app = servers["deps"]
     hit(app, "/deps/teardown", pause_s=0.15)  # each teardown (30 ms) alone
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
-                                 fastapi_dependency="session", http_route="/deps/teardown")
+                                 fastapi_doctor_dependency="session", http_route="/deps/teardown")
     assert count == ROUNDS and total / count >= 0.028  # the 30 ms is spent after the yield
     # Building the session is fast; closing it slowly (a commit, a ROLLBACK round trip) is not
     # "rebuilt per request".
@@ -162,7 +162,7 @@ def test_a_lone_dependency_keeps_its_time_while_another_thread_holds_the_gil(ser
     app = servers["deps"]
     hit(app, "/deps/teardown-beside-a-busy-thread", pause_s=0.15)
     total, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=ROUNDS,
-                                 fastapi_dependency="session", http_route="/deps/teardown-beside-a-busy-thread")
+                                 fastapi_doctor_dependency="session", http_route="/deps/teardown-beside-a-busy-thread")
     assert count == ROUNDS and total / count >= 0.025, total / count
 
 
@@ -205,7 +205,7 @@ def test_every_kind_of_dependency_is_timed_also_on_routes_added_later(servers):
     }
     for dependency, route in expected:
         _, count = sum_and_count(app, "fastapi_doctor_dependency_duration_seconds", at_least=2,
-                                 fastapi_dependency=dependency, http_route=route)
+                                 fastapi_doctor_dependency=dependency, http_route=route)
         assert count == 2, (dependency, route, count)
 
 
@@ -229,14 +229,14 @@ def test_dependency_metric_has_exactly_dependency_and_route(servers, receiver):
 
     def cached_series():
         return {
-            dict(s)["fastapi.dependency"]
+            dict(s)["fastapi_doctor.dependency"]
             for s in series(receiver, "fastapi_doctor.dependency.duration")
             if dict(s).get("http.route") == "/deps/cached"
         } == {"app_level", "current_user", "cached_settings", "audit"}
 
     wait_until(cached_series, timeout=15)
     for point in series(receiver, "fastapi_doctor.dependency.duration"):
-        assert {k for k, _ in point} == {"fastapi.dependency", "http.route"}
+        assert {k for k, _ in point} == {"fastapi_doctor.dependency", "http.route"}
 
 
 # -- middleware -------------------------------------------------------------------------------
@@ -259,20 +259,20 @@ def test_heavy_middleware_is_found_and_light_ones_are_not(servers, receiver):
     assert flagged == {"check_quota", "SlowSendMiddleware"}
     for light in ("LightMiddleware", "HeaderASGI", "GZipMiddleware", "CORSMiddleware"):
         total, count = sum_and_count(app, "fastapi_doctor_middleware_duration_seconds", at_least=2 * ROUNDS,
-                                     fastapi_middleware=light)
+                                     fastapi_doctor_middleware=light)
         assert count >= 2 * ROUNDS and total / count < 0.02, light
 
     expected = {"check_quota", "SlowSendMiddleware", "LightMiddleware", "HeaderASGI", "GZipMiddleware", "CORSMiddleware"}
     wait_until(
-        lambda: {dict(s)["fastapi.middleware"] for s in series(receiver, "fastapi_doctor.middleware.duration")}
+        lambda: {dict(s)["fastapi_doctor.middleware"] for s in series(receiver, "fastapi_doctor.middleware.duration")}
         >= expected,
         timeout=15,
     )
     # BoundASGI calls its inner app by its own reference: no self-time rather than a wrong one (the
     # endpoint's 50 ms would land on it).
-    assert {dict(s)["fastapi.middleware"] for s in series(receiver, "fastapi_doctor.middleware.duration")} == expected
+    assert {dict(s)["fastapi_doctor.middleware"] for s in series(receiver, "fastapi_doctor.middleware.duration")} == expected
     for point in series(receiver, "fastapi_doctor.middleware.duration"):
-        assert {k for k, _ in point} == {"fastapi.middleware"}
+        assert {k for k, _ in point} == {"fastapi_doctor.middleware"}
 
 
 # -- responses --------------------------------------------------------------------------------
@@ -298,11 +298,11 @@ def test_light_middleware_under_load_is_not_reported(serve, timed_per_second):
 
     if timed_per_second == "0":
         _, count = sum_and_count(app, "fastapi_doctor_middleware_duration_seconds", at_least=sent // 2,
-                                 fastapi_middleware="StampMiddleware")
+                                 fastapi_doctor_middleware="StampMiddleware")
         assert count >= sent // 2, (count, sent)  # every request of the load was timed
     else:
         _, count = sum_and_count(app, "fastapi_doctor_middleware_duration_seconds", at_least=64,
-                                 fastapi_middleware="StampMiddleware")
+                                 fastapi_doctor_middleware="StampMiddleware")
         # A full window of timed requests, and no more than the default
         # FASTAPI_DOCTOR_MIDDLEWARE_TIMED_PER_SECOND (50) a second, plus its burst, over the ~5 s run.
         assert 64 <= count <= 50 * 7 + 50 and count < sent // 4, (count, sent)
@@ -344,13 +344,13 @@ def test_large_uncompressed_payload_is_found_and_gzip_twin_is_not(servers):
     assert gzipped.findings("large_payload") == []
     assert [f for f in bare.findings("large_payload") if f["route"] == "/image"] == []
     # Both sizes are measured where GZip runs: what was sent, and what it was given.
-    _, sent_count = sum_and_count(gzipped, "fastapi_doctor_response_body_size_bytes", at_least=ROUNDS,
-                                  http_route="/report", http_response_content_encoding="gzip")
+    _, sent_count = sum_and_count(gzipped, "http_server_response_body_size_bytes", at_least=ROUNDS,
+                                  http_route="/report", http_response_header_content_encoding="gzip")
     before, count = sum_and_count(gzipped, "fastapi_doctor_response_body_uncompressed_size_bytes", at_least=ROUNDS,
                                   http_route="/report")
     assert sent_count == ROUNDS and before == size * count
-    sent, _ = sum_and_count(gzipped, "fastapi_doctor_response_body_size_bytes",
-                            http_route="/report", http_response_content_encoding="gzip")
+    sent, _ = sum_and_count(gzipped, "http_server_response_body_size_bytes",
+                            http_route="/report", http_response_header_content_encoding="gzip")
     assert sent < before / 5
 
 
@@ -372,8 +372,8 @@ def test_streamed_bytes_are_counted(servers):
     bare, gzipped = servers["payload"], servers["payload_gzip"]
     hit(bare, "/stream", n=3)
     hit(gzipped, "/stream", n=3, headers={"accept-encoding": "gzip"})
-    sent, count = sum_and_count(bare, "fastapi_doctor_response_body_size_bytes", at_least=3,
-                                http_route="/stream", http_response_content_encoding="identity")
+    sent, count = sum_and_count(bare, "http_server_response_body_size_bytes", at_least=3,
+                                http_route="/stream", http_response_header_content_encoding="identity")
     assert (sent, count) == (3 * 102400, 3)
     before, _ = sum_and_count(gzipped, "fastapi_doctor_response_body_uncompressed_size_bytes", at_least=3,
                               http_route="/stream")
@@ -391,10 +391,11 @@ def test_response_metrics_have_exact_attributes(servers, receiver):
 
     wait_until(lambda: any(p.get("http.route") == "/small" for p in points("fastapi_doctor.response.serialize.duration")),
                timeout=15)
-    wait_until(lambda: any("http.route" not in p for p in points("fastapi_doctor.response.body.size")), timeout=15)
-    for p in points("fastapi_doctor.response.body.size"):
-        assert set(p) in ({"http.route", "http.response.content_encoding"}, {"http.response.content_encoding"})
-        assert p["http.response.content_encoding"] in {"identity", "gzip", "br", "deflate", "zstd", "compress", "other"}
+    wait_until(lambda: any("http.route" not in p for p in points("http.server.response.body.size")), timeout=15)
+    for p in points("http.server.response.body.size"):
+        assert set(p) - {"http.route", "error.type"} == {"http.request.method", "http.response.status_code", "url.scheme",
+                                                          "http.response.header.content-encoding"}
+        assert p["http.response.header.content-encoding"] in {"identity", "gzip", "br", "deflate", "zstd", "compress", "other"}
         assert not str(p.get("http.route", "")).startswith("/no/")
     for name in ("fastapi_doctor.response.body.uncompressed_size", "fastapi_doctor.response.serialize.duration"):
         for p in points(name):

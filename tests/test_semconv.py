@@ -65,3 +65,59 @@ def test_contribs_sql_spans_speak_the_stable_database_names_the_agent_uses(serve
     assert "db.query.text" in span.attributes, span.attributes
     assert span.attributes["db.system.name"] == "sqlite"
     assert not {"db.statement", "db.system", "db.name"} & set(span.attributes)
+
+
+def otlp_kinds(otlp: Any) -> dict[str, tuple[str, bool | None, str]]:
+    """name -> (OTLP data kind, is_monotonic for sums, unit) of every metric the receiver got."""
+    kinds = {}
+    for request in list(otlp.metric_requests):
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    kinds[m.name] = (kind, m.sum.is_monotonic if kind == "sum" else None, m.unit)
+    return kinds
+
+
+def test_process_runtime_and_http_server_metrics_are_named_and_typed_as_the_conventions(serve: Any, otlp: Any) -> None:
+    """process.unix.file_descriptor.count, process.thread.count and process.memory.usage are UpDownCounters;
+    the bytes sent are http.server.response.body.size;
+    cpython.gc.* counters by cpython.gc.generation; http.server.active_requests (an UpDownCounter by method
+    and scheme) counts the requests in flight, which FastAPI's own metrics (off under the agent) would."""
+    import threading
+
+    app = serve("slow_upstream:app", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+                                          "OTEL_METRIC_EXPORT_INTERVAL": "300"})
+    slow = [threading.Thread(target=httpx.get, args=(app.url + "/slow?seconds=4",), kwargs={"timeout": 30})
+            for _ in range(2)]
+    for thread in slow:
+        thread.start()
+    active = {"http_request_method": "GET", "url_scheme": "http"}
+    wait_until(lambda: metric_value(app.metrics_text(), "http_server_active_requests", **active) == 2, timeout=3.5)
+    for thread in slow:
+        thread.join()
+    wait_until(lambda: metric_value(app.metrics_text(), "http_server_active_requests", **active) == 0)
+
+    text = app.metrics_text()
+    assert metric_value(text, "process_unix_file_descriptor_count") >= 3
+    assert metric_value(text, "process_thread_count") >= 1
+    assert "process_open_file_descriptor_count" not in text
+    for generation in ("0", "1", "2"):
+        assert metric_value(text, "cpython_gc_collections_total", cpython_gc_generation=generation) is not None
+    assert metric_value(text, "cpython_gc_collections_total", cpython_gc_generation="0") >= 1
+    assert metric_value(text, "cpython_gc_collected_objects_total", cpython_gc_generation="0") is not None
+    assert metric_value(text, "cpython_gc_uncollectable_objects_total", cpython_gc_generation="2") is not None
+
+    wanted = {
+        "http.server.active_requests": ("sum", False, "{request}"),
+        "http.server.response.body.size": ("histogram", None, "By"),
+        "process.unix.file_descriptor.count": ("sum", False, "{file_descriptor}"),
+        "process.thread.count": ("sum", False, "{thread}"),
+        "process.memory.usage": ("sum", False, "By"),
+        "cpython.gc.collections": ("sum", True, "{collection}"),
+        "cpython.gc.collected_objects": ("sum", True, "{object}"),
+        "cpython.gc.uncollectable_objects": ("sum", True, "{object}"),
+    }
+    kinds = wait_until(lambda: (lambda k: k if set(wanted) <= set(k) else None)(otlp_kinds(otlp)), timeout=15)
+    assert {name: kinds[name] for name in wanted} == wanted
+    assert {p["cpython.gc.generation"] for p in otlp.metric_points("cpython.gc.collections")} == {0, 1, 2}

@@ -54,7 +54,7 @@ class Agent:
         from opentelemetry import metrics, trace
 
         from fastapi_doctor import telemetry
-        from fastapi_doctor.middleware import RequestMetrics
+        from fastapi_doctor.middleware import RequestMetrics, observe_active_requests
 
         attribution.configure(self.settings.library_modules)
         if self.settings.test_mode:
@@ -86,6 +86,7 @@ class Agent:
         # Histograms recorded on the request path: lean ones, read by the SDK's readers (lean_metrics.py).
         self.lean = self.pipelines.lean
         self.request_metrics = RequestMetrics(self.lean)
+        observe_active_requests(self.meter)
         self.running = True
         _imports.when_imported("fastapi", self._on_fastapi)
         from fastapi_doctor import publish, signals
@@ -172,7 +173,7 @@ class Agent:
         history = History(server.collect_metrics)
         side = server.SideApp(
             doctor=self.doctor_document,
-            page=lambda doc: render_page(doc, history.snapshot()),
+            page=lambda doc, host: render_page(doc, history.snapshot(), self.server.siblings() if self.server else (), host),
             token=self.settings.auth_token,
             protect_metrics=self.settings.protect_metrics,
             profile=self.profiling.handle if self.profiling is not None else None,

@@ -190,7 +190,7 @@ class Lifecycle:
         for exporter in self.exporters:
             exporter.recreate()
         if self.owned:
-            _stamp_pid(self.resource, (self.tracer_provider, self.meter_provider))
+            stamp_pid(self.resource, (self.tracer_provider, self.meter_provider))
 
 
 _warned = False
@@ -240,7 +240,7 @@ def flushing_send(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return send_flushing
 
 
-def _stamp_pid(resource: Any, providers: tuple[Any, ...]) -> None:
+def stamp_pid(resource: Any, providers: tuple[Any, ...]) -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.attributes import BoundedAttributes
 

@@ -62,6 +62,31 @@ class RequestMetrics:
         return attrs
 
 
+_ACTIVE_SEEN: set[tuple[str, str]] = set()  # (method, scheme) reported once: 0 when none is in flight
+
+
+def _observe_active_requests(_options: Any) -> list[Any]:
+    from opentelemetry.metrics import Observation
+
+    counts = dict.fromkeys(_ACTIVE_SEEN, 0)
+    for state in list(active_requests.values()):  # one C call under the GIL: a snapshot
+        key = (state.method, state.scope.get("scheme", "http"))
+        counts[key] = counts.get(key, 0) + 1
+    if len(_ACTIVE_SEEN) < 64:
+        _ACTIVE_SEEN.update(counts)
+    return [Observation(n, {"http.request.method": m, "url.scheme": s}) for (m, s), n in counts.items()]
+
+
+def observe_active_requests(meter: Any) -> None:
+    """``http.server.active_requests`` as the semantic conventions define it (an UpDownCounter by method
+    and scheme), read from the requests in flight on the collection cycle: nothing on the request path.
+    The agent turns FastAPI's own HTTP metrics off, so nothing else reports it."""
+    meter.create_observable_up_down_counter(
+        "http.server.active_requests", callbacks=[_observe_active_requests], unit="{request}",
+        description="Number of active HTTP server requests.",
+    )
+
+
 class DoctorMiddleware:
     """Wraps an app's built middleware stack. Keeps ``.app`` so stack walkers still see inside."""
 

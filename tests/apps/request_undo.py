@@ -120,7 +120,7 @@ def main() -> None:
     chain_during = chain(app.middleware_stack)
     signals = {s.name: s for s in agent.signals}
     series = sorted(
-        dict(key)["fastapi.dependency"] for key in signals["dependencies"]._histogram.values()
+        dict(key)["fastapi_doctor.dependency"] for key in signals["dependencies"]._histogram.values()
     )
     hooks = agent.request_metrics.finished_hooks
     hooks_during = sorted(getattr(h, "__qualname__", "?") for h in hooks)
@@ -128,7 +128,7 @@ def main() -> None:
     del app.dependency_overrides[real_clock]
     clock_without_override = json.loads(asyncio.run(serve(1))[0][2])["clock"]
     series_without_override = sorted(
-        dict(key)["fastapi.dependency"] for key in signals["dependencies"]._histogram.values()
+        dict(key)["fastapi_doctor.dependency"] for key in signals["dependencies"]._histogram.values()
     )
     app.dependency_overrides[real_clock] = fake_clock
 

@@ -24,7 +24,7 @@ MAX_POINTS = 300  # ten minutes at INTERVAL_S
 
 LAG = "fastapi_doctor_eventloop_lag_seconds"
 REQUESTS = "http_server_request_duration_seconds_count"
-BODY = "fastapi_doctor_response_body_size_bytes"
+BODY = "http_server_response_body_size_bytes"
 POOL_COUNT = "db_client_connection_count"
 POOL_MAX = "db_client_connection_max"
 POOL_PENDING = "db_client_connection_pending_requests"

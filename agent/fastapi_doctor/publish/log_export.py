@@ -194,6 +194,10 @@ def _after_fork_in_child() -> None:
     try:
         if _exporter is not None:
             _exporter.recreate()
+        if _owned and _provider is not None:
+            # A prefork worker's records carry its own process.pid, not the master's (one per worker in
+            # a fleet's log backend).
+            lifecycle.stamp_pid(getattr(_provider, "resource", None), ())
     except Exception as exc:
         containment.report("log export after fork", exc)
 

@@ -249,7 +249,7 @@ class SideApp:
         self,
         *,
         doctor: Callable[[], dict[str, Any]],
-        page: Callable[[dict[str, Any]], str],
+        page: Callable[[dict[str, Any], str], str],  # (the doctor document, the host the client used)
         token: str | None,
         protect_metrics: bool = False,
         registry: CollectorRegistry = REGISTRY,
@@ -272,6 +272,18 @@ class SideApp:
         return hmac.compare_digest(credentials.encode("utf-8", "replace"), self.token.encode("utf-8"))
 
 
+class _SendAll(io.BufferedIOBase):
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One request whose head the reading loop already has; HTTP/1.0, so the connection then closes."""
 
@@ -286,7 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.rfile = io.BytesIO(self._head)  # a body is never read
-        self.wfile = self.connection.makefile("wb", buffering=0)
+        # sendall, not a raw socket file: its write() sends what the socket takes at once and drops the
+        # rest (a /metrics page of several MB was cut at 3.75 MB, a truncated scrape).
+        self.wfile = _SendAll(self.connection)
 
     def finish(self) -> None:
         try:
@@ -318,7 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             elif path == "/":
-                self._send(200, "text/html; charset=utf-8", app.page(app.doctor()).encode())
+                self._send(200, "text/html; charset=utf-8", app.page(app.doctor(), self._hostname()).encode())
             elif path == "/profile" and app.profile is not None:
                 status, content_type, body = app.profile(parse_qs(url.query))
                 self._send(status, content_type, body)
@@ -332,6 +346,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self.do_GET()
+
+    def _hostname(self) -> str:
+        """The host the client reached this server by (its Host header without the port), for links to
+        the same machine's other ports; the loopback address when the header is missing or odd."""
+        host = (self.headers.get("Host") or "").strip()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name if name and all(c.isalnum() or c in ".-[]:" for c in name) else "127.0.0.1"
 
     def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -358,13 +379,37 @@ def _runbook(root_cause: str) -> bytes:
 class SideServer:
     """Handle on the running server: ``stop()`` takes it back."""
 
-    def __init__(self, server: DoctorHTTPServer, thread: threading.Thread) -> None:
+    def __init__(self, server: DoctorHTTPServer, thread: threading.Thread, first_port: int | None = None) -> None:
         self.server = server
         self.thread = thread
+        # A prefork worker's configured port: its siblings took it and the next ones (None otherwise).
+        self.first_port = first_port
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
+
+    def siblings(self, timeout_s: float = 0.05) -> list[int]:
+        """Ports of the side servers of the other workers: those answering ``/healthz`` as fastapi-doctor
+        on the ports a worker takes. Read when the page is asked for, never on the app's path."""
+        if self.first_port is None:
+            return []
+        host = self.server.server_address[0]
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        found = []
+        for port in range(self.first_port, min(self.first_port + MAX_WORKER_PORTS, 65535) + 1):
+            if port == self.port:
+                continue
+            try:
+                with socket.create_connection((host, port), timeout=timeout_s) as sock:
+                    sock.settimeout(timeout_s * 10)
+                    sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                    head = sock.recv(1024)
+            except OSError:
+                continue
+            if b"\r\nServer: fastapi-doctor" in head:
+                found.append(port)
+        return found
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -430,7 +475,7 @@ def start(app: SideApp, host: str, port: int, worker: bool = False) -> SideServe
             "FASTAPI_DOCTOR_AUTH_TOKEN, or OTEL_EXPORTER_PROMETHEUS_HOST=localhost",
             host, server.server_address[1],
         )
-    return SideServer(server, thread)
+    return SideServer(server, thread, port if worker and port else None)
 
 
 def close_inherited(side: SideServer) -> None:

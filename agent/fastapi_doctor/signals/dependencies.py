@@ -41,7 +41,7 @@ from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.frames import code_of, location_of, name_of
 from fastapi_doctor.kernel.loop import stall_clock, stalled_between
-from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
+from fastapi_doctor.kernel.metrics import ROUTE_DURATION_BUCKETS, histogram
 from fastapi_doctor.kernel.rebuilds import RebuildSites
 
 # -- timers that stand in for dependency callables -----------------------------------------------
@@ -55,7 +55,7 @@ class _Stats:
     __slots__ = ("attrs",)
 
     def __init__(self, name: str, route: str | None) -> None:
-        self.attrs: dict[str, Any] = {"fastapi.dependency": name}
+        self.attrs: dict[str, Any] = {"fastapi_doctor.dependency": name}
         if route is not None:
             self.attrs["http.route"] = route
 
@@ -291,7 +291,7 @@ class DependencySignal:
             "fastapi_doctor.dependency.duration",
             "s",
             "Time to build a FastAPI dependency (generator dependencies: set-up and teardown), per route.",
-            DURATION_BUCKETS,
+            ROUTE_DURATION_BUCKETS,
         )
         self._active = True
         agent.request_metrics.finished_hooks.append(self._finished)

@@ -519,7 +519,7 @@ class EventLoopSignal:
         if call:
             attributes["fastapi_doctor.call"] = call
         if middleware:
-            attributes["fastapi.middleware"] = middleware
+            attributes["fastapi_doctor.middleware"] = middleware
         if location is not None:
             attributes["code.file.path"] = location.file
             attributes["code.line.number"] = location.line

@@ -25,7 +25,7 @@ the timed chain; the last timed layer is not reported (its inner time is unknown
 that turns out to call its inner app by another reference (its inner timer never runs). An app without
 middleware of its own gets no timer at all. ``uninstrument`` puts every layer back.
 
-``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi.middleware`` (the class name,
+``fastapi_doctor.middleware.duration`` has one attribute, ``fastapi_doctor.middleware`` (the class name,
 or the dispatch function's for ``@app.middleware("http")``). Each layer keeps a window of its recent
 self-times over all requests and one per method and route. Every ``EVERY`` requests (after
 ``MIN_CALLS``) a layer whose self-time is above ``FASTAPI_DOCTOR_SLOW_MIDDLEWARE_MS``, or above half
@@ -106,7 +106,7 @@ class _Layer:
     def __init__(self, name: str, location: Location | None, hops: bool = False) -> None:
         self.name = name
         self.hops = hops  # it runs its inner app in another task (see the module doc)
-        self.attrs = {"fastapi.middleware": name}
+        self.attrs = {"fastapi_doctor.middleware": name}
         self.location = location
         self.window = Window()
         # method -> route -> window (two lookups per request, no key built)

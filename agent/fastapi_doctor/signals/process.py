@@ -77,11 +77,13 @@ _CALLBACKS = {
 _INSTRUMENTS = (
     ("create_observable_gauge", "process.cpu.utilization", _CALLBACKS["cpu"], "1",
      "CPU time of the process since the last collection, divided by the elapsed time and CPUs."),
-    ("create_observable_gauge", "process.memory.usage", _CALLBACKS["memory"], "By",
+    # UpDownCounters, as the semantic conventions type them (Prometheus shows them as gauges).
+    ("create_observable_up_down_counter", "process.memory.usage", _CALLBACKS["memory"], "By",
      "Resident memory of the process (RSS)."),
-    ("create_observable_gauge", "process.open_file_descriptor.count", _CALLBACKS["fds"], "{file_descriptor}",
+    ("create_observable_up_down_counter", "process.unix.file_descriptor.count", _CALLBACKS["fds"], "{file_descriptor}",
      "File descriptors the process has open."),
-    ("create_observable_gauge", "process.thread.count", _CALLBACKS["threads"], "{thread}", "Threads of the process."),
+    ("create_observable_up_down_counter", "process.thread.count", _CALLBACKS["threads"], "{thread}",
+     "Threads of the process."),
     ("create_observable_counter", "fastapi_doctor.cgroup.cpu.throttled", _CALLBACKS["throttled"], "{period}",
      "CFS periods in which the process's cgroup used up its CPU quota and was stopped (cpu.stat nr_throttled)."),
     ("create_observable_counter", "fastapi_doctor.cgroup.cpu.throttled_time", _CALLBACKS["throttled_time"], "s",

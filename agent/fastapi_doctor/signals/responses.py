@@ -3,8 +3,8 @@ serialisation time.
 
 * Bytes sent and their ``content-encoding`` come from the agent's outermost ``send`` (after any
   compression; streamed and chunked bodies count every message): after each response the request
-  hook records ``fastapi_doctor.response.body.size`` with ``http.route`` and
-  ``http.response.content_encoding`` (identity, gzip, br, deflate, zstd, compress, or other).
+  hook records ``http.server.response.body.size`` with ``http.route`` and
+  ``http.response.header.content-encoding`` (identity, gzip, br, deflate, zstd, compress, or other).
 * Where a compression middleware runs (GZip, Brotli, Zstd…), a counter placed just below it counts
   the bytes it was given: ``fastapi_doctor.response.body.uncompressed_size``.
 * Serialisation: FastAPI's ``serialize_response`` (validation and encoding against the response
@@ -30,16 +30,12 @@ from fastapi_doctor.diagnosis import large_payload, publish
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.asgi import splice_out, walk
 from fastapi_doctor.kernel.frames import code_of, location_of
-from fastapi_doctor.kernel.metrics import DURATION_BUCKETS, histogram
+from fastapi_doctor.kernel.metrics import MEAN_ONLY, ROUTE_DURATION_BUCKETS, histogram
 from fastapi_doctor.kernel.windows import SHARE_FLOOR_S, Window
-
-SIZE_BUCKETS = (
-    256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 67108864,
-)
 
 _UNCOMPRESSED = "responses.uncompressed"
 
-# Values of http.response.content_encoding; anything else is "other" (bounded cardinality).
+# Values of http.response.header.content-encoding; anything else is "other" (bounded cardinality).
 ENCODINGS = frozenset({"identity", "gzip", "br", "deflate", "zstd", "compress"})
 
 # Class names of compression middleware (Starlette's and FastAPI's GZip, brotli-asgi, zstd…).
@@ -95,24 +91,30 @@ class _Route:
         self.route = route
         self.endpoint = endpoint
         self.attrs: dict[str, Any] = {} if route is None else {"http.route": route}
-        self.by_encoding: dict[str, dict[str, Any]] = {}
+        self.by_encoding: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.location = location
         # (bytes sent, bytes sent uncompressed to a gzip client, serialise seconds, its share)
         self.window = Window()
         self.compression = False
         self.encoding = "identity"  # of the last response (for the evidence)
 
-    def size_attrs(self, encoding: str) -> dict[str, Any]:
-        attrs = self.by_encoding.get(encoding)
+    def size_attrs(self, encoding: str, status: int, scheme: str) -> dict[str, Any]:
+        """Attributes of ``http.server.response.body.size``: the conventions' (method, route, status, scheme)
+        and the response's content coding."""
+        key = (encoding, status, scheme)
+        attrs = self.by_encoding.get(key)
         if attrs is None:
             value = encoding.strip().lower() or "identity"
             if value == "x-gzip":
                 value = "gzip"
             elif value not in ENCODINGS:
                 value = "other"
-            attrs = {**self.attrs, "http.response.content_encoding": value}
-            if len(self.by_encoding) < 16:
-                self.by_encoding[encoding] = attrs
+            attrs = {"http.request.method": self.method, **self.attrs, "http.response.status_code": status,
+                     "url.scheme": scheme, "http.response.header.content-encoding": value}
+            if status >= 500:
+                attrs["error.type"] = str(status)
+            if len(self.by_encoding) < 32:
+                self.by_encoding[key] = attrs
         return attrs
 
 
@@ -176,24 +178,24 @@ class ResponseSignal:
         self._report_each_large = agent.settings.test_mode
         self._size = histogram(
             agent,
-            "fastapi_doctor.response.body.size",
+            "http.server.response.body.size",
             "By",
-            "Response body bytes sent to the client, by route and content-encoding.",
-            SIZE_BUCKETS,
+            "Size of HTTP server response bodies: the bytes sent (after any compression), by route and content coding.",
+            MEAN_ONLY,
         )
         self._uncompressed = histogram(
             agent,
             "fastapi_doctor.response.body.uncompressed_size",
             "By",
             "Response body bytes before the compression middleware, by route.",
-            SIZE_BUCKETS,
+            MEAN_ONLY,
         )
         self._serialize = histogram(
             agent,
             "fastapi_doctor.response.serialize.duration",
             "s",
             "Time to validate, encode and render response content, by route.",
-            DURATION_BUCKETS,
+            ROUTE_DURATION_BUCKETS,
         )
         self._active = True
         agent.request_metrics.finished_hooks.append(self._finished)
@@ -291,9 +293,9 @@ class ResponseSignal:
         stats = self._route(state)
         sent = state.body_bytes
         encoding = state.content_encoding
-        attrs = stats.size_attrs(encoding)
+        attrs = stats.size_attrs(encoding, state.status, state.scope.get("scheme", "http"))
         self._size.record(sent, attrs)
-        stats.encoding = attrs["http.response.content_encoding"]
+        stats.encoding = attrs["http.response.header.content-encoding"]
         data = state.data
         if data:
             uncompressed = data.get(_UNCOMPRESSED)

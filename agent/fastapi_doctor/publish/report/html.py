@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -199,7 +200,17 @@ def _diagnosis_off(doc: dict[str, Any]) -> str:
     return f'<p class="off"><strong>Diagnosis is off:</strong> {escape(str(diagnosis.get("reason", "")))}</p>'
 
 
-def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> str:
+def render_siblings(ports: Sequence[int], host: str) -> str:
+    """Links to the pages of the other workers of a prefork server, on the host the page was read from."""
+    if not ports:
+        return ""
+    links = " ".join(f'<a data-port="{p}" href="http://{escape(host)}:{p}/">:{p}</a>' for p in ports)
+    return f"<p>Other workers of this server: {links}</p>"
+
+
+def render_page(
+    doc: dict[str, Any], history: dict[str, Any] | None = None, siblings: Sequence[int] = (), host: str = "127.0.0.1"
+) -> str:
     findings = doc.get("findings", [])
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -207,7 +218,7 @@ def render_page(doc: dict[str, Any], history: dict[str, Any] | None = None) -> s
         f'{REFRESH}<style>{_CSS}</style></head><body>'
         f"<header><h1>fastapi-doctor — {escape(str(doc.get('service', '')))}</h1>"
         f"<p>{len(findings)} finding(s) · generated {escape(str(doc.get('generated_at', '')))} · "
-        f"pid {escape(str(doc.get('pid', '')))}</p>{_diagnosis_off(doc)}</header><main>"
+        f"pid {escape(str(doc.get('pid', '')))}</p>{render_siblings(siblings, host)}{_diagnosis_off(doc)}</header><main>"
         f"{render_charts(history)}{render_stalls(doc.get('stalls'))}"
         f"{render_findings(findings, (doc.get('diagnosis') or {}).get('on', True))}"
         "</main></body></html>"

@@ -16,12 +16,11 @@ from fastapi_doctor.context import RequestState, current_request
 from fastapi_doctor.diagnosis import n_plus_one, publish
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.frames import loop_location
-from fastapi_doctor.kernel.metrics import histogram
+from fastapi_doctor.kernel.metrics import MEAN_ONLY, histogram
 from fastapi_doctor.sql import fingerprint
 
 _COUNTS = "db.statements"
 _LOCATIONS = "db.n_plus_one_locations"
-_STATEMENT_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class QueryCounter:
@@ -33,7 +32,7 @@ class QueryCounter:
             "fastapi_doctor.db.statements",
             unit="{statement}",
             description="SQL statements executed per request (requests that ran at least one).",
-            boundaries=_STATEMENT_BUCKETS,
+            boundaries=MEAN_ONLY,
         )
         self._route_attrs: dict[str | None, dict[str, str]] = {}
 
