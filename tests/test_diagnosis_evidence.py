@@ -184,12 +184,19 @@ def test_async_pool_too_small_for_the_load_is_one_pool_finding(serve, db):
     assert len(app.findings("pool_leak")) == 1
 
 
-def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(serve, db):
+def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(serve, db, request):
     app = start(serve, "fullstack_sync:app", db("sync"), POOL_SIZE="5", MAX_OVERFLOW="10")
     client = Client(app, sync=True)
     # Every request holds its session's connection while the database computes a report.
     statuses = client.load(["/users/me", "/items/summary"], concurrency=40, seconds=10)
     assert set(statuses) == {200}
+    if request.node.callspec.params["db"] == "sqlite":
+        # SQLite computes the report in the app's own threads: 15 of them on this machine's cores, the
+        # CPU is where requests queue, and a larger pool would only add threads to that queue.
+        time.sleep(1.5)  # the pool watchdog's rounds after the load
+        assert app.findings("pool_leak") == []
+        assert app.findings("dependency_rebuild") == []
+        return
     found = wait_until(lambda: app.findings("pool_leak"), timeout=10)
     assert len(found) == 1, found
     evidence = found[0]["evidence"]

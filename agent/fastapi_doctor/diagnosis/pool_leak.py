@@ -23,9 +23,16 @@ request waits for a connection to the time it holds one. At ``WAITS_PER_CONNECTI
 requests spend at least as long in the pool's queue as using a connection: the pool is where they
 queue (pool_size=2, max_overflow=0 under the same 33 clients: 18 waiting for 2). Below it the queue
 is elsewhere (2 waiting for 15 in the healthy case, measured on the trial of the full-stack
-template). The process's CPU use and wait for a CPU over the episode (``cpu_busy``, in cores) are
-in the evidence; they do not decide: a cheap route served on the loop takes whatever CPU the
-pool's callers leave, so a starved pool shows a busy process too.
+template).
+
+Nor is it the pool when the CPU is: when the process's threads were on a CPU or ready and waiting
+for one for at least as many cores' worth as it may use (``cpu_busy`` >= ``cpus``: run queue
+included, so a database or a neighbour on the same cores counts too), every core had a thread of
+the app to run, and more connections would add threads to that queue (an N+1 route holding each
+connection for 51 round trips, 32 clients, 2 cores: 5.9 cores' worth; the report of an in-process
+SQLite computed by 15 threads). Busy is not enough on its own: a cheap route served on the loop
+takes whatever CPU the pool's callers leave, so a starved pool shows a busy process too (1.2 cores'
+worth with pool_size=2 on 2 cores, 1.0 in the async app), below the cores it could use.
 
 A dependency waiting for a connection, or a threadpool full of threads waiting for one, is this root
 cause's symptom, not another finding.
@@ -116,8 +123,10 @@ class PoolSaturated:
     holders: tuple[Holder, ...]
     # Callers waiting for a connection, averaged over the episode's rounds (None: not measured).
     mean_waiting: float | None = None
-    # The process's CPU time and wait for a CPU per second of the episode, in cores (None: unknown).
+    # The process's CPU time and wait for a CPU per second of the episode, in cores (None: unknown),
+    # and the CPUs it may run on.
     cpu_busy: float | None = None
+    cpus: int | None = None
 
 
 def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
@@ -204,9 +213,12 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
 
 def pool_is_the_bottleneck(saturated: PoolSaturated) -> bool:
     """Whether a larger pool would serve more: callers queue at the pool longer than they hold a
-    connection (see the module's docstring). Unknown measures do not hold a finding back."""
+    connection, and not at the CPU (see the module's docstring). Unknown measures do not hold a
+    finding back."""
     if saturated.mean_waiting is not None and saturated.mean_waiting < WAITS_PER_CONNECTION * saturated.max_connections:
-        return False
+        return False  # callers queue elsewhere
+    if saturated.cpu_busy is not None and saturated.cpus and saturated.cpu_busy >= saturated.cpus:
+        return False  # the CPU is where they queue: every core had a thread of the app to run
     return True
 
 
@@ -237,6 +249,7 @@ def decide_saturated(saturated: PoolSaturated) -> Verdict | None:
             "checked_out": saturated.checked_out,
             **({"mean_waiting": round(saturated.mean_waiting, 1)} if saturated.mean_waiting is not None else {}),
             **({"process_cpu_busy": round(saturated.cpu_busy, 2)} if saturated.cpu_busy is not None else {}),
+            **({"cpus": saturated.cpus} if saturated.cpus else {}),
         },
     )
 

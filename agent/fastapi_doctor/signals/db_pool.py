@@ -18,6 +18,7 @@ detach) takes no lock and records nothing: it queues the event for the watchdog.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 import weakref
@@ -127,6 +128,7 @@ class PoolTracker:
         self.pool_names = pool_leak.FirstNamed()
         self.leak_seconds = float(agent.settings.leak_seconds)
         self.pool_wait_s = float(getattr(agent.settings, "pool_wait_seconds", 2.0))
+        self.cpus = _cpus()
         # Time a connection may stay out after its request finished before it counts as left behind.
         self.grace = min(1.0, self.leak_seconds / 2)
         self._check_lock = threading.Lock()
@@ -411,6 +413,7 @@ class PoolTracker:
             holders=self.holders(pool),
             mean_waiting=stats.waiting_sum / stats.rounds if stats.rounds else None,
             cpu_busy=_cpu_busy(stats.cpu_at_start, saturated_s),
+            cpus=self.cpus,
         )
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
@@ -578,6 +581,14 @@ class PoolTracker:
             self._watchdog = None
         self.out.clear()
         self.deferred.clear()
+
+
+def _cpus() -> int | None:
+    """CPUs the process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or None
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 def _cpu_busy(at_start: tuple[float, float] | None, seconds: float) -> float | None:
