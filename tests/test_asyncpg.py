@@ -8,6 +8,7 @@ import json
 import subprocess
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -284,3 +285,34 @@ def test_failures_inside_the_signal_never_change_the_response(serve, database):
     )
     assert faulty.logs().count("internal error in asyncpg statements") == 1  # logged once
     assert metric_value(text, "fastapi_doctor_internal_errors_total", fastapi_doctor_component="asyncpg statements") > 50
+
+
+OLD_ASYNCPG = "0.29.0"  # before Connection.fetchmany (0.30); apps on their lock files run such versions
+
+
+@pytest.fixture(scope="module")
+def old_asyncpg() -> Path:
+    """asyncpg OLD_ASYNCPG installed beside the project's (its own directory, first on the app's path)."""
+    import sys
+
+    if sys.version_info >= (3, 13):
+        pytest.skip(f"asyncpg {OLD_ASYNCPG} has no wheel for this Python")
+    target = Path(__file__).resolve().parent.parent / ".cache" / f"asyncpg-{OLD_ASYNCPG}"
+    if not (target / "asyncpg").is_dir():
+        result = subprocess.run([str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--target",
+                                 str(target), f"asyncpg=={OLD_ASYNCPG}"], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            pytest.skip(f"asyncpg {OLD_ASYNCPG} could not be installed: {result.stderr[-300:]}")
+    return target
+
+
+def test_an_asyncpg_without_fetchmany_counts_statements_as_the_newest(serve, database, old_asyncpg):
+    # One statement method the older asyncpg lacks took the whole signal down: no statement counted, no N+1.
+    # (Its pools are not watched yet: their connection holders take no weak reference before 0.30.)
+    app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{old_asyncpg}:{APPS}"})
+    assert httpx.get(app.url + "/pool").json()["asyncpg"] == OLD_ASYNCPG
+    auth = login(app)
+    assert len(httpx.get(app.url + "/api/articles/?limit=12", headers=auth).json()) == 12
+    (f,) = wait_until(lambda: app.findings("n_plus_one"))
+    assert f["route"] == "/api/articles/" and f["location"] == mark("n+1")
+    assert f["evidence"]["executions"] == 12

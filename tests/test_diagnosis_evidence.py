@@ -10,6 +10,9 @@ one threadpool finding on that line.
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import APPS, AppProcess, wait_until
+from harness import APPS, AppProcess, metric_value, wait_until
 
 SYNC = APPS / "fullstack_sync.py"
 ASYNC = APPS / "fullstack_async.py"
@@ -181,12 +184,19 @@ def test_async_pool_too_small_for_the_load_is_one_pool_finding(serve, db):
     assert len(app.findings("pool_leak")) == 1
 
 
-def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(serve, db):
+def test_sync_endpoints_on_more_threads_than_connections_is_one_pool_finding(serve, db, request):
     app = start(serve, "fullstack_sync:app", db("sync"), POOL_SIZE="5", MAX_OVERFLOW="10")
     client = Client(app, sync=True)
     # Every request holds its session's connection while the database computes a report.
     statuses = client.load(["/users/me", "/items/summary"], concurrency=40, seconds=10)
     assert set(statuses) == {200}
+    if request.node.callspec.params["db"] == "sqlite":
+        # SQLite computes the report in the app's own threads: 15 of them on this machine's cores, the
+        # CPU is where requests queue, and a larger pool would only add threads to that queue.
+        time.sleep(1.5)  # the pool watchdog's rounds after the load
+        assert app.findings("pool_leak") == []
+        assert app.findings("dependency_rebuild") == []
+        return
     found = wait_until(lambda: app.findings("pool_leak"), timeout=10)
     assert len(found) == 1, found
     evidence = found[0]["evidence"]
@@ -211,6 +221,95 @@ def test_slow_upstream_in_a_sync_endpoint_is_one_threadpool_finding_on_its_line(
     assert at(f) == marked(SYNC, "slow upstream")
     assert app.findings("dependency_rebuild") == []
     assert app.findings("pool_leak") == []
+
+
+def wrk_load(app: AppProcess, client: Client, paths: list[str], connections: int, seconds: int) -> int:
+    """``connections`` clients in all, split over ``paths``, as the issue's `wrk -c32` load (one wrk per
+    path; httpx threads where wrk is not installed). Requests answered with 200."""
+    if not shutil.which("wrk"):
+        statuses = client.load(paths, concurrency=connections, seconds=seconds)
+        assert set(statuses) == {200}
+        return len(statuses)
+    auth = f"Authorization: {client.headers['Authorization']}"
+    runs = [subprocess.Popen(["wrk", "-t1", f"-c{connections // len(paths)}", f"-d{seconds}s", "--timeout", "10s",
+                              "-H", auth, client.base + path], stdout=subprocess.PIPE, text=True) for path in paths]
+    sent = 0
+    for run in runs:
+        out, _ = run.communicate(timeout=seconds + 30)
+        assert run.returncode == 0 and "Non-2xx" not in out, out
+        sent += int(re.search(r"(\d+) requests in", out).group(1))
+    return sent
+
+
+TRIAL_PATHS = ["/users/me", "/items/", "/utils/health-check/"]  # the template's trial: 11 clients each
+
+
+def test_healthy_sync_app_under_32_clients_waits_for_the_cpu_not_for_its_pool(serve, postgres, pg_database):
+    # 33 clients on a 2-core machine against sync routes and the default pool of 5 + 10: the threads that
+    # hold a connection wait for the CPU (and the GIL), and a few callers wait for a connection behind
+    # them. A larger pool would only add threads waiting for the same CPU: no finding.
+    app = start(serve, "fullstack_sync:app", postgres.url(pg_database, driver="psycopg"), POOL_SIZE="5",
+                MAX_OVERFLOW="10")
+    client = Client(app, sync=True)
+    assert wrk_load(app, client, TRIAL_PATHS, connections=33, seconds=10) > 500
+    time.sleep(1.5)  # the pool watchdog's rounds after the load
+    assert app.findings("pool_leak") == [], app.findings("pool_leak")
+    assert app.findings("dependency_rebuild") == []
+
+
+def test_a_pool_of_two_under_the_same_load_is_one_pool_finding(serve, postgres, pg_database):
+    # The same load with pool_size=2, max_overflow=0: callers queue at the pool far longer than they hold a
+    # connection (the rest of the process has CPU for them): the pool is the bottleneck.
+    app = start(serve, "fullstack_sync:app", postgres.url(pg_database, driver="psycopg"), POOL_SIZE="2",
+                MAX_OVERFLOW="0")
+    client = Client(app, sync=True)
+    wrk_load(app, client, TRIAL_PATHS, connections=33, seconds=8)
+    (f,) = wait_until(lambda: app.findings("pool_leak"), timeout=10)
+    evidence = f["evidence"]
+    assert evidence["reason"] == "pool_wait" and evidence["max_connections"] == 2
+    assert evidence["mean_waiting"] >= 2  # callers waited longer for a connection than they held one
+    assert "pool_size=2" in f["summary"] and "max_overflow=0" in f["summary"]
+
+
+def test_argon2_verified_in_an_async_login_route_is_blocking_io_at_the_users_line(serve, tmp_path):
+    # The template's login route made `async def`: argon2 verifies the password on the event loop. Its
+    # C library hashes in four lanes, each a thread of its own: the loop's thread sleeps in the call
+    # while the process works. The loop was held by that call, not by other threads of the app, in
+    # every episode (before, most of them were taken for another thread holding the interpreter).
+    app = start(serve, "fullstack_sync:app", f"sqlite:///{tmp_path / 'a.db'}", MISTAKE="async_login",
+                PASSWORD_HASHER="argon2", FASTAPI_DOCTOR_LOOP_BLOCK_MS="30")
+    client = Client(app, sync=True)
+    login = "/api/v1/login/access-token"
+    done = threading.Event()
+
+    def logins() -> None:  # one user signing in after another: one hash per block
+        with httpx.Client(timeout=60) as http:
+            while not done.is_set():
+                response = http.post(app.url + login, data={"username": "user1@example.com", "password": "secret"})
+                assert response.status_code == 200
+
+    def reads() -> None:  # signed-in users meanwhile (sync routes, in the threadpool)
+        while not done.is_set():
+            client.get("/users/me", n=5)
+
+    def blocked(**labels: str) -> float:
+        return metric_value(app.metrics_text(), "fastapi_doctor_eventloop_blocked_total",
+                            http_route="/api/v1/login/access-token", **labels) or 0.0
+
+    clients = [threading.Thread(target=logins)] + [threading.Thread(target=reads) for _ in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        wait_until(lambda: blocked() >= 8, timeout=30)
+    finally:
+        done.set()
+        for t in clients:
+            t.join()
+    (f,) = app.findings("blocking_io")
+    assert (f["method"], f["route"]) == ("POST", login)
+    assert at(f) == marked(APPS / "fullstack_security.py", "argon2 verify")
+    episodes, attributed = blocked(), blocked(root_cause="blocking_io")
+    assert attributed >= 0.75 * episodes, (attributed, episodes)
 
 
 # -- one leak, one finding -------------------------------------------------------------------------

@@ -670,6 +670,21 @@ def test_the_verdict_on_a_late_tick_follows_the_evidence():
     assert judge(lag, window, None, None, None, 0.0, 0.0, watch) == BUSY
 
 
+def test_a_loop_waiting_for_a_c_librarys_own_threads_is_stuck_in_that_call():
+    from fastapi_doctor.signals.eventloop import CONTENDED, PAUSED, STUCK, judge
+
+    lag, window, watch = 0.3, 0.35, 0.2
+    # argon2 in an async route: the loop thread sleeps in the call while four lanes of the C library
+    # use both cores (0.6 s of CPU in 0.3 s), and the watchdog waits for a CPU now and then.
+    for missed, longest in ((0.0, 0.0), (0.25, 0.25)):
+        # Threads running Python used that CPU: one of them kept the interpreter from the loop.
+        assert judge(lag, window, 0.01, 0.0, 0.61, missed, longest, watch, python_share=1.0) == CONTENDED
+        # The library's own threads used it (none of them runs Python): the loop waited in the call.
+        assert judge(lag, window, 0.01, 0.0, 0.61, missed, longest, watch, python_share=0.05) == STUCK
+    # Nothing of the process ran at all: paused, whoever's threads they are.
+    assert judge(lag, window, 0.01, 0.0, 0.02, 0.25, 0.25, watch, python_share=0.0) == PAUSED
+
+
 def test_generated_code_and_console_scripts_are_not_the_users_code():
     import sys as _sys
 

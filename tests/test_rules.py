@@ -246,6 +246,38 @@ def test_a_saturated_pool_is_sized_by_its_demand_and_names_its_holders() -> None
         {"route": "/reports/", "connections": 5, "oldest_age_s": 12.5, "location": str(WHERE)}]
 
 
+def test_a_saturated_pool_is_a_finding_only_when_callers_wait_longer_than_they_hold_a_connection() -> None:
+    # The default pool (5 + 10) under 33 clients on 2 cores: every connection in use, 2 callers waiting
+    # on average, the process's CPU busy: the queue is at the CPU; a larger pool would not serve more.
+    healthy = pool_leak.PoolSaturated("postgresql://db/app", 5, 10, 15, 15, 4, 2.1, 1, (HOLDER,),
+                                      mean_waiting=2.0, cpu_busy=1.1)
+    assert pool_leak.decide_saturated(healthy) is None
+    # ... 14.9 waiting per 15 connections is still less than a wait per connection.
+    assert pool_leak.decide_saturated(dataclasses.replace(healthy, mean_waiting=14.9)) is None
+    # pool_size=2, max_overflow=0 under the same load: 18 callers wait for 2 connections.
+    small = pool_leak.PoolSaturated("postgresql://db/app", 2, 0, 2, 2, 20, 2.1, 18, (HOLDER,),
+                                    mean_waiting=18.0, cpu_busy=0.5)
+    verdict = pool_leak.decide_saturated(small)
+    assert verdict is not None and verdict.evidence["reason"] == "pool_wait"
+    assert verdict.evidence["mean_waiting"] == 18.0 and verdict.evidence["process_cpu_busy"] == 0.5
+    # Without the averages (not measured), saturation alone still decides.
+    assert pool_leak.decide_saturated(dataclasses.replace(healthy, mean_waiting=None)) is not None
+
+
+def test_a_saturated_pool_is_not_the_finding_when_the_cpu_is_the_queue() -> None:
+    # 32 callers of an N+1 route on 2 cores: 16 waiting for 15 connections, and the app's threads on a
+    # CPU or waiting for one for 5.9 cores' worth: more connections would queue at the CPU.
+    starved_cpu = pool_leak.PoolSaturated("postgresql://db/app", 5, 10, 15, 15, 17, 2.1, 16, (HOLDER,),
+                                          mean_waiting=15.6, cpu_busy=5.9, cpus=2)
+    assert pool_leak.decide_saturated(starved_cpu) is None
+    assert pool_leak.decide_saturated(dataclasses.replace(starved_cpu, cpu_busy=2.0)) is None
+    # A pool of 2: the process busy (a cheap route takes the CPU the pool's callers leave), below its cores.
+    small = dataclasses.replace(starved_cpu, pool_size=2, max_overflow=0, max_connections=2, mean_waiting=19.0,
+                                cpu_busy=1.21)
+    verdict = pool_leak.decide_saturated(small)
+    assert verdict is not None and verdict.evidence["cpus"] == 2 and verdict.evidence["process_cpu_busy"] == 1.21
+
+
 def test_asyncpg_acquires_waiting_in_less_than_half_of_the_window_are_not_exhaustion() -> None:
     waited = pool_leak.AcquiresWaited("postgresql://db/app", 10, 19, 40, 0.2, WHERE, "GET", "/reports/", (HOLDER,))
     assert pool_leak.decide_acquires(waited) is None

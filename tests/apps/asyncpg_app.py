@@ -220,8 +220,8 @@ async def root() -> dict[str, str]:
 
 
 @app.get("/pool")
-async def pool_state(request: Request) -> dict[str, int]:
-    """The two pools of the database (the app's and the one under `databases`), added up."""
+async def pool_state(request: Request) -> dict[str, Any]:
+    """The two pools of the database (the app's and the one under `databases`), added up; asyncpg's version."""
     pools = [request.app.state.pool, request.app.state.database._backend._pool]
     return {"size": sum(p.get_size() for p in pools), "idle": sum(p.get_idle_size() for p in pools),
-            "max": sum(p.get_max_size() for p in pools)}
+            "max": sum(p.get_max_size() for p in pools), "asyncpg": asyncpg.__version__}

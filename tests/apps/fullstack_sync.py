@@ -4,7 +4,8 @@ endpoints on SQLAlchemy sessions (SQLModel-style ``SessionDep``), tables and use
 lifespan. ``MISTAKE`` puts one realistic mistake in; lines the tests look for carry ``# mark:``.
 
 Environment: DB_URL (sqlite:///file or postgresql+psycopg://), POOL_SIZE, MAX_OVERFLOW,
-POOL_TIMEOUT, UPSTREAM_URL (a slow service the ``slow_upstream`` mistake calls), MISTAKE.
+POOL_TIMEOUT, UPSTREAM_URL (a slow service the ``slow_upstream`` mistake calls), MISTAKE,
+PASSWORD_HASHER (pbkdf2, or argon2 as the template does).
 """
 
 from __future__ import annotations
@@ -189,6 +190,20 @@ def login_access_token(session: SessionDep, form: Annotated[OAuth2PasswordReques
     return {"access_token": create_access_token(user.id), "token_type": "bearer"}
 
 
+if MISTAKE == "async_login":
+    # The login route made `async def`: the session's query and the password's hash run on the event loop.
+    login_router.routes.clear()
+
+    @login_router.post("/login/access-token")
+    async def login_access_token_async(
+        session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+    ) -> dict[str, str]:
+        user = session.scalar(select(User).where(User.email == form.username))
+        if user is None or not verify_password(form.password, user.hashed_password):  # mark: async login verify
+            raise HTTPException(status_code=400, detail="Incorrect email or password")
+        return {"access_token": create_access_token(user.id), "token_type": "bearer"}
+
+
 users_router = APIRouter(prefix="/users", tags=["users"])
 
 
@@ -245,7 +260,7 @@ utils_router = APIRouter(prefix="/utils", tags=["utils"])
 
 
 @utils_router.get("/health-check/")
-def health_check() -> bool:
+async def health_check() -> bool:  # as the template's: answered on the loop
     return True
 
 

@@ -7,10 +7,32 @@ Decided on facts the database signals see, never on a slow query alone:
   (``request_finished``), or held longer than ``leak_seconds`` (``held_too_long``);
 * a checkout that timed out waiting on an exhausted pool (``pool_exhausted``), or most recent asyncpg
   acquires found every connection in use and waited (``pool_exhausted``, median wait in the evidence);
-* every connection in use for ``pool_wait_s`` without a break while callers waited (``pool_wait``):
-  the pool is too small for the concurrency, or connections are held too long. When the threads
-  holding them wait in one call outside the database, that call is the cause: a ``blocking_io``
-  verdict (:func:`fastapi_doctor.diagnosis.blocking_io.decide_held_across_call`).
+* every connection in use for ``pool_wait_s`` without a break while callers waited (``pool_wait``),
+  when the pool is the bottleneck: the pool is too small for the concurrency, or connections are
+  held too long. When the threads holding them wait in one call outside the database, that call is
+  the cause: a ``blocking_io`` verdict (:func:`fastapi_doctor.diagnosis.blocking_io.decide_held_across_call`).
+
+A saturated pool is not yet a pool too small. Waiting for a connection is a problem when a larger
+pool would serve more, and a queue forms wherever the scarce resource is: with 33 clients on a
+2-core machine and sync routes on a pool of 5 + 10, the threads holding the 15 connections are slow
+because they wait for the CPU (and the GIL) behind each other, and the few callers that also wait
+for a connection wait behind them. More connections would only add holders waiting for the same
+CPU. What tells the two apart is where requests queue, by Little's law: callers waiting for a
+connection, on average over the episode's rounds, per connection held is the ratio of the time a
+request waits for a connection to the time it holds one. At ``WAITS_PER_CONNECTION`` (1) or more,
+requests spend at least as long in the pool's queue as using a connection: the pool is where they
+queue (pool_size=2, max_overflow=0 under the same 33 clients: 18 waiting for 2). Below it the queue
+is elsewhere (2 waiting for 15 in the healthy case, measured on the trial of the full-stack
+template).
+
+Nor is it the pool when the CPU is: when the process's threads were on a CPU or ready and waiting
+for one for at least as many cores' worth as it may use (``cpu_busy`` >= ``cpus``: run queue
+included, so a database or a neighbour on the same cores counts too), every core had a thread of
+the app to run, and more connections would add threads to that queue (an N+1 route holding each
+connection for 51 round trips, 32 clients, 2 cores: 5.9 cores' worth; the report of an in-process
+SQLite computed by 15 threads). Busy is not enough on its own: a cheap route served on the loop
+takes whatever CPU the pool's callers leave, so a starved pool shows a busy process too (1.2 cores'
+worth with pool_size=2 on 2 cores, 1.0 in the async app), below the cores it could use.
 
 A dependency waiting for a connection, or a threadpool full of threads waiting for one, is this root
 cause's symptom, not another finding.
@@ -28,6 +50,10 @@ from fastapi_doctor.kernel.location import Location
 ROOT_CAUSE = "pool_leak"
 TITLE = "Connection leaks, bad pooling"
 MAX_HOLDERS = 5  # holders named in the evidence
+# A saturated pool is the bottleneck when, on average over the episode, at least this many callers
+# wait per connection (Little's law: callers then wait at least as long for a connection as they hold
+# one).
+WAITS_PER_CONNECTION = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +121,12 @@ class PoolSaturated:
     saturated_s: float
     threads_waiting: int  # worker threads waiting for a connection now
     holders: tuple[Holder, ...]
+    # Callers waiting for a connection, averaged over the episode's rounds (None: not measured).
+    mean_waiting: float | None = None
+    # The process's CPU time and wait for a CPU per second of the episode, in cores (None: unknown),
+    # and the CPUs it may run on.
+    cpu_busy: float | None = None
+    cpus: int | None = None
 
 
 def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
@@ -179,7 +211,20 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
     )
 
 
-def decide_saturated(saturated: PoolSaturated) -> Verdict:
+def pool_is_the_bottleneck(saturated: PoolSaturated) -> bool:
+    """Whether a larger pool would serve more: callers queue at the pool longer than they hold a
+    connection, and not at the CPU (see the module's docstring). Unknown measures do not hold a
+    finding back."""
+    if saturated.mean_waiting is not None and saturated.mean_waiting < WAITS_PER_CONNECTION * saturated.max_connections:
+        return False  # callers queue elsewhere
+    if saturated.cpu_busy is not None and saturated.cpus and saturated.cpu_busy >= saturated.cpus:
+        return False  # the CPU is where they queue: every core had a thread of the app to run
+    return True
+
+
+def decide_saturated(saturated: PoolSaturated) -> Verdict | None:
+    if not pool_is_the_bottleneck(saturated):
+        return None
     demand = saturated.max_connections + saturated.waiting  # every connection in use, and these callers wanting one
     top = saturated.holders[0] if saturated.holders else None
     summary = (
@@ -202,6 +247,9 @@ def decide_saturated(saturated: PoolSaturated) -> Verdict:
             "pool_size": saturated.pool_size,
             "max_overflow": saturated.max_overflow,
             "checked_out": saturated.checked_out,
+            **({"mean_waiting": round(saturated.mean_waiting, 1)} if saturated.mean_waiting is not None else {}),
+            **({"process_cpu_busy": round(saturated.cpu_busy, 2)} if saturated.cpu_busy is not None else {}),
+            **({"cpus": saturated.cpus} if saturated.cpus else {}),
         },
     )
 

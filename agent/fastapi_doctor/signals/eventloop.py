@@ -51,6 +51,7 @@ from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel import cgroup, gc_pauses
 from fastapi_doctor.kernel.loop import Heartbeat, hub
 from fastapi_doctor.kernel.metrics import histogram
+from fastapi_doctor.run_delay import threads_cpu
 
 _get_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
@@ -114,6 +115,7 @@ def judge(
     missed: float,
     longest_missed: float,
     watch: float,
+    python_share: float = 1.0,
 ) -> str:
     """What held the event loop for ``lag`` seconds past its tick, from facts about that stretch.
 
@@ -121,7 +123,10 @@ def judge(
     the loop thread spent on a CPU/ready but waiting for one in that window, ``process_cpu`` the
     whole process's CPU time (None: not measured); ``missed``/``longest_missed``: seconds in all/in
     one stretch the watchdog itself could not run while it should have been watching the loop
-    (``watch`` seconds: from the threshold to the tick).
+    (``watch`` seconds: from the threshold to the tick); ``python_share``: the share of the other threads'
+    CPU time that threads running Python used (the rest ran in threads a C library started, such as
+    argon2's lanes or a BLAS pool, which never hold the interpreter: a call that waits for them holds
+    the loop as much as a sleep does).
 
     * PAUSED: for one stretch of at least half the lateness the watchdog could not run, and
       neither the loop thread (under a tenth of it on a CPU) nor another thread ran: the process
@@ -130,8 +135,10 @@ def judge(
     * HELD: the watchdog could not run for that long while the loop thread did run: one call held
       the interpreter (C code that keeps the GIL, a collection); the first sample after it shows
       the line that made the call.
-    * CONTENDED: the loop and the watchdog waited while other threads of the process used the CPU
-      (one of them held the interpreter). Not the loop's code.
+    * CONTENDED: the loop and the watchdog waited while other threads of the process that run
+      Python used the CPU (one of them held the interpreter). Not the loop's code. Threads a C
+      library started for the loop's own call (argon2 hashes in parallel lanes) are not others:
+      the loop waited in that call.
     * BUSY: the loop thread ran for most of it, and let the watchdog run: one call in Python, or
       many callbacks; only samples that agree show one line.
     * STARVED: the loop thread was ready to run but waited for a CPU (a busy machine): where it
@@ -148,13 +155,18 @@ def judge(
     before = max(window - lag, 0.0)
     late_cpu = loop_cpu - before
     others = process_cpu - loop_cpu if process_cpu is not None else 0.0
+    interpreter = others * python_share  # of it, what threads that may hold the interpreter used
     if longest_missed >= enough:
         if late_cpu >= STOPPED_SHARE * lag:
             return HELD
-        return PAUSED if others < enough else CONTENDED
-    if late_cpu >= enough:
+        if others < enough:
+            return PAUSED
+        if interpreter >= enough:
+            return CONTENDED
+        # The process ran, in threads a C library started: the loop waited in the call that did.
+    elif late_cpu >= enough:
         return BUSY
-    if others >= enough:
+    elif interpreter >= enough:
         return CONTENDED
     if loop_runq is not None:
         slept = window - loop_cpu - loop_runq  # neither on a CPU nor ready: waiting in a call
@@ -194,6 +206,7 @@ class _Episode:
         "cpu",
         "runq",
         "process_cpu",
+        "cpu_at_start",
     )
 
     def __init__(self, ticks: int, due: float, detected: float) -> None:
@@ -215,6 +228,8 @@ class _Episode:
         self.cpu: float | None = None
         self.runq: float | None = None
         self.process_cpu: float | None = None
+        # Who used the CPU from the detection on: _cpu_by_kind when the episode was seen.
+        self.cpu_at_start: tuple[float, float, float] | None = None
 
 
 _LIFESPAN = ("starlette.routing", "lifespan")
@@ -443,6 +458,7 @@ class EventLoopSignal:
                     if hb.ticks != episode.ticks:  # ticked meanwhile: not blocked after all
                         hb.episode = None
                         continue
+                    episode.cpu_at_start = _cpu_by_kind(hb.thread_id)
                     self._sample(hb, episode)
                     wake = min(wake, now + self.sample_s)
                 else:
@@ -537,10 +553,12 @@ class EventLoopSignal:
         cpu: float | None,
         runq: float | None,
         process_cpu: float | None,
+        python_share: float = 1.0,
     ) -> str:
         watch_from = due + self.block_s
         missed, longest = _overlap(self._gaps, watch_from, end)
-        return judge(lag, window, cpu, runq, process_cpu, missed, longest, max(end - watch_from, self.sample_s))
+        return judge(lag, window, cpu, runq, process_cpu, missed, longest, max(end - watch_from, self.sample_s),
+                     python_share)
 
     def _paused(self, lag: float) -> None:
         self.paused.add(1)
@@ -556,7 +574,8 @@ class EventLoopSignal:
         state = episode.state
         route = state.route if state is not None else None
         verdict = self._verdict(
-            episode.due, end, blocked, episode.window, episode.cpu, episode.runq, episode.process_cpu
+            episode.due, end, blocked, episode.window, episode.cpu, episode.runq, episode.process_cpu,
+            _python_share(episode.cpu_at_start, hb.thread_id),
         )
         if verdict == PAUSED:
             self._paused(blocked)  # whatever line the process stopped at is not to blame
@@ -669,6 +688,32 @@ class EventLoopSignal:
                 self._attrs[key] = attrs
         self.blocked.add(1, attrs)
         self.blocked_time.add(blocked, attrs)
+
+
+def _cpu_by_kind(loop_ident: int) -> tuple[float, float, float] | None:
+    """CPU seconds so far of the process, of its threads that run Python, and of those but the loop's
+    and the calling watchdog's (None without Linux's schedstat). A thread a C library started is
+    not among ``threading.enumerate()``; its time is the process's less the Python threads'."""
+    python: dict[int, int] = {}  # native id -> 1 for the loop's and the watchdog's, else 0
+    me = threading.get_ident()
+    for thread in threading.enumerate():
+        if thread.native_id is not None:
+            python[thread.native_id] = int(thread.ident in (loop_ident, me))
+    clocks = threads_cpu(python)
+    if clocks is None:
+        return None
+    return time.process_time(), sum(clocks.values()), sum(v for tid, v in clocks.items() if not python[tid])
+
+
+def _python_share(at_start: tuple[float, float, float] | None, loop_ident: int) -> float:
+    """Of the CPU time the other threads used since ``at_start``, the share of threads running Python."""
+    now = _cpu_by_kind(loop_ident) if at_start is not None else None
+    if now is None or at_start is None:
+        return 1.0
+    process, python, others = (b - a for a, b in zip(at_start, now))
+    native = max(0.0, process - python)
+    others = max(0.0, others)
+    return others / (others + native) if others + native > 0.001 else 1.0
 
 
 _SampleKey = tuple[Location | None, str | None, str, str | None]  # (location, call, root cause, middleware)

@@ -318,8 +318,11 @@ class AsyncpgSignal:
             wrapt.wrap_function_wrapper(owner, attribute, wrapper)
             self._wrapped.append((owner, attribute, vars(owner)[attribute]))
 
+        # Only the methods this asyncpg has (fetchmany came in 0.30; apps on 0.27 are common): one missing
+        # took the whole signal down before, pools and statements unwatched.
         for method in _STATEMENT_METHODS["Connection"]:
-            wrap(connection.Connection, method, self._statement)
+            if hasattr(connection.Connection, method):
+                wrap(connection.Connection, method, self._statement)
         for method in _STATEMENT_METHODS["PreparedStatement"]:
             if hasattr(prepared_stmt.PreparedStatement, method):
                 wrap(prepared_stmt.PreparedStatement, method, self._prepared_statement)

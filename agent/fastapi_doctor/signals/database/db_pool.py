@@ -18,6 +18,7 @@ detach) takes no lock and records nothing: it queues the event for the watchdog.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 import weakref
@@ -29,6 +30,7 @@ from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request, pool_waiters
 from fastapi_doctor.diagnosis import blocking_io, pool_leak, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.run_delay import process_cpu_demand
 from fastapi_doctor.sql import pool_name
 from fastapi_doctor.kernel.frames import user_location
 from fastapi_doctor.kernel.workers import Lines, blocked_elsewhere, worker_lines, worker_threads
@@ -53,7 +55,7 @@ class PoolStats:
     """What is kept per pool name; attribute sets are built once here."""
 
     __slots__ = ("name", "attrs", "used_attrs", "idle_attrs", "pending", "saturated_since", "peak_waiting",
-                 "reported", "rounds", "seen_elsewhere", "seen_database")
+                 "reported", "rounds", "seen_elsewhere", "seen_database", "waiting_sum", "cpu_at_start")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -73,6 +75,18 @@ class PoolStats:
         self.rounds = 0
         self.seen_elsewhere: Lines = collections.Counter()
         self.seen_database: Lines = collections.Counter()
+        # Callers waiting, summed over the rounds; the process's CPU time and wait for a CPU when the
+        # stretch being judged began (run_delay.process_cpu_demand).
+        self.waiting_sum = 0
+        self.cpu_at_start: tuple[float, float] | None = None
+
+    def begin(self, now: float) -> None:
+        """A stretch of saturation to judge begins now."""
+        self.saturated_since = now
+        self.peak_waiting = self.rounds = self.waiting_sum = 0
+        self.seen_elsewhere.clear()
+        self.seen_database.clear()
+        self.cpu_at_start = process_cpu_demand()
 
 
 class Checkout(weakref.ref):  # type: ignore[type-arg]
@@ -114,6 +128,7 @@ class PoolTracker:
         self.pool_names = pool_leak.FirstNamed()
         self.leak_seconds = float(agent.settings.leak_seconds)
         self.pool_wait_s = float(getattr(agent.settings, "pool_wait_seconds", 2.0))
+        self.cpus = _cpus()
         # Time a connection may stay out after its request finished before it counts as left behind.
         self.grace = min(1.0, self.leak_seconds / 2)
         self._check_lock = threading.Lock()
@@ -362,27 +377,29 @@ class PoolTracker:
                 stats.saturated_since = None
                 continue
             if stats.saturated_since is None:
-                stats.saturated_since = now
-                stats.peak_waiting = stats.rounds = 0
                 stats.reported = False
-                stats.seen_elsewhere.clear()
-                stats.seen_database.clear()
-            stats.peak_waiting = max(stats.peak_waiting, len(stats.pending))
+                stats.begin(now)
+            waiting = len(stats.pending)
+            stats.peak_waiting = max(stats.peak_waiting, waiting)
             if stats.reported:
                 continue
             elsewhere, database, _waiting = worker_lines(worker_threads())
             stats.seen_elsewhere.update(elsewhere)
             stats.seen_database.update(database)
             stats.rounds += 1
+            stats.waiting_sum += waiting
             if now - stats.saturated_since < self.pool_wait_s:
                 continue
-            stats.reported = True
             try:
-                self.report_saturated(pool, stats, now - stats.saturated_since)
+                stats.reported = self.report_saturated(pool, stats, now - stats.saturated_since)
             except Exception as exc:
+                stats.reported = True
                 containment.report("db pool saturation", exc)
+            if not stats.reported:
+                stats.begin(now)  # not the pool's fault in this stretch: judge the next one afresh
 
-    def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> None:
+    def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> bool:
+        """Publish what a saturated stretch shows; False when it shows no finding."""
         _elsewhere, _database, threads_waiting = worker_lines(worker_threads())
         saturated = pool_leak.PoolSaturated(
             pool=stats.name,
@@ -394,6 +411,9 @@ class PoolTracker:
             saturated_s=saturated_s,
             threads_waiting=threads_waiting,
             holders=self.holders(pool),
+            mean_waiting=stats.waiting_sum / stats.rounds if stats.rounds else None,
+            cpu_busy=_cpu_busy(stats.cpu_at_start, saturated_s),
+            cpus=self.cpus,
         )
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
@@ -406,8 +426,10 @@ class PoolTracker:
                 saturated=saturated,
             )
             publish(self.findings, blocking_io.decide_held_across_call(held))
-            return
-        publish(self.findings, self.pool_names.keep(stats.name, pool_leak.decide_saturated(saturated)))
+            return True
+        verdict = self.pool_names.keep(stats.name, pool_leak.decide_saturated(saturated))
+        publish(self.findings, verdict)
+        return verdict is not None
 
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
@@ -559,6 +581,23 @@ class PoolTracker:
             self._watchdog = None
         self.out.clear()
         self.deferred.clear()
+
+
+def _cpus() -> int | None:
+    """CPUs the process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or None
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _cpu_busy(at_start: tuple[float, float] | None, seconds: float) -> float | None:
+    """Cores' worth of CPU the process used or waited for since ``at_start``, over ``seconds``."""
+    now = process_cpu_demand()
+    if at_start is None or now is None or seconds <= 0:
+        return None
+    # Threads that ended meanwhile take their time with them: never below zero.
+    return max(0.0, (now[0] - at_start[0]) + (now[1] - at_start[1])) / seconds
 
 
 def _done_waiting(thread: int) -> None:
