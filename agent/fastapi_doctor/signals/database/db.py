@@ -50,6 +50,10 @@ class DatabaseSignal:
         self._orm_installed = False
         self._scan_existing = False
         self._finished_hook: Any = None
+        # Statements at least this slow are handed to slow_statement(context, statement, seconds): the
+        # slow-query log (publish/query_log.py) takes its times from here rather than timing them again.
+        self.slow_after = float("inf")
+        self.slow_statement: Any = None
 
     def instrument(self, agent: Any) -> None:
         self.agent = agent
@@ -64,6 +68,15 @@ class DatabaseSignal:
         self._scan_existing = "sqlalchemy" in sys.modules
         agent.when_imported("sqlalchemy", self._on_sqlalchemy)
         agent.when_imported("sqlalchemy.orm", self._on_orm)
+
+    def on_slow_statements(self, seconds: float, callback: Any) -> bool:
+        """Calls ``callback(context, statement, elapsed)`` for each statement of at least ``seconds``
+        (``callback=None`` stops); False when this signal does not run (the caller times statements itself)."""
+        if not self._running:
+            return False
+        self.slow_statement = callback
+        self.slow_after = seconds if callback is not None else float("inf")
+        return True
 
     def uninstrument(self) -> None:
         self._running = False
@@ -189,7 +202,7 @@ class DatabaseSignal:
 
     def _timed(self, original: Any, name: str, context_at: int, many: bool) -> Any:
         """``original`` (a dialect's execute method) counting the statement and timing the driver call."""
-        queries, durations = self.queries, self.durations
+        signal, queries, durations = self, self.queries, self.durations
         assert queries is not None and durations is not None
         record = durations.duration.record
 
@@ -217,7 +230,10 @@ class DatabaseSignal:
                     containment.report("db statements", inner)
                 raise
             try:
-                record(perf_counter() - start, attrs)
+                elapsed = perf_counter() - start
+                record(elapsed, attrs)
+                if elapsed >= signal.slow_after:
+                    signal.slow_statement(context, statement, elapsed)
             except Exception as exc:
                 containment.report("db statements", exc)
             return result
