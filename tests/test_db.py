@@ -320,18 +320,22 @@ UNDO_SCRIPT = textwrap.dedent(
     from fastapi_doctor import _agent
     from sqlalchemy import create_engine, event, text
     from sqlalchemy.engine import Dialect
+    from sqlalchemy.engine.default import DefaultDialect
     from sqlalchemy.pool import Pool, SingletonThreadPool
+    EXECUTES = ("do_execute", "do_execute_no_params", "do_executemany")
 
     originals = {
         "Pool.connect": Pool.__dict__["connect"],
         "SingletonThreadPool.connect": SingletonThreadPool.__dict__["connect"],
         "Dialect.engine_created": Dialect.__dict__["engine_created"],
+        **{f"DefaultDialect.{name}": DefaultDialect.__dict__[name] for name in EXECUTES},
     }
     def patched():
         current = {
             "Pool.connect": Pool.__dict__["connect"],
             "SingletonThreadPool.connect": SingletonThreadPool.__dict__["connect"],
             "Dialect.engine_created": Dialect.__dict__["engine_created"],
+            **{f"DefaultDialect.{name}": DefaultDialect.__dict__[name] for name in EXECUTES},
         }
         return sorted(k for k in originals if current[k] is not originals[k])
 
@@ -377,8 +381,10 @@ def test_uninstrument_removes_every_listener_and_patch(tmp_path):
     # Importing the signal imports no app library.
     assert report["imported_early"] is False
     assert report["during"] == {
-        "patched": ["Dialect.engine_created", "Pool.connect", "SingletonThreadPool.connect"],
-        "listening": 8,
+        "patched": ["DefaultDialect.do_execute", "DefaultDialect.do_execute_no_params",
+                    "DefaultDialect.do_executemany", "Dialect.engine_created", "Pool.connect",
+                    "SingletonThreadPool.connect"],
+        "listening": 5,
         "watchdog": True,
         "hooked": True,
         "known_pools": 1,

@@ -121,3 +121,49 @@ def test_process_runtime_and_http_server_metrics_are_named_and_typed_as_the_conv
     kinds = wait_until(lambda: (lambda k: k if set(wanted) <= set(k) else None)(otlp_kinds(otlp)), timeout=15)
     assert {name: kinds[name] for name in wanted} == wanted
     assert {p["cpython.gc.generation"] for p in otlp.metric_points("cpython.gc.collections")} == {0, 1, 2}
+
+
+def operation_durations(text: str) -> list[dict[str, str]]:
+    """The label sets of db.client.operation.duration's _count series on a /metrics page (without the
+    empty labels the exporter gives a series for another series' attributes)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [{k: v for k, v in s.labels.items() if v} for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "db_client_operation_duration_seconds_count" and s.value > 0]
+
+
+def test_statements_of_a_sync_engine_have_the_conventions_operation_duration(serve: Any) -> None:
+    """db.client.operation.duration (the conventions' histogram, seconds) for a sync SQLAlchemy engine on
+    SQLite, by operation, never by route."""
+    app = serve("fleet_app:app", ready_path="/health")
+    assert httpx.get(app.url + "/api/shelves/", headers=HEADERS, timeout=30).status_code == 200
+    wait_until(lambda: operation_durations(app.metrics_text()), timeout=15)
+    text = app.metrics_text()
+    assert (metric_value(text, "db_client_operation_duration_seconds_count",
+                         db_system_name="sqlite", db_operation_name="SELECT") or 0) > 0
+    assert all("http_route" not in labels and "error_type" not in labels for labels in operation_durations(text))
+    buckets = {s.split('le="')[1].split('"')[0] for s in text.splitlines()
+               if s.startswith("db_client_operation_duration_seconds_bucket")}
+    assert buckets == {"0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1.0", "5.0", "10.0", "+Inf"}
+
+
+def test_statements_of_an_async_engine_on_postgresql_have_namespace_server_and_error_type(
+        serve: Any, postgres: Any, pg_database: str) -> None:
+    """An async SQLAlchemy engine (asyncpg driver) on PostgreSQL: the database's name, the server, and the
+    driver's exception class on a statement the database refused."""
+    app = serve("db_app:app", env={"DB_URL": postgres.url(pg_database)})
+    assert httpx.get(app.url + "/items/3", timeout=30).status_code == 200
+    assert httpx.get(app.url + "/missing_table", timeout=30).status_code == 500
+    wanted = {"db_system_name": "postgresql", "db_namespace": pg_database, "server_address": postgres.host,
+              "server_port": str(postgres.port)}
+
+    def refused() -> list[dict[str, str]]:
+        return [labels for labels in operation_durations(app.metrics_text())
+                if "error_type" in labels and wanted.items() <= labels.items()]
+
+    failed = wait_until(refused, timeout=15)
+    assert failed[0]["db_operation_name"] == "SELECT"
+    assert "ProgrammingError" in failed[0]["error_type"] or "UndefinedTable" in failed[0]["error_type"], failed
+    ok = [labels for labels in operation_durations(app.metrics_text())
+          if "error_type" not in labels and labels.get("db_operation_name") == "SELECT"]
+    assert ok and all(wanted.items() <= labels.items() for labels in ok), ok

@@ -60,6 +60,13 @@ async def item(item_id: int, session: AsyncSession = Depends(get_session)) -> di
     return {"id": item_id, "name": name}
 
 
+@app.get("/missing_table")
+async def missing_table(session: AsyncSession = Depends(get_session)) -> dict[str, object]:
+    """A statement the database refuses: the request fails with a 500."""
+    await session.execute(text("SELECT name FROM no_such_table"))
+    return {}
+
+
 @app.get("/hold")
 async def hold(session: AsyncSession = Depends(get_session)) -> dict[str, str]:
     """Holds its connection until the gate opens (the tests read the pool meanwhile)."""

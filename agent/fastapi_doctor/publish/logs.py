@@ -344,7 +344,8 @@ class LogsSignal:
             self.request_log = RequestLog(self.writer, settings)
             agent.request_metrics.finished_hooks.append(self.request_log.finished)
 
-        self.query_log = QueryLog(self.writer, settings)
+        db_signal = next((s for s in agent.signals if s.name == "db"), None)  # its statement times, if it runs
+        self.query_log = QueryLog(self.writer, settings, db_signal)
         agent.when_imported("sqlalchemy", self.query_log.install)
 
         self._app_hook = self._on_app_start

@@ -1,7 +1,10 @@
 """The slow-query log: SQLAlchemy statements slower than ``FASTAPI_DOCTOR_SLOW_QUERY_MS``.
 
-Two class-level listeners on ``Engine`` (added when the app imports sqlalchemy, removed by
-``uninstrument``). Per statement they only take the time; a slow one is written with its
+Fed by the db signal, which times every statement's driver call for ``db.client.operation.duration``
+(:mod:`fastapi_doctor.signals.database.db`): one timing hook for both. With the db detector disabled,
+two class-level listeners on ``Engine`` (``before/after_cursor_execute``, added when the app imports
+sqlalchemy, removed by ``uninstrument``) take the time instead; they cost about 2.4 us per statement
+(docs/performance.md), the signal's timing about 1. A slow statement is written with its
 fingerprint (literals and parameters replaced by ``?``: never a value), the duration, the database
 and pool (URL without user, password or query), the route, the line of the app that ran it and the
 trace ids. The ``parameters`` argument is never read.
@@ -24,13 +27,18 @@ _T0 = "_fastapi_doctor_t0"
 
 
 class QueryLog:
-    def __init__(self, writer: Any, settings: Any) -> None:
+    def __init__(self, writer: Any, settings: Any, db_signal: Any = None) -> None:
         self._writer = writer
         self._slow_s = settings.slow_query_ms / 1000.0
         self._listening: list[tuple[Any, str, Any]] = []
+        self._db_signal = db_signal
+        self._fed = False
 
     def install(self, _sqlalchemy: Any = None) -> None:
-        if self._listening:
+        if self._listening or self._fed:
+            return
+        if self._db_signal is not None and self._db_signal.on_slow_statements(self._slow_s, self.slow):
+            self._fed = True
             return
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
@@ -42,6 +50,9 @@ class QueryLog:
         self._listening.append((Engine, "after_cursor_execute", self.after))
 
     def remove(self) -> None:
+        if self._fed:
+            self._db_signal.on_slow_statements(self._slow_s, None)
+            self._fed = False
         if not self._listening:
             return
         from sqlalchemy import event
@@ -66,16 +77,22 @@ class QueryLog:
                 return
             elapsed = perf_counter() - t0
             if elapsed >= self._slow_s:
-                self._write(conn, statement, elapsed)
+                self._write(conn.engine, statement, elapsed)
         except Exception as exc:
             containment.report("slow-query log", exc)
 
-    def _write(self, conn: Any, statement: str, elapsed: float) -> None:
+    def slow(self, context: Any, statement: str, elapsed: float) -> None:
+        """A slow statement the db signal timed (``context``: its SQLAlchemy execution context)."""
+        try:
+            self._write(context.engine, statement, elapsed)
+        except Exception as exc:
+            containment.report("slow-query log", exc)
+
+    def _write(self, engine: Any, statement: str, elapsed: float) -> None:
         location = user_location()  # also through an async engine's greenlet
         state = current_request.get()
         ctx = get_current_span().get_span_context()
         sampled = ctx.is_valid and bool(ctx.trace_flags & 1)
-        engine = conn.engine
         text = fingerprint(statement)
         route = state.route if state is not None else None
         pool = pool_name(engine.url)  # the name of the db signal's pool metrics

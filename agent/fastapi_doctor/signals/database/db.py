@@ -4,8 +4,10 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
 
 * class-level pool events (``connect``, ``checkout``, ``checkin``, ``detach`` on ``Pool``: they apply
   to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.database.db_pool`;
-* the dialect's ``do_execute`` events (every statement sent to the driver) feed
-  :mod:`~fastapi_doctor.signals.database.db_queries`;
+* the dialects' ``do_execute``, ``do_execute_no_params`` and ``do_executemany`` methods (the driver
+  call of every statement) are wrapped: each statement counts for
+  :mod:`~fastapi_doctor.signals.database.db_queries` and its time in the driver is
+  ``db.client.operation.duration`` (:mod:`~fastapi_doctor.signals.database.db_operations`);
 * ``Dialect.engine_created`` (the hook ``create_engine`` calls with every engine it made) is wrapped to
   know each engine (its pool and a credential-free name) and to
   report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`fastapi_doctor.kernel.rebuilds`);
@@ -20,11 +22,13 @@ collector's object list. ``uninstrument()`` removes every listener and restores 
 from __future__ import annotations
 
 import sys
+from time import perf_counter
 from types import ModuleType
 from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.signals.database.db_operations import OperationDurations
 from fastapi_doctor.signals.database.db_pool import PoolTracker
 from fastapi_doctor.signals.database.db_queries import QueryCounter
 from fastapi_doctor.kernel.rebuilds import RebuildSites
@@ -37,6 +41,7 @@ class DatabaseSignal:
         self.agent: Any = None
         self.pools: PoolTracker | None = None
         self.queries: QueryCounter | None = None
+        self.durations: OperationDurations | None = None
         self.rebuilds: RebuildSites | None = None
         self._listeners: list[tuple[Any, str, Any]] = []
         self._patched: list[tuple[type, str, Any]] = []
@@ -45,11 +50,16 @@ class DatabaseSignal:
         self._orm_installed = False
         self._scan_existing = False
         self._finished_hook: Any = None
+        # Statements at least this slow are handed to slow_statement(context, statement, seconds): the
+        # slow-query log (publish/query_log.py) takes its times from here rather than timing them again.
+        self.slow_after = float("inf")
+        self.slow_statement: Any = None
 
     def instrument(self, agent: Any) -> None:
         self.agent = agent
         self.pools = PoolTracker(agent)
         self.queries = QueryCounter(agent)
+        self.durations = OperationDurations(agent)
         self.rebuilds = RebuildSites.of(agent)
         self._finished_hook = self.queries.finished
         agent.request_metrics.finished_hooks.append(self._finished_hook)
@@ -58,6 +68,15 @@ class DatabaseSignal:
         self._scan_existing = "sqlalchemy" in sys.modules
         agent.when_imported("sqlalchemy", self._on_sqlalchemy)
         agent.when_imported("sqlalchemy.orm", self._on_orm)
+
+    def on_slow_statements(self, seconds: float, callback: Any) -> bool:
+        """Calls ``callback(context, statement, elapsed)`` for each statement of at least ``seconds``
+        (``callback=None`` stops); False when this signal does not run (the caller times statements itself)."""
+        if not self._running:
+            return False
+        self.slow_statement = callback
+        self.slow_after = seconds if callback is not None else float("inf")
+        return True
 
     def uninstrument(self) -> None:
         self._running = False
@@ -123,11 +142,6 @@ class DatabaseSignal:
             (Pool, "checkout", self._on_checkout),
             (Pool, "checkin", self._on_checkin),
             (Pool, "detach", self._on_detach),
-            # Dialect events, not Engine's before_cursor_execute: an Engine-class listener switches every
-            # connection onto SQLAlchemy's event path (about 10 us per statement, measured).
-            (Dialect, "do_execute", self._do_execute),
-            (Dialect, "do_execute_no_params", self._do_execute_no_params),
-            (Dialect, "do_executemany", self._do_execute),
         ):
             event.listen(target, identifier, fn)
             self._listeners.append((target, identifier, fn))
@@ -139,6 +153,14 @@ class DatabaseSignal:
 
         # Not Engine.__init__: create_engine reads the keywords Engine accepts (echo, logging_name…) from
         # its __init__'s own signature, and a wrapper's (*args, **kwargs) made it refuse them.
+        # The dialects' execute methods, not Engine's before/after_cursor_execute: an Engine-class listener
+        # switches every connection onto SQLAlchemy's event path (about 10 us per statement, measured),
+        # and Dialect do_execute events see a statement start, not its end. Dialects imported later that
+        # define their own are wrapped when their first engine is made.
+        from sqlalchemy.engine.default import DefaultDialect
+
+        self._wrap_executes(DefaultDialect)
+
         original_hook = Dialect.__dict__["engine_created"]
         self._patched.append((Dialect, "engine_created", original_hook))
         setattr(Dialect, "engine_created", self._wrap_engine_created(original_hook))
@@ -149,6 +171,7 @@ class DatabaseSignal:
             for obj in gc.get_objects():
                 if isinstance(obj, Engine):
                     self.pools.add_engine(obj)
+                    self._wrap_executes(type(obj.dialect))
         self.pools.start_watchdog()
         orm = sys.modules.get("sqlalchemy.orm")
         if orm is not None:
@@ -167,12 +190,69 @@ class DatabaseSignal:
         engine_created.__doc__ = hook.__doc__
         return classmethod(engine_created)
 
+    def _wrap_executes(self, dialect_class: type) -> None:
+        """Wraps the execute methods ``dialect_class`` and its bases define themselves (once each)."""
+        for cls in dialect_class.__mro__:
+            for name, context_at, many in _EXECUTES:
+                original = cls.__dict__.get(name)
+                if original is None or getattr(original, "_fastapi_doctor_timed", False):
+                    continue
+                self._patched.append((cls, name, original))
+                setattr(cls, name, self._timed(original, name, context_at, many))
+
+    def _timed(self, original: Any, name: str, context_at: int, many: bool) -> Any:
+        """``original`` (a dialect's execute method) counting the statement and timing the driver call."""
+        signal, queries, durations = self, self.queries, self.durations
+        assert queries is not None and durations is not None
+        record = durations.duration.record
+
+        def execute(dialect: Any, cursor: Any, statement: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                # A dialect's own method calling its base's (super()): the outer one counts and times.
+                if getattr(type(dialect), name) is not execute:
+                    return original(dialect, cursor, statement, *args, **kwargs)
+                queries.on_statement(statement)
+                context = args[context_at] if len(args) > context_at else kwargs.get("context")
+                attrs = durations.attributes(context, statement, many) if context is not None else None
+            except Exception as exc:
+                containment.report("db statements", exc)
+                attrs = None
+            if attrs is None:
+                return original(dialect, cursor, statement, *args, **kwargs)
+            start = perf_counter()
+            try:
+                result = original(dialect, cursor, statement, *args, **kwargs)
+            except Exception as exc:
+                elapsed = perf_counter() - start
+                try:
+                    record(elapsed, durations.failed(attrs, exc))
+                except Exception as inner:
+                    containment.report("db statements", inner)
+                raise
+            try:
+                elapsed = perf_counter() - start
+                record(elapsed, attrs)
+                if elapsed >= signal.slow_after:
+                    signal.slow_statement(context, statement, elapsed)
+            except Exception as exc:
+                containment.report("db statements", exc)
+            return result
+
+        execute.__wrapped__ = original  # type: ignore[attr-defined]
+        execute.__name__ = original.__name__
+        execute.__qualname__ = original.__qualname__
+        execute.__doc__ = original.__doc__
+        execute._fastapi_doctor_timed = True  # type: ignore[attr-defined]
+        return execute
+
     # -- listeners (all contained: an exception in a pool listener would fail the app's checkout) --
 
     def _engine_created(self, engine: Any, frame: Any) -> None:
         try:
             assert self.pools is not None and self.rebuilds is not None
             stats = self.pools.add_engine(engine)
+            if self._running:
+                self._wrap_executes(type(engine.dialect))
             if current_request.get() is not None:
                 self.rebuilds.created("sqlalchemy.engine.Engine", frame, {"pool": stats.name})
         except Exception as exc:
@@ -211,18 +291,13 @@ class DatabaseSignal:
         except Exception as exc:
             containment.report("db session", exc)
 
-    # A true return value would tell SQLAlchemy the statement was executed here: return None.
-    def _do_execute(self, _cursor: Any, statement: str, _parameters: Any, _context: Any) -> None:
-        try:
-            self.queries.on_statement(statement)  # type: ignore[union-attr]
-        except Exception as exc:
-            containment.report("db statements", exc)
 
-    def _do_execute_no_params(self, _cursor: Any, statement: str, _context: Any) -> None:
-        try:
-            self.queries.on_statement(statement)  # type: ignore[union-attr]
-        except Exception as exc:
-            containment.report("db statements", exc)
+# The wrapped execute methods: name, index of ``context`` among the arguments after the statement, batch.
+_EXECUTES = (
+    ("do_execute", 1, False),
+    ("do_execute_no_params", 0, False),
+    ("do_executemany", 1, True),
+)
 
 
 def _with_own(base: type, attribute: str) -> list[type]:

@@ -1,6 +1,6 @@
 """N+1 queries: statements per request by fingerprint (``n_plus_one``, ``fastapi_doctor.db.statements``).
 
-Fed by SQLAlchemy's ``do_execute`` dialect events (see :mod:`fastapi_doctor.signals.database.db`) and asyncpg's
+Fed by the dialects' wrapped ``do_execute`` methods (see :mod:`fastapi_doctor.signals.database.db`) and asyncpg's
 statements (:mod:`fastapi_doctor.signals.database.asyncpg_pool`). Only requests
 that run statements pay anything: a dict of fingerprint -> executions in the request's signal data.
 The user's line is taken once per fingerprint, when its count reaches the threshold: the line of the
