@@ -308,7 +308,6 @@ def old_asyncpg() -> Path:
 
 def test_an_asyncpg_without_fetchmany_counts_statements_as_the_newest(serve, database, old_asyncpg):
     # One statement method the older asyncpg lacks took the whole signal down: no statement counted, no N+1.
-    # (Its pools are not watched yet: their connection holders take no weak reference before 0.30.)
     app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{old_asyncpg}:{APPS}"})
     assert httpx.get(app.url + "/pool").json()["asyncpg"] == OLD_ASYNCPG
     auth = login(app)
@@ -316,3 +315,20 @@ def test_an_asyncpg_without_fetchmany_counts_statements_as_the_newest(serve, dat
     (f,) = wait_until(lambda: app.findings("n_plus_one"))
     assert f["route"] == "/api/articles/" and f["location"] == mark("n+1")
     assert f["evidence"]["executions"] == 12
+
+
+def test_a_connection_never_released_on_an_asyncpg_before_0_30_is_a_leak_at_its_acquire_line(
+        serve, database, old_asyncpg):
+    # Its pools and connection holders take no weak reference: the pool was not watched at all.
+    app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{old_asyncpg}:{APPS}",
+                                        "FASTAPI_DOCTOR_LEAK_SECONDS": "2"})
+    assert httpx.get(app.url + "/pool").json()["asyncpg"] == OLD_ASYNCPG
+    auth = login(app)
+    assert httpx.get(app.url + "/api/reports/count", headers=auth).status_code == 200
+    assert httpx.get(app.url + "/api/reports/leaky", headers=auth).json() == {"articles": 20}
+    f = wait_until(lambda: finding(app, "pool_leak", route="/api/reports/leaky"), timeout=15)
+    assert f["method"] == "GET" and f["location"] == mark("leak")
+    assert f["evidence"]["reason"] == "request_finished" and f["evidence"]["pool"] == database["pool"]
+    assert metric_value(app.metrics_text(), "db_client_connection_count", db_client_connection_state="used",
+                        db_client_connection_pool_name=database["pool"]) == 1
+    assert [x["route"] for x in database_findings(app)] == ["/api/reports/leaky"]

@@ -421,3 +421,21 @@ def test_engines_take_every_keyword_they_take_without_the_agent() -> None:
     out = subprocess.run([str(BIN / "python"), "-c", ENGINE_KEYWORDS_SCRIPT], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"echo": True, "hide": True, "one": 1, "two": 2}
+
+
+def test_an_engine_per_request_in_a_dependency_of_three_routes_is_one_finding_at_its_line(serve, tmp_path):
+    # One mistake, one finding: the same creation line rebuilt on three routes (the grillazz trial gave one
+    # finding per route), with the routes that pay for it in its evidence.
+    app = serve("engine_per_request_router:app", env={"DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'e.db'}"})
+    for _ in range(2):
+        assert httpx.get(app.url + "/api/v1/stuff/").json() == ["one", "two"]
+        assert httpx.get(app.url + "/api/v1/stuff/2").json() == {"name": "two"}
+        assert httpx.post(app.url + "/api/v1/stuff/").json() == {"count": 2}
+    source = APPS / "engine_per_request_router.py"
+    where = {"file": source.name, "line": marked_line("engine-per-request", source), "function": "get_db"}
+    wait_until(lambda: [f for f in app.findings("dependency_rebuild") if f["evidence"]["created_in_requests"] == 6])
+    (f,) = app.findings("dependency_rebuild")
+    assert f["location"] == where
+    assert f["evidence"]["object"] == "sqlalchemy.engine.Engine"
+    assert sorted(f["evidence"]["routes"]) == ["GET /api/v1/stuff/", "GET /api/v1/stuff/{stuff_id}",
+                                               "POST /api/v1/stuff/"]

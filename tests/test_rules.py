@@ -158,6 +158,17 @@ def test_an_object_built_by_the_same_line_repeatedly_inside_requests_is_a_rebuil
     assert verdict.evidence == {"object": "httpx.AsyncClient", "created_in_requests": 3, "dependency": "get_client"}
 
 
+def test_one_line_rebuilt_on_several_routes_names_them_all() -> None:
+    routes = ("GET /quotes/{symbol}", "GET /quotes/", "POST /orders/")
+    verdict = dependency_rebuild.decide_built(built(count=5, routes=routes), repeats=3)
+    assert verdict is not None
+    assert (verdict.route, verdict.location) == ("/quotes/{symbol}", WHERE)
+    assert verdict.evidence["routes"] == list(routes) and "on 3 routes" in verdict.summary
+    assert verdict.per_line  # one finding for the line, whichever route reports it next
+    alone = dependency_rebuild.decide_built(built(routes=("GET /quotes/{symbol}",)), repeats=3)
+    assert alone is not None and "routes" not in alone.evidence
+
+
 def test_an_engine_rebuild_names_its_pool() -> None:
     verdict = dependency_rebuild.decide_built(
         built(label="sqlalchemy.engine.Engine", details={"pool": "sqlite:///app.db"}), repeats=3)

@@ -106,12 +106,14 @@ class FindingsRegistry:
         evidence: Mapping[str, Any],
         location: Location | None = None,
         method: str | None = None,
+        per_line: bool = False,
     ) -> Finding:
-        """``method`` is the HTTP method of the request the finding is about (None: not one request's)."""
+        """``method`` is the HTTP method of the request the finding is about (None: not one request's).
+        ``per_line``: one finding per root cause and line, kept on the route it was first reported on."""
         if root_cause not in ROOT_CAUSES:
             raise ValueError(f"unknown root cause {root_cause!r}")
         now = self._clock()
-        key = (root_cause, method, route, location)
+        key = (root_cause, None, None, location) if per_line else (root_cause, method, route, location)
         with self._lock:
             finding = self._findings.get(key)
             is_new = finding is None

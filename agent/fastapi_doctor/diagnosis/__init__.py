@@ -26,6 +26,9 @@ class Verdict:
     location: Location | None
     evidence: dict[str, Any] = field(default_factory=dict)
     method: str | None = None
+    # One finding per line whichever routes it is seen on (the route is the one that paid most when
+    # it was first reported; the rule names them all in the evidence).
+    per_line: bool = False
 
 
 class AboutARequest(Protocol):
@@ -58,6 +61,7 @@ class Findings(Protocol):
         evidence: Any,
         location: Location | None = ...,
         method: str | None = ...,
+        per_line: bool = ...,
     ) -> Any: ...
 
 
@@ -72,6 +76,7 @@ def publish(findings: Findings, verdict: Verdict | None) -> None:
         summary=verdict.summary,
         evidence=verdict.evidence,
         location=verdict.location,
+        per_line=verdict.per_line,
     )
 
 

@@ -9,7 +9,7 @@ the pool, the loop or a remote service); objects built at start-up are built onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi_doctor.diagnosis import Verdict, verdict_on
@@ -57,6 +57,7 @@ class ObjectBuilt:
     method: str | None
     route: str | None
     details: dict[str, Any] = field(default_factory=dict)  # e.g. {"pool": ...}: evidence, and words of COSTS
+    routes: tuple[str, ...] = ()  # "METHOD /template" of every route that built it at this line, most first
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +77,26 @@ def decide_built(built: ObjectBuilt, *, repeats: int = REBUILD_REPEATS) -> Verdi
         return None
     inside = f" in dependency {built.dependency}" if built.dependency else ""
     why = COSTS.get(built.label, "it is meant to be built once.").format(**built.details)
-    return verdict_on(
+    evidence = {
+        "object": built.label,
+        "created_in_requests": built.count,
+        "dependency": built.dependency,
+        **built.details,
+    }
+    several = len(built.routes) > 1
+    if several:
+        evidence["routes"] = list(built.routes)
+    verdict = verdict_on(
         built,
         root_cause=ROOT_CAUSE,
         summary=(
-            f"A new {built.label} is built inside requests{inside} ({built.count} so far): {why} "
+            f"A new {built.label} is built inside requests{inside} "
+            f"({built.count} so far{f', on {len(built.routes)} routes' if several else ''}): {why} "
             "Build it once at start-up (lifespan, a module-level object, functools.lru_cache) and share it."
         ),
-        evidence={
-            "object": built.label,
-            "created_in_requests": built.count,
-            "dependency": built.dependency,
-            **built.details,
-        },
+        evidence=evidence,
     )
+    return replace(verdict, per_line=True)
 
 
 def decide_computed(computed: SameComputation, *, repeats: int = REBUILD_REPEATS) -> Verdict | None:

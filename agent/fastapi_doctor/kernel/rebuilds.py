@@ -20,6 +20,7 @@ from fastapi_doctor.diagnosis import Findings, dependency_rebuild, publish
 from fastapi_doctor.kernel.location import Location
 
 _MAX_SITES = 1_000
+_MAX_ROUTES_PER_SITE = 20  # routes named in one finding's evidence
 
 
 class RebuildSites:
@@ -29,6 +30,8 @@ class RebuildSites:
         self.findings = findings
         self.repeats = repeats
         self.counts: dict[tuple[str, Location | None], int] = {}
+        # (object, line) -> {(method, route): how many it built there}
+        self.payers: dict[tuple[str, Location | None], dict[tuple[str | None, str | None], int]] = {}
 
     @classmethod
     def of(cls, agent: Any) -> RebuildSites:
@@ -47,11 +50,21 @@ class RebuildSites:
             where, dependency, cached = creation_site(frame)
             if cached:
                 return  # built by a function the app caches (functools.lru_cache): its cache decides how often
-            count = self._count((label, where))
+            site = (label, where)
+            count = self._count(site)
             if count is None:
                 return
+            # One line rebuilt on several routes is one mistake: one finding (on the route that built it
+            # most), every route that pays for it in its evidence.
+            payers = self.payers.setdefault(site, {})
+            payer = (state.method, state.route)
+            if payer in payers or len(payers) < _MAX_ROUTES_PER_SITE:
+                payers[payer] = payers.get(payer, 0) + 1
+            ranked = sorted(payers, key=payers.__getitem__, reverse=True)
+            method, route = ranked[0] if ranked else payer
             built = dependency_rebuild.ObjectBuilt(
-                label, where, dependency, count, state.method, state.route, details or {}
+                label, where, dependency, count, method, route, details or {},
+                routes=tuple(f"{m} {r}" for m, r in ranked if r is not None),
             )
             publish(self.findings, dependency_rebuild.decide_built(built, repeats=self.repeats))
         except Exception as exc:
@@ -82,6 +95,7 @@ class RebuildSites:
 
     def clear(self) -> None:
         self.counts.clear()
+        self.payers.clear()
 
     def _count(self, key: tuple[str, Location | None]) -> int | None:
         """Count one more of ``key``; None once too many sites are counted."""

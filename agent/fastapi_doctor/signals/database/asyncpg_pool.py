@@ -64,6 +64,9 @@ _STATEMENT_METHODS = {
     "PreparedStatement": ("executemany", "fetch", "fetchrow", "fetchval", "fetchmany"),
 }
 
+# The attribute of an asyncpg < 0.30 pool's queue that leads back to the pool (see PoolView).
+_QUEUE_BACK = "_fastapi_doctor_pool"
+
 _PASS, _APP, _OTHER = 0, 1, 2
 _senders: dict[str, int] = {}  # module name -> _PASS/_APP/_OTHER (a dict lookup per frame per statement)
 
@@ -137,22 +140,29 @@ class PoolView:
     """An asyncpg pool as the pool tracker reads a SQLAlchemy queue pool: connections in use and idle,
     its size (``max_size``, no overflow). ``window`` holds its recent acquires.
 
-    asyncpg's ``Pool`` takes no weak reference; its connection holders do and live exactly as long as
-    it does (made once when the pool starts, each pointing back to it): the view holds one of them
-    weakly, so a pool dropped without ``close()`` is not kept alive by the agent.
+    asyncpg's ``Pool`` takes no weak reference, so the view holds weakly something that lives exactly as
+    long as the pool and leads back to it: one of its connection holders (made once when the pool
+    starts, each pointing back to it). Before asyncpg 0.30 the holders take no weak reference either:
+    then the pool's queue of free holders (also made once at start), given a reference back to the pool
+    (a cycle, collected with the pool). A pool dropped without ``close()`` is not kept alive by the agent.
     """
 
-    __slots__ = ("_anchor", "stats", "window", "__weakref__")
+    __slots__ = ("_anchor", "_back", "stats", "window", "__weakref__")
     _max_overflow = 0
 
-    def __init__(self, holder: Any, stats: PoolStats) -> None:
-        self._anchor = weakref.ref(holder)
+    def __init__(self, pool: Any, stats: PoolStats) -> None:
+        try:
+            self._anchor, self._back = weakref.ref(pool._holders[0]), "_pool"
+        except TypeError:  # asyncpg < 0.30
+            queue = pool._queue
+            self._anchor, self._back = weakref.ref(queue), _QUEUE_BACK
+            setattr(queue, _QUEUE_BACK, pool)
         self.stats = stats
         self.window = Window()
 
     def pool(self) -> Any:
-        holder = self._anchor()
-        return None if holder is None else holder._pool
+        anchor = self._anchor()
+        return None if anchor is None else getattr(anchor, self._back, None)
 
     def live(self) -> bool:
         pool = self.pool()
@@ -209,7 +219,7 @@ class AsyncpgPoolTracker(PoolTracker):
         if not holders:
             return None
         stats = self.stats_named(pool_name(getattr(pool, "_connect_args", ()), getattr(pool, "_connect_kwargs", {})))
-        view = PoolView(holders[0], stats)
+        view = PoolView(pool, stats)
         self._views[id(pool)] = view
         self._bind(view, stats)
         return view
@@ -228,8 +238,12 @@ class AsyncpgPoolTracker(PoolTracker):
     def acquired(self, view: PoolView, holder: Any, waited: float, found_full: bool) -> None:
         stats = view.stats
         self.wait_time.record(waited, stats.attrs)
-        # The holder outlives the connection's proxy: never collected early.
-        checkout = Checkout.taken(holder, stats, id(view))
+        # The holder outlives the connection's proxy: never collected early. Before asyncpg 0.30 it takes
+        # no weak reference: its connection does, and the holder keeps it until after the release.
+        try:
+            checkout = Checkout.taken(holder, stats, id(view))
+        except TypeError:
+            checkout = Checkout.taken(holder._con, stats, id(view))
         self.out[id(holder)] = checkout
         if view.window.add((waited,), found_full and waited >= EXHAUSTED_WAIT_S):
             self.exhausted(view, checkout)
