@@ -287,29 +287,33 @@ def test_failures_inside_the_signal_never_change_the_response(serve, database):
     assert metric_value(text, "fastapi_doctor_internal_errors_total", fastapi_doctor_component="asyncpg statements") > 50
 
 
-OLD_ASYNCPG = "0.29.0"  # before Connection.fetchmany (0.30); apps on their lock files run such versions
+# Versions before Connection.fetchmany (0.30), one before Pool.is_closing (0.28): apps on their lock
+# files run such versions. The newest Python each has wheels for.
+OLD_ASYNCPG = {"0.27.0": (3, 11), "0.29.0": (3, 12)}
 
 
-@pytest.fixture(scope="module")
-def old_asyncpg() -> Path:
-    """asyncpg OLD_ASYNCPG installed beside the project's (its own directory, first on the app's path)."""
+@pytest.fixture(scope="module", params=sorted(OLD_ASYNCPG))
+def old_asyncpg(request) -> tuple[str, Path]:
+    """(version, directory): an older asyncpg installed beside the project's, first on the app's path."""
     import sys
 
-    if sys.version_info >= (3, 13):
-        pytest.skip(f"asyncpg {OLD_ASYNCPG} has no wheel for this Python")
-    target = Path(__file__).resolve().parent.parent / ".cache" / f"asyncpg-{OLD_ASYNCPG}"
+    version = request.param
+    if sys.version_info[:2] > OLD_ASYNCPG[version]:
+        pytest.skip(f"asyncpg {version} has no wheel for this Python")
+    target = Path(__file__).resolve().parent.parent / ".cache" / f"asyncpg-{version}"
     if not (target / "asyncpg").is_dir():
         result = subprocess.run([str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--target",
-                                 str(target), f"asyncpg=={OLD_ASYNCPG}"], capture_output=True, text=True, timeout=300)
+                                 str(target), f"asyncpg=={version}"], capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
-            pytest.skip(f"asyncpg {OLD_ASYNCPG} could not be installed: {result.stderr[-300:]}")
-    return target
+            pytest.skip(f"asyncpg {version} could not be installed: {result.stderr[-300:]}")
+    return version, target
 
 
 def test_an_asyncpg_without_fetchmany_counts_statements_as_the_newest(serve, database, old_asyncpg):
     # One statement method the older asyncpg lacks took the whole signal down: no statement counted, no N+1.
-    app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{old_asyncpg}:{APPS}"})
-    assert httpx.get(app.url + "/pool").json()["asyncpg"] == OLD_ASYNCPG
+    version, path = old_asyncpg
+    app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{path}:{APPS}"})
+    assert httpx.get(app.url + "/pool").json()["asyncpg"] == version
     auth = login(app)
     assert len(httpx.get(app.url + "/api/articles/?limit=12", headers=auth).json()) == 12
     (f,) = wait_until(lambda: app.findings("n_plus_one"))
@@ -320,9 +324,10 @@ def test_an_asyncpg_without_fetchmany_counts_statements_as_the_newest(serve, dat
 def test_a_connection_never_released_on_an_asyncpg_before_0_30_is_a_leak_at_its_acquire_line(
         serve, database, old_asyncpg):
     # Its pools and connection holders take no weak reference: the pool was not watched at all.
-    app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{old_asyncpg}:{APPS}",
+    version, path = old_asyncpg
+    app = serve("asyncpg_app:app", env={"PG_DSN": database["dsn"], "PYTHONPATH": f"{path}:{APPS}",
                                         "FASTAPI_DOCTOR_LEAK_SECONDS": "2"})
-    assert httpx.get(app.url + "/pool").json()["asyncpg"] == OLD_ASYNCPG
+    assert httpx.get(app.url + "/pool").json()["asyncpg"] == version
     auth = login(app)
     assert httpx.get(app.url + "/api/reports/count", headers=auth).status_code == 200
     assert httpx.get(app.url + "/api/reports/leaky", headers=auth).json() == {"articles": 20}

@@ -166,7 +166,12 @@ class PoolView:
 
     def live(self) -> bool:
         pool = self.pool()
-        return pool is not None and not pool.is_closing()
+        if pool is None:
+            return False
+        is_closing = getattr(pool, "is_closing", None)  # asyncpg 0.28+; before it, its two flags
+        if is_closing is not None:
+            return not is_closing()
+        return not (getattr(pool, "_closing", False) or getattr(pool, "_closed", False))
 
     def full(self) -> bool:
         """No free connection: the next acquire waits (asyncpg keeps free holders in ``_queue``)."""
