@@ -439,3 +439,28 @@ def test_an_engine_per_request_in_a_dependency_of_three_routes_is_one_finding_at
     assert f["evidence"]["object"] == "sqlalchemy.engine.Engine"
     assert sorted(f["evidence"]["routes"]) == ["GET /api/v1/stuff/", "GET /api/v1/stuff/{stuff_id}",
                                                "POST /api/v1/stuff/"]
+
+
+def test_a_short_sync_query_in_an_async_route_is_blocking_io_at_its_line_by_fact(tmp_path):
+    """The app's sync engine used from an async route: each query is ~1 ms, far below the loop
+    watchdog's threshold, and still a blocking call on the loop. Found by the fact (a statement sent
+    through a sync dialect on the loop's thread inside a request), not by its length; the sync def twin
+    (threadpool), the async engine twin and the start-up work on the loop are not findings."""
+    from harness import AppProcess
+
+    app = AppProcess("sync_engine_router:app", env={"DB_PATH": str(tmp_path / "notes.db")}).start()
+    try:
+        for path in ("/notes/1/sync", "/notes/2/async", "/notes/3/sync", "/notes/4/async"):
+            assert httpx.get(app.url + path).status_code == 200
+        for note in range(1, 4):
+            assert httpx.get(app.url + f"/notes/{note}").status_code == 200
+
+        [finding] = wait_until(lambda: app.findings("blocking_io"), timeout=10)
+        line = marked_line("sync query on the loop", APPS / "sync_engine_router.py")
+        assert (finding["method"], finding["route"]) == ("GET", "/notes/{note_id}"), finding
+        assert finding["location"]["file"].endswith("sync_engine_router.py"), finding
+        assert finding["location"]["line"] == line, finding
+        assert finding["evidence"]["detected_by"] == "sync_statement_on_loop", finding
+        assert "conn.execute" in finding["evidence"]["call"], finding
+    finally:
+        app.stop()

@@ -389,7 +389,9 @@ def basis(finding: dict[str, Any]) -> str:
     if root_cause == "slow_middleware":
         return "timing"
     if root_cause == "blocking_io":
-        return "fact" if evidence.get("detected_by") == "call_interception" else "timing"
+        from fastapi_doctor.diagnosis.blocking_io import DETECTED_AS_FACT
+
+        return "fact" if evidence.get("detected_by") in DETECTED_AS_FACT else "timing"
     if root_cause == "dependency_rebuild":
         return "timing" if "p50_ms" in evidence else "fact"
     if root_cause == "pool_leak":

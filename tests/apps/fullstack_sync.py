@@ -198,7 +198,7 @@ if MISTAKE == "async_login":
     async def login_access_token_async(
         session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
     ) -> dict[str, str]:
-        user = session.scalar(select(User).where(User.email == form.username))
+        user = session.scalar(select(User).where(User.email == form.username))  # mark: async login query
         if user is None or not verify_password(form.password, user.hashed_password):  # mark: async login verify
             raise HTTPException(status_code=400, detail="Incorrect email or password")
         return {"access_token": create_access_token(user.id), "token_type": "bearer"}

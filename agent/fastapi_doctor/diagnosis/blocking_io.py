@@ -8,7 +8,9 @@ Decided on facts, never on a slow request alone:
   ran, another thread held the interpreter, start-up). A block inside a middleware or while serialising
   a response is that root cause's verdict, with its words. Once is not a recurring problem: the first
   block of a line is held until it recurs (:func:`recurring`), except in a test suite;
-* a blocking call intercepted on the loop inside a request (:class:`BlockingCall`, under pytest);
+* a blocking call seen on the loop inside a request (:class:`BlockingCall`): intercepted (under pytest,
+  ``call_interception``), or a statement sent through a sync SQLAlchemy dialect on the loop's thread
+  (``sync_statement_on_loop``), however short;
 * every threadpool thread busy for ``threadpool_wait_s`` while tasks waited (:class:`ThreadpoolSaturated`),
   unless most threads wait for a database connection (the pool's verdict);
 * a database pool saturated while the threads holding its connections wait in one call outside the
@@ -24,6 +26,10 @@ from fastapi_doctor.kernel.location import Location
 
 ROOT_CAUSE = "blocking_io"
 TITLE = "Blocking call in async code"
+# How a BlockingCall was seen: both are facts (the call happened on the loop), not durations.
+CALL_INTERCEPTION = "call_interception"
+SYNC_STATEMENT_ON_LOOP = "sync_statement_on_loop"
+DETECTED_AS_FACT = frozenset({CALL_INTERCEPTION, SYNC_STATEMENT_ON_LOOP})
 _OFF_THE_LOOP = "Use an async equivalent, or move it off the loop (run_in_threadpool, or a sync def endpoint)."
 
 

@@ -18,13 +18,9 @@ import sys
 import threading
 from typing import Any
 
-from fastapi_doctor import attribution, containment
-from fastapi_doctor.context import current_request
-from fastapi_doctor.diagnosis import blocking_io, publish
-from fastapi_doctor.kernel.rebuilds import BUILDERS
-
-DETECTED_BY = "call_interception"
-_FRAMEWORK = frozenset({"fastapi", "starlette"})
+from fastapi_doctor import containment
+from fastapi_doctor.diagnosis import blocking_io
+from fastapi_doctor.kernel import blocking_calls
 
 
 # Library internals that make a blocking call on the loop by design, once per connection, where the
@@ -100,38 +96,7 @@ class BlockingCallSignal:
         return detecting
 
     def _record(self, blocking_function: str) -> None:
-        try:
-            state = current_request.get()
-            if state is None:
-                return  # the test's own code on the loop, a fixture, start-up: not a request's
-            stack = attribution.capture(sys._getframe(2))
-            user = None
-            for info in stack:  # innermost first: the first frame of the agent or of the app decides
-                if attribution.is_agent_file(info.filename):
-                    return  # the agent's own work (attribution reading a file) is never the app's blame
-                if (info.module, info.code.co_name) in BUILDERS:
-                    return  # building an engine, client or pool: the rebuild is the finding, not its I/O
-                if info.module.partition(".")[0] in _FRAMEWORK:
-                    # Reached through FastAPI's or Starlette's own code (its routing reading an endpoint's
-                    # source, Jinja2's loader under TemplateResponse, the TestClient's receive): the
-                    # framework's call, or the test harness's; the app has no line to change.
-                    return
-                if not info.filename.startswith("<") and not attribution.is_library_file(info.filename):
-                    user = info  # generated code (<string>, SQLAlchemy's) is not a line the user wrote
-                    break
-            if user is None:
-                return  # no line of the app's to name: library internals, not the app's call
-            seen = blocking_io.BlockingCall(
-                call=attribution.call_in(user) or blocking_function,
-                blocking_function=blocking_function,
-                detected_by=DETECTED_BY,
-                location=attribution.location(user),
-                method=state.method,
-                route=state.route,
-            )
-            publish(self.agent.findings, blocking_io.decide_blocking_call(seen))
-        except Exception as exc:
-            containment.report("blocking call finding", exc)
+        blocking_calls.record(self.agent.findings, sys._getframe(2), blocking_function, blocking_io.CALL_INTERCEPTION)
 
 
 def _set(owner: Any, name: str, value: Any) -> None:

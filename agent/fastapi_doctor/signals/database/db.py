@@ -6,8 +6,10 @@ Installed when the app imports sqlalchemy, for every engine, sync and async:
   to every pool, existing or future) feed :mod:`~fastapi_doctor.signals.database.db_pool`;
 * the dialects' ``do_execute``, ``do_execute_no_params`` and ``do_executemany`` methods (the driver
   call of every statement) are wrapped: each statement counts for
-  :mod:`~fastapi_doctor.signals.database.db_queries` and its time in the driver is
-  ``db.client.operation.duration`` (:mod:`~fastapi_doctor.signals.database.db_operations`);
+  :mod:`~fastapi_doctor.signals.database.db_queries`, its time in the driver is
+  ``db.client.operation.duration`` (:mod:`~fastapi_doctor.signals.database.db_operations`), and one
+  sent through a sync dialect on the event loop's thread inside a request is a ``blocking_io`` fact
+  at the user's line, however short (:mod:`fastapi_doctor.kernel.blocking_calls`);
 * ``Dialect.engine_created`` (the hook ``create_engine`` calls with every engine it made) is wrapped to
   know each engine (its pool and a credential-free name) and to
   report an engine built inside requests by the same line (``dependency_rebuild``, :mod:`fastapi_doctor.kernel.rebuilds`);
@@ -22,12 +24,15 @@ collector's object list. ``uninstrument()`` removes every listener and restores 
 from __future__ import annotations
 
 import sys
+from asyncio import _get_running_loop
 from time import perf_counter
 from types import ModuleType
 from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.diagnosis import blocking_io
+from fastapi_doctor.kernel import blocking_calls
 from fastapi_doctor.signals.database.db_operations import OperationDurations
 from fastapi_doctor.signals.database.db_pool import PoolTracker
 from fastapi_doctor.signals.database.db_queries import QueryCounter
@@ -212,6 +217,11 @@ class DatabaseSignal:
                 if getattr(type(dialect), name) is not execute:
                     return original(dialect, cursor, statement, *args, **kwargs)
                 queries.on_statement(statement)
+                if not dialect.is_async and _get_running_loop() is not None:
+                    # A sync driver's statement on the event loop's thread (not one of an async engine,
+                    # run in SQLAlchemy's greenlet and awaited): it blocks the loop however short it is.
+                    blocking_calls.record(signal.agent.findings, sys._getframe(1),
+                                          f"{type(dialect).__name__}.{name}", blocking_io.SYNC_STATEMENT_ON_LOOP)
                 context = args[context_at] if len(args) > context_at else kwargs.get("context")
                 attrs = durations.attributes(context, statement, many) if context is not None else None
             except Exception as exc:
