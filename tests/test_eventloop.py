@@ -280,8 +280,7 @@ def test_traced_load_on_a_trivial_route_blames_nothing(serve, otlp):
     import shutil
     import subprocess
 
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed")
+    assert shutil.which("wrk"), "wrk is needed (.ci/run installs it)"
     app = serve(
         "hello:app",
         env={
