@@ -245,10 +245,8 @@ class AsyncpgPoolTracker(PoolTracker):
         self.wait_time.record(waited, stats.attrs)
         # The holder outlives the connection's proxy: never collected early. Before asyncpg 0.30 it takes
         # no weak reference: its connection does, and the holder keeps it until after the release.
-        try:
-            checkout = Checkout.taken(holder, stats, id(view))
-        except TypeError:
-            checkout = Checkout.taken(holder._con, stats, id(view))
+        anchor = holder if type(holder).__weakrefoffset__ else holder._con
+        checkout = Checkout.taken(anchor, stats, id(view))
         self.out[id(holder)] = checkout
         if view.window.add((waited,), found_full and waited >= EXHAUSTED_WAIT_S):
             self.exhausted(view, checkout)
