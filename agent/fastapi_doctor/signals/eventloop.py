@@ -458,8 +458,11 @@ class EventLoopSignal:
                     if hb.ticks != episode.ticks:  # ticked meanwhile: not blocked after all
                         hb.episode = None
                         continue
-                    episode.cpu_at_start = _cpu_by_kind(hb.thread_id)
+                    # Sampled before the CPU clocks are read: reading them releases the interpreter, and a
+                    # call that held it (a collection, a C extension) has just let go; the loop thread must
+                    # not run on past it first.
                     self._sample(hb, episode)
+                    episode.cpu_at_start = _cpu_by_kind(hb.thread_id)
                     wake = min(wake, now + self.sample_s)
                 else:
                     wake = min(wake, hb.due + self.block_s)
