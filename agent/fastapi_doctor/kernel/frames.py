@@ -70,44 +70,6 @@ def location_of(code: types.CodeType | None) -> Location | None:
     return Location(attribution.display_path(code.co_filename), line, code.co_qualname)
 
 
-# (file, line, function) -> Location: a checkout site is met again and again; building its Location (a relative
-# path) costs more than the walk. Bounded: code objects of the app are few.
-_locations: dict[tuple[str, int, str], Location] = {}
-# filename -> is it the user's code? (a plain dict lookup per frame; the walk crosses ~10 frames)
-_user_files: dict[str, bool] = {}
-
-
-def _is_user_file(filename: str) -> bool:
-    # "<string>": functions SQLAlchemy generates for its decorators, not the user's code.
-    user = not filename.startswith("<") and not attribution.is_library_file(filename)
-    if len(_user_files) < 4096:
-        _user_files[filename] = user
-    return user
-
-
-def _is_users(filename: str) -> bool:
-    user = _user_files.get(filename)
-    return _is_user_file(filename) if user is None else user
-
-
-def _walk(frame: types.FrameType | None, limit: int = 64) -> Location | None:
-    depth = 0
-    while frame is not None and depth < limit:
-        code = frame.f_code
-        filename = code.co_filename
-        if _is_users(filename):
-            key = (filename, frame.f_lineno or 0, code.co_qualname)  # strings: hashes are cached
-            location = _locations.get(key)
-            if location is None:
-                location = Location(attribution.display_path(filename), key[1], key[2])
-                if len(_locations) < 4096:
-                    _locations[key] = location
-            return location
-        frame = frame.f_back
-        depth += 1
-    return None
-
-
 def _greenlet_parent() -> types.FrameType | None:
     """An async engine runs the pool and the statements inside a greenlet whose frames end at
     SQLAlchemy's ``greenlet_spawn``; the awaiting coroutines (the user's code) are in the parent greenlet."""
@@ -119,9 +81,9 @@ def _greenlet_parent() -> types.FrameType | None:
 def user_location(skip: int = 1) -> Location | None:
     """The innermost line of user code calling into SQLAlchemy (no traceback is built), through an
     async engine's greenlet too."""
-    location = _walk(sys._getframe(skip + 1))
+    location = attribution.frame_location(sys._getframe(skip + 1))
     if location is None:
-        location = _walk(_greenlet_parent())
+        location = attribution.frame_location(_greenlet_parent())
     return location
 
 
@@ -138,7 +100,7 @@ def _in_loop(code: types.CodeType, offset: int) -> bool:
 def _user_frames(frame: types.FrameType | None, limit: int = 64) -> list[types.FrameType]:
     found = []
     while frame is not None and limit > 0:
-        if _is_users(frame.f_code.co_filename):
+        if attribution.is_user_file(frame.f_code.co_filename):
             found.append(frame)
         frame = frame.f_back
         limit -= 1
