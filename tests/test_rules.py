@@ -438,18 +438,20 @@ def test_a_rule_that_refines_another_takes_the_observation_from_it() -> None:
     from fastapi_doctor.findings import FindingsRegistry
     from fastapi_doctor.observations import CALL_INTERCEPTION, SYNC_STATEMENT_ON_LOOP, BlockingCall
 
-    def sync_orm(seen: BlockingCall) -> Verdict | None:
+    def sync_engine(seen: BlockingCall) -> Verdict | None:
         if seen.detected_by != SYNC_STATEMENT_ON_LOOP:
             return None
-        return Verdict("sync_orm_in_async", seen.route, "A sync engine's statement on the loop", seen.location)
+        return Verdict("sync_engine_example", seen.route, "A sync engine's statement on the loop", seen.location)
 
-    rule = types.SimpleNamespace(ROOT_CAUSE="sync_orm_in_async", TITLE="Sync ORM calls in async routes",
-                                 REFINES="blocking_io", decides=lambda settings: {BlockingCall: sync_orm})
+    # A rule of this test's own beside blocking_io (the registry's rules are found in diagnosis/).
+    rule = types.SimpleNamespace(ROOT_CAUSE="sync_engine_example", TITLE="Sync engines in async routes",
+                                 REFINES="blocking_io", decides=lambda settings: {BlockingCall: sync_engine})
+    blocking_io_cause = next(cause for cause in REGISTRY if cause.name == "blocking_io")
     routed = Diagnosis(Settings(), FindingsRegistry(),
-                       causes=(*REGISTRY, RootCause("sync_orm_in_async", rule.TITLE, rule)))
+                       causes=(blocking_io_cause, RootCause("sync_engine_example", rule.TITLE, rule)))
     statement = BlockingCall("session.execute", "SQLiteDialect_pysqlite.do_execute", SYNC_STATEMENT_ON_LOOP, WHERE,
                              "GET", "/stock/{sku}")
-    assert [v.root_cause for v in routed.decide(statement)] == ["sync_orm_in_async"]
+    assert [v.root_cause for v in routed.decide(statement)] == ["sync_engine_example"]
     sleep = dataclasses.replace(statement, call="time.sleep", blocking_function="time.sleep",
                                 detected_by=CALL_INTERCEPTION)
     assert [v.root_cause for v in routed.decide(sleep)] == ["blocking_io"]
