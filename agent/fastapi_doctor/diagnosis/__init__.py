@@ -4,9 +4,9 @@ A rule module (one per root cause, found by :mod:`fastapi_doctor.diagnosis.regis
 observations (:mod:`fastapi_doctor.observations`: no frames, no requests, no threads): its
 ``decides(settings)`` maps each observation type it takes to a function of one observation, with
 its thresholds from ``Settings`` bound, that applies them and writes the summary and the evidence of
-a :class:`Verdict`. A signal hands an observation to ``agent.report`` (:class:`~fastapi_doctor.
-diagnosis.registry.Diagnosis`), which routes it to every rule that declared its type and publishes
-the verdicts; the rule is tested without a server, over synthetic observations.
+a :class:`Verdict`. A signal hands an observation to ``agent.report``
+(:class:`~fastapi_doctor.diagnosis.registry.Diagnosis`), which routes it to every rule that declared
+its type and publishes the verdicts; the rule is tested without a server, over synthetic observations.
 
 Rules import the kernel and the observations only, never a signal (an import-linter contract in
 pyproject.toml).
