@@ -12,21 +12,9 @@ from typing import Any
 
 from harness import BIN
 
-from fastapi_doctor_demo.scenarios import SCENARIOS
+from fastapi_doctor_demo.scenarios import BY_ROOT_CAUSE, SCENARIOS
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent / "agent"
-
-# The function holding the line each finding must name (what a user opens to fix it).
-CULPRITS = {
-    "blocking_io": ("fastapi_doctor_demo/pricing.py", {"fetch_quote_blocking"}),
-    "dependency_rebuild": ("fastapi_doctor_demo/db.py", {"get_session_new_engine"}),
-    "n_plus_one": ("fastapi_doctor_demo/orders.py", {"orders_with_lines_n_plus_one"}),
-    "large_payload": ("fastapi_doctor_demo/", {"export", "export_all"}),
-    "slow_middleware": ("fastapi_doctor_demo/middleware.py", {"AuditLogMiddleware.dispatch", "AuditStore.write"}),
-    "pool_leak": ("fastapi_doctor_demo/carts.py", {"open_cart", "_cart_of"}),
-    "task_leak": ("fastapi_doctor_demo/analytics.py", {"Analytics.track_view"}),
-}
-
 
 def run_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     summary = tmp_path / "summary.json"
@@ -76,14 +64,16 @@ def test_demo_finds_every_scenario_at_its_line_and_nothing_else(tmp_path):
         root_cause = scenario["root_cause"]
         assert scenario["errors"] == [], scenario["errors"][:3]
         assert scenario["found"], root_cause
-        prefix, functions = CULPRITS[root_cause]
+        # The function holding the line each finding must name (what a user opens to fix it), and its file.
+        culprits = BY_ROOT_CAUSE[root_cause].culprit_files
+        assert culprits, root_cause
         for finding in scenario["found"]:
             assert finding["route"] == scenario["route"] or scenario["route"] is None
             loc = finding["location"]
-            assert loc["file"].startswith(prefix), (root_cause, loc)
+            assert loc["function"] in culprits, (root_cause, loc)
+            assert loc["file"] == culprits[loc["function"]], (root_cause, loc)
             # The line is real and inside the function the finding names.
             assert _function_of(PACKAGE_PARENT / loc["file"], loc["line"]) == loc["function"], loc
-            assert loc["function"] in functions, (root_cause, loc)
         assert f"FOUND {root_cause}" in out
     blocking = next(s for s in summary["scenarios"] if s["root_cause"] == "blocking_io")
     assert blocking["found"][0]["evidence"]["call"] == "urllib.request.urlopen"

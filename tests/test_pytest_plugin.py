@@ -22,7 +22,7 @@ SICK = {
     "test_recent_orders_new_engine": ("dependency_rebuild", "demo/db.py", "get_session_new_engine"),
     "test_customer_orders_n_plus_one": ("n_plus_one", "demo/orders.py", "orders_with_lines_n_plus_one"),
     "test_async_client_customer_orders_n_plus_one": ("n_plus_one", "demo/orders.py", "orders_with_lines_n_plus_one"),
-    "test_products_export_uncompressed": ("large_payload", "demo/patient.py", "export"),
+    "test_products_export_uncompressed": ("large_payload", "demo/scenarios/large_payload.py", "export"),
     "test_cart_session_left_open": ("pool_leak", "demo/carts.py", "_cart_of"),
     "test_product_page_task_per_view": ("task_leak", "demo/analytics.py", "Analytics.track_view"),
 }

@@ -369,3 +369,89 @@ def test_every_root_cause_has_one_rule_a_title_and_a_packaged_runbook() -> None:
         assert cause.rule.ROOT_CAUSE == cause.name and cause.title
         # The package ships the runbook written in docs/runbooks/ (its runbooks/ links there).
         assert runbooks.packaged(cause.name).read_text() == (docs / f"{cause.name}.md").read_text(), cause.name
+
+
+# -- the routing: observations to the rules that declare their types -------------------------------
+
+def diagnosis(**settings: object) -> tuple[object, object]:
+    from fastapi_doctor.config import Settings
+    from fastapi_doctor.diagnosis.registry import Diagnosis
+    from fastapi_doctor.findings import FindingsRegistry
+
+    findings = FindingsRegistry()
+    return Diagnosis(Settings(**settings), findings), findings
+
+
+def test_every_observation_handed_to_the_agent_is_decided_by_a_rule() -> None:
+    import inspect
+
+    from fastapi_doctor import observations
+
+    made = {kind for kind in vars(observations).values()
+            if inspect.isclass(kind) and dataclasses.is_dataclass(kind) and kind.__module__ == observations.__name__}
+    routed, _ = diagnosis()
+    # Holder and CreatorObservation are parts of other observations, never handed alone.
+    assert set(routed.routes) == made - {observations.Holder, observations.CreatorObservation}
+
+
+def test_an_observation_reaches_its_rule_with_the_threshold_of_the_settings() -> None:
+    routed, findings = diagnosis(n_plus_one_threshold=12)
+    assert routed.report(repeated(executions=11)) is False
+    assert findings.all() == []
+    assert routed.report(repeated(executions=12)) is True
+    [finding] = findings.all()
+    assert (finding.root_cause, finding.evidence["threshold"]) == ("n_plus_one", 12)
+
+
+def test_a_loop_block_seen_once_is_published_when_its_function_blocks_again() -> None:
+    routed, findings = diagnosis()
+    first = block(episodes=1, blocked_s=0.3, max_blocked_ms=300.0)
+    assert routed.report(first) is False
+    assert findings.all() == []
+    later = Location("app/orders.py", 44, "notify")  # the same function, caught on another line
+    assert routed.report(block(episodes=2, location=later, first=first)) is True
+    [finding] = findings.all()
+    assert (finding.location, finding.count) == (later, 2)
+    # In a test suite the first block is the finding at once, and is not counted again with the second.
+    routed, findings = diagnosis(test_mode=True)
+    assert routed.report(first) is True
+    routed.report(block(episodes=2, first=first))
+    assert [f.count for f in findings.all()] == [2]
+
+
+def test_a_pools_finding_keeps_the_route_it_was_first_published_with() -> None:
+    routed, findings = diagnosis()
+    other = pool_leak.Holder("/users/me", Location("app/deps.py", 40, "get_current_user"), 6, 3.0)
+    first = pool_leak.PoolSaturated("postgresql://db/app", 2, 0, 2, 2, 18, 1.0, 0, (HOLDER, other))
+    routed.report(first)
+    routed.report(dataclasses.replace(first, holders=(other, HOLDER)))
+    [finding] = findings.all()
+    assert (finding.route, finding.location, finding.count) == ("/reports/", WHERE, 2)
+
+
+def test_a_rule_that_refines_another_takes_the_observation_from_it() -> None:
+    import types
+
+    from fastapi_doctor.config import Settings
+    from fastapi_doctor.diagnosis import Verdict
+    from fastapi_doctor.diagnosis.registry import REGISTRY, Diagnosis, RootCause
+    from fastapi_doctor.findings import FindingsRegistry
+    from fastapi_doctor.observations import CALL_INTERCEPTION, SYNC_STATEMENT_ON_LOOP, BlockingCall
+
+    def sync_engine(seen: BlockingCall) -> Verdict | None:
+        if seen.detected_by != SYNC_STATEMENT_ON_LOOP:
+            return None
+        return Verdict("sync_engine_example", seen.route, "A sync engine's statement on the loop", seen.location)
+
+    # A rule of this test's own beside blocking_io (the registry's rules are found in diagnosis/).
+    rule = types.SimpleNamespace(ROOT_CAUSE="sync_engine_example", TITLE="Sync engines in async routes",
+                                 REFINES="blocking_io", decides=lambda settings: {BlockingCall: sync_engine})
+    blocking_io_cause = next(cause for cause in REGISTRY if cause.name == "blocking_io")
+    routed = Diagnosis(Settings(), FindingsRegistry(),
+                       causes=(blocking_io_cause, RootCause("sync_engine_example", rule.TITLE, rule)))
+    statement = BlockingCall("session.execute", "SQLiteDialect_pysqlite.do_execute", SYNC_STATEMENT_ON_LOOP, WHERE,
+                             "GET", "/stock/{sku}")
+    assert [v.root_cause for v in routed.decide(statement)] == ["sync_engine_example"]
+    sleep = dataclasses.replace(statement, call="time.sleep", blocking_function="time.sleep",
+                                detected_by=CALL_INTERCEPTION)
+    assert [v.root_cause for v in routed.decide(sleep)] == ["blocking_io"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi_doctor import _imports, attribution, config, containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.diagnosis.registry import Diagnosis
 from fastapi_doctor.findings import Finding, FindingsRegistry, log_first_occurrence
 from fastapi_doctor.publish.findings_export import FindingsExport
 from fastapi_doctor.version import __version__
@@ -31,6 +32,8 @@ class Agent:
     def __init__(self, settings: config.Settings) -> None:
         self.settings = settings
         self.findings = FindingsRegistry(settings.max_findings)
+        # Where signals hand their observations (observations.Report): the rules decide, the findings keep.
+        self.report = Diagnosis(settings, self.findings).report
         self.started_at = time.time()
         self.running = False
         self.meter: Any = None

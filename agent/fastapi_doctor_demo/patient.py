@@ -1,5 +1,6 @@
 """The patient: a small shop API with one sick route per root cause, each with a healthy twin under
-``/v2`` that does the same job the right way.
+``/v2`` that does the same job the right way; each pair is declared by its scenario
+(:mod:`fastapi_doctor_demo.scenarios`).
 
 Run it under the agent with ``fastapi-doctor demo`` (or ``opentelemetry-instrument uvicorn
 fastapi_doctor_demo.patient:app``). ``PATIENT_DATABASE_URL`` selects the database (SQLite file by
@@ -14,13 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fastapi_doctor_demo import analytics, carts, catalog, orders, pricing
-from fastapi_doctor_demo.db import Product, create_schema, get_session, get_session_new_engine, make_engine
-from fastapi_doctor_demo.middleware import AuditLogMiddleware, AuditStore, RequestIdMiddleware
+from fastapi_doctor_demo import analytics, pricing
+from fastapi_doctor_demo.db import Product, create_schema, get_session, make_engine
+from fastapi_doctor_demo.scenarios import SCENARIOS
 
 
 @asynccontextmanager
@@ -41,9 +42,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pricing_service.stop()
 
 
+def _serve_scenarios(app: FastAPI) -> None:
+    """Each scenario's sick route and healthy twin (fastapi_doctor_demo/scenarios/), in the demo's order."""
+    for scenario in SCENARIOS:
+        for middleware, options in scenario.middleware:
+            app.add_middleware(middleware, **options)
+        if scenario.router is not None:
+            app.include_router(scenario.router)
+
+
 app = FastAPI(title="patient", lifespan=lifespan)
-app.add_middleware(AuditLogMiddleware, store=AuditStore())
-app.add_middleware(RequestIdMiddleware)
+_serve_scenarios(app)
+
+
+# -- the shop's own routes (after the scenarios': /products/export is not a product id) ---------------
 
 
 @app.get("/healthz")
@@ -51,89 +63,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-# -- blocking_io: a synchronous HTTP client inside async def ----------------------------------
-
-
-@app.get("/quotes/{symbol}")
-async def quote(symbol: str, request: Request) -> dict[str, Any]:
-    return pricing.fetch_quote_blocking(request.app.state.pricing_url, symbol)
-
-
-@app.get("/v2/quotes/{symbol}")
-async def quote_v2(symbol: str, request: Request) -> dict[str, Any]:
-    return await pricing.fetch_quote(request.app.state.pricing, symbol)
-
-
-# -- dependency_rebuild: a new engine per request ------------------------------------------------
-
-
-@app.get("/orders/recent")
-async def recent(session: AsyncSession = Depends(get_session_new_engine)) -> list[dict[str, Any]]:
-    return await orders.recent_orders(session)
-
-
-@app.get("/v2/orders/recent")
-async def recent_v2(session: AsyncSession = Depends(get_session)) -> list[dict[str, Any]]:
-    return await orders.recent_orders(session)
-
-
-# -- pool_leak: a session that is never closed ------------------------------------------------------
-
-
-@app.get("/carts/{user_id}")
-async def cart(user_id: int, request: Request) -> dict[str, Any]:
-    return await carts.open_cart(request.app.state.sessions, user_id)
-
-
-@app.get("/v2/carts/{user_id}")
-async def cart_v2(user_id: int, request: Request) -> dict[str, Any]:
-    return await carts.view_cart(request.app.state.sessions, user_id)
-
-
-# -- large_payload: the whole catalogue, uncompressed ------------------------------------------------
-
-
-@app.get("/products/export")
-async def export(session: AsyncSession = Depends(get_session)) -> list[dict[str, Any]]:
-    return await catalog.export_all(session)
-
-
-@app.get("/v2/products")
-async def products_v2(page: int = 1, size: int = 50, session: AsyncSession = Depends(get_session)) -> dict[str, Any]:
-    return await catalog.page(session, page, size)
-
-
 @app.get("/products/{product_id}")
 async def product(product_id: int, session: AsyncSession = Depends(get_session)) -> dict[str, Any]:
     p = await session.scalar(select(Product).where(Product.id == product_id))
     return {"id": product_id, "name": p.name if p else None}
-
-
-# -- n_plus_one: one query per order --------------------------------------------------------------
-
-
-@app.get("/customers/{customer_id}/orders")
-async def customer_orders(customer_id: int, session: AsyncSession = Depends(get_session)) -> list[dict[str, Any]]:
-    return await orders.orders_with_lines_n_plus_one(session, customer_id)
-
-
-@app.get("/v2/customers/{customer_id}/orders")
-async def customer_orders_v2(
-    customer_id: int, session: AsyncSession = Depends(get_session)
-) -> list[dict[str, Any]]:
-    return await orders.orders_with_lines(session, customer_id)
-
-
-# -- task_leak: a fire-and-forget task per page view ----------------------------------------------
-
-
-@app.get("/products/{product_id}/page")
-async def product_page(product_id: int, request: Request) -> dict[str, Any]:
-    request.app.state.analytics.track_view(product_id)
-    return {"id": product_id}
-
-
-@app.get("/v2/products/{product_id}/page")
-async def product_page_v2(product_id: int, request: Request) -> dict[str, Any]:
-    request.app.state.analytics.enqueue_view(product_id)
-    return {"id": product_id}

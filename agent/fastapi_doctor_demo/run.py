@@ -266,7 +266,7 @@ def matches(scenario: Scenario, finding: dict[str, Any]) -> bool:
         return False
     if scenario.culprits:
         location = finding.get("location") or {}
-        return location.get("function") in scenario.culprits
+        return location.get("function") in scenario.culprit_files
     return True
 
 

@@ -19,80 +19,56 @@ Decided on facts, never on a slow request alone:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from typing import TYPE_CHECKING
 
-from fastapi_doctor.diagnosis import Verdict, large_payload, pool_leak, slow_middleware, verdict_on, where_text
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, large_payload, pool_leak, slow_middleware, verdict_on, where_text
+from fastapi_doctor.observations import (
+    CALL_INTERCEPTION,
+    SYNC_STATEMENT_ON_LOOP,
+    BlockingCall,
+    HeldAcrossCall,
+    LoopBlock,
+    ThreadpoolSaturated,
+)
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "blocking_io"
 TITLE = "Blocking call in async code"
 # How a BlockingCall was seen: both are facts (the call happened on the loop), not durations.
-CALL_INTERCEPTION = "call_interception"
-SYNC_STATEMENT_ON_LOOP = "sync_statement_on_loop"
 DETECTED_AS_FACT = frozenset({CALL_INTERCEPTION, SYNC_STATEMENT_ON_LOOP})
 _OFF_THE_LOOP = "Use an async equivalent, or move it off the loop (run_in_threadpool, or a sync def endpoint)."
 
 
-@dataclass(frozen=True, slots=True)
-class LoopBlock:
-    """One block of the event loop, with what the watchdog's samples agree on."""
-
-    root_cause: str  # blocking_io, or large_payload (serialising) / slow_middleware (in a middleware)
-    call: str | None  # the blocking call in the app's line, when known
-    middleware: str | None
-    location: Location
-    method: str | None
-    route: str | None
-    in_request: bool
-    blocked_s: float
-    max_blocked_ms: float  # of this line's blocks so far
-    episodes: int  # this line's blocks so far
-    samples: int  # samples on this line
-    samples_total: int
-    threshold_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class BlockingCall:
-    """A blocking function called on the loop inside a request, from the app's line."""
-
-    call: str
-    blocking_function: str
-    detected_by: str
-    location: Location
-    method: str | None
-    route: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadpoolSaturated:
-    """Every thread of anyio's threadpool busy for ``saturated_s`` while up to ``waiting`` tasks waited."""
-
-    limit: int
-    busy: int
-    waiting: int
-    saturated_s: float
-    holders: tuple[tuple[str, str, int], ...]  # (method, route, threads held), most first
-    call: str | None  # the call most threads were in
-    location: Location | None
-    threads_in_call: int
-    threads_waiting_for_a_connection: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeldAcrossCall:
-    """A saturated database pool whose connections are held by threads waiting in one call elsewhere."""
-
-    call: str | None
-    location: Location
-    threads_in_call: int  # on average over the saturation's rounds
-    saturated: pool_leak.PoolSaturated
+def decides(settings: Settings) -> Decides:
+    test_mode = settings.test_mode
+    return {
+        LoopBlock: lambda block: decide_recurring(block, test_mode=test_mode),
+        BlockingCall: decide_blocking_call,
+        ThreadpoolSaturated: decide_threadpool,
+        HeldAcrossCall: decide_held_across_call,
+    }
 
 
 def recurring(episodes: int, *, test_mode: bool) -> bool:
     """Once is not a recurring problem (a route's first call warming a cache, the first
     /openapi.json); in a test a request is made once, and there the first occurrence is the finding."""
     return test_mode or episodes >= 2
+
+
+def decide_recurring(block: LoopBlock, *, test_mode: bool) -> list[Verdict]:
+    """A block of the loop, once it recurs: a line's first block is held (:func:`recurring`) and
+    published with its second, at the second's line (one finding for the function's block)."""
+    if not recurring(block.episodes, test_mode=test_mode):
+        return []
+    first = block.first
+    verdicts = []
+    if first is not None and not recurring(first.episodes, test_mode=test_mode):
+        verdicts.append(dataclasses.replace(decide_loop_block(first), location=block.location))
+    verdicts.append(decide_loop_block(block))
+    return verdicts
 
 
 def decide_loop_block(block: LoopBlock) -> Verdict:

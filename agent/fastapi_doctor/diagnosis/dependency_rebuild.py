@@ -9,11 +9,15 @@ the pool, the loop or a remote service); objects built at start-up are built onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+import functools
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from fastapi_doctor.diagnosis import Verdict, verdict_on
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, verdict_on
+from fastapi_doctor.observations import ObjectBuilt, SameComputation
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "dependency_rebuild"
 TITLE = "Dependencies rebuilt per request"
@@ -46,30 +50,13 @@ COSTS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectBuilt:
-    """An object of ``label`` built inside a request, the ``count``-th time by this line."""
-
-    label: str  # e.g. httpx.AsyncClient (a key of COSTS)
-    location: Location | None  # the user's line that built it
-    dependency: str | None  # the dependency it was built in
-    count: int
-    method: str | None
-    route: str | None
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. {"pool": ...}: evidence, and words of COSTS
-    routes: tuple[str, ...] = ()  # "METHOD /template" of every route that built it at this line, most first
-
-
-@dataclass(frozen=True, slots=True)
-class SameComputation:
-    """A sync dependency computed from the same plain inputs, the ``count``-th time."""
-
-    dependency: str
-    location: Location | None
-    cpu_s: float  # its own CPU time on this build
-    count: int
-    method: str | None
-    route: str | None
+def decides(settings: Settings) -> Decides:
+    # In a test suite a request is made once: one object built inside it is already the fact.
+    repeats = 1 if settings.test_mode else REBUILD_REPEATS
+    return {
+        ObjectBuilt: functools.partial(decide_built, repeats=repeats),
+        SameComputation: functools.partial(decide_computed, repeats=repeats),
+    }
 
 
 def decide_built(built: ObjectBuilt, *, repeats: int = REBUILD_REPEATS) -> Verdict | None:

@@ -13,30 +13,21 @@ that does not compress (images, archives).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import TYPE_CHECKING
 
-from fastapi_doctor.diagnosis import Verdict, ms, verdict_on
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, ms, verdict_on
+from fastapi_doctor.observations import ResponseWindow
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "large_payload"
 TITLE = "Large uncompressed responses"
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseWindow:
-    """The medians (p50) of one method and route's last responses."""
-
-    method: str
-    route: str | None
-    location: Location | None  # the endpoint
-    responses: int  # seen in all
-    window: int  # in the window the medians are of
-    p50_bytes: float  # sent
-    p50_exposed_bytes: float  # sent uncompressed to clients that accept gzip (0 for the others)
-    serialize_p50_s: float
-    serialize_share_p50: float  # of the request's duration
-    compression_middleware: bool  # a compression middleware saw the route's responses
-    content_encoding: str  # of the last response
+def decides(settings: Settings) -> Decides:
+    return {ResponseWindow: functools.partial(decide, large_bytes=settings.large_response_bytes)}
 
 
 def decide(seen: ResponseWindow, *, large_bytes: int) -> Verdict:

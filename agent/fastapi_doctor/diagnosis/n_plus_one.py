@@ -7,26 +7,21 @@ Not findings: many different statements, or one statement run once per request h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import TYPE_CHECKING
 
-from fastapi_doctor.diagnosis import Verdict, verdict_on
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, verdict_on
+from fastapi_doctor.observations import RepeatedStatement
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "n_plus_one"
 TITLE = "N+1 queries"
 
 
-@dataclass(frozen=True, slots=True)
-class RepeatedStatement:
-    """One statement fingerprint's executions in one finished request."""
-
-    fingerprint: str
-    executions: int
-    location: Location | None  # the user's line that runs it again and again
-    statements_in_request: int
-    distinct_statements: int
-    method: str | None
-    route: str | None
+def decides(settings: Settings) -> Decides:
+    return {RepeatedStatement: functools.partial(decide, threshold=int(settings.n_plus_one_threshold))}
 
 
 def decide(seen: RepeatedStatement, *, threshold: int) -> Verdict | None:

@@ -41,11 +41,21 @@ cause's symptom, not another finding.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-from fastapi_doctor.diagnosis import Verdict, verdict_on
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, verdict_on
+from fastapi_doctor.diagnosis import FirstNamed as FirstNamed  # what the registry keeps a pool's place with
+from fastapi_doctor.observations import (
+    AcquiresWaited,
+    CheckoutHeld,
+    CheckoutTimedOut,
+    Holder,
+    PoolSaturated,
+)
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "pool_leak"
 TITLE = "Connection leaks, bad pooling"
@@ -56,77 +66,18 @@ MAX_HOLDERS = 5  # holders named in the evidence
 WAITS_PER_CONNECTION = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """Connections of a pool checked out now by one route and line."""
-
-    route: str | None
-    location: Location | None
-    connections: int
-    oldest_age_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class CheckoutHeld:
-    """One connection not returned in time (``reason``: garbage_collected, request_finished, held_too_long)."""
-
-    pool: str
-    reason: str
-    age_s: float
-    location: Location | None  # where it was checked out
-    method: str | None
-    route: str | None
-    occupancy: dict[str, Any] = field(default_factory=dict)  # the pool's state now
+def decides(settings: Settings) -> Decides:
+    return {
+        CheckoutHeld: functools.partial(decide_held, leak_seconds=float(settings.leak_seconds)),
+        CheckoutTimedOut: decide_timed_out,
+        # A pool-wide verdict keeps the route and line it was first published with.
+        PoolSaturated: lambda saturated: _keeping_place(decide_saturated(saturated), saturated.pool),
+        AcquiresWaited: lambda waited: _keeping_place(decide_acquires(waited), waited.pool),
+    }
 
 
-@dataclass(frozen=True, slots=True)
-class CheckoutTimedOut:
-    """A checkout that waited ``waited_s`` on an exhausted pool and timed out."""
-
-    pool: str
-    waited_s: float
-    location: Location | None  # where the checkout failed
-    method: str | None
-    route: str | None
-    holders: tuple[Holder, ...]  # most connections first
-    occupancy: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class AcquiresWaited:
-    """Of the last ``acquires`` acquires of an asyncpg pool, ``waits`` found it full and waited."""
-
-    pool: str
-    max_connections: int
-    waits: int
-    acquires: int
-    wait_p50_s: float
-    location: Location | None  # the waiting acquire's line
-    method: str | None
-    route: str | None
-    holders: tuple[Holder, ...]
-    occupancy: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSaturated:
-    """Every connection of a pool in use for ``saturated_s`` while up to ``waiting`` callers waited."""
-
-    pool: str
-    pool_size: int
-    max_overflow: int
-    max_connections: int
-    checked_out: int
-    waiting: int
-    saturated_s: float
-    threads_waiting: int  # worker threads waiting for a connection now
-    holders: tuple[Holder, ...]
-    # Callers waiting for a connection, averaged over the episode's rounds (None: not measured).
-    mean_waiting: float | None = None
-    # The process's CPU time and wait for a CPU per second of the episode, in cores (None: unknown),
-    # and the CPUs it may run on.
-    cpu_busy: float | None = None
-    cpus: int | None = None
+def _keeping_place(verdict: Verdict | None, pool: str) -> Verdict | None:
+    return None if verdict is None else dataclasses.replace(verdict, keeps_place_of=pool)
 
 
 def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
@@ -290,26 +241,3 @@ def holders_evidence(holders: tuple[Holder, ...]) -> list[dict[str, Any]]:
         for h in holders[:MAX_HOLDERS]
     ]
 
-
-class FirstNamed:
-    """A pool's finding keeps the method, route and line it was first published with.
-
-    A pool-wide verdict names the route and line holding (or waiting for) the most connections at
-    the time it is decided; as the load shifts between routes that changes, and each new name would
-    be another finding of the same pool. Bounded: beyond ``limit`` pools, verdicts pass unchanged."""
-
-    def __init__(self, limit: int = 1000) -> None:
-        self.limit = limit
-        self._first: dict[tuple[str, Any], tuple[str | None, str | None, Location | None]] = {}
-
-    def keep(self, pool: str, verdict: Verdict | None) -> Verdict | None:
-        if verdict is None:
-            return None
-        key = (pool, verdict.evidence.get("reason"))
-        first = self._first.get(key)
-        if first is None:
-            if len(self._first) >= self.limit:
-                return verdict
-            first = self._first[key] = (verdict.method, verdict.route, verdict.location)
-        method, route, location = first
-        return dataclasses.replace(verdict, method=method, route=route, location=location)

@@ -11,30 +11,22 @@ summary (:func:`loop_block_summary`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import TYPE_CHECKING
 
-from fastapi_doctor.diagnosis import Verdict, ms, verdict_on
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, ms, verdict_on
 from fastapi_doctor.kernel.windows import MIN_CALLS
+from fastapi_doctor.observations import LayerWindow
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "slow_middleware"
 TITLE = "Heavy middleware"
 
 
-@dataclass(frozen=True, slots=True)
-class LayerWindow:
-    """A layer's recent self-times, over every route (``route`` and ``method`` None) or one route's."""
-
-    middleware: str
-    location: Location | None  # its dispatch / __call__
-    method: str | None
-    route: str | None
-    requests: int  # timed in all
-    window: int  # requests the medians are of
-    flagged: int  # of those, requests where it alone was slow
-    self_time_p50_s: float
-    share_p50: float  # of the request's duration
-    other_routes_fast: bool  # some route seen does not pay it (for a route's window)
+def decides(settings: Settings) -> Decides:
+    return {LayerWindow: functools.partial(decide, slow_s=settings.slow_middleware_ms / 1000.0)}
 
 
 def decide(seen: LayerWindow, *, slow_s: float, min_calls: int = MIN_CALLS) -> Verdict | None:

@@ -14,37 +14,20 @@ finish shortly after it (a short fire-and-forget), and tasks of libraries and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fastapi_doctor.diagnosis import Verdict, verdict_on
-from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.diagnosis import Decides, Verdict, verdict_on
+from fastapi_doctor.observations import CreatorCounted, CreatorObservation
+
+if TYPE_CHECKING:
+    from fastapi_doctor.config import Settings
 
 ROOT_CAUSE = "task_leak"
 TITLE = "Asyncio tasks that leak or pile up"
 
 
-@dataclass(frozen=True, slots=True)
-class CreatorObservation:
-    """One creator of tasks (the user's coroutine and the line that created it), at one moment.
-
-    Counters (``created``, ``outlived``, ``aged``, ``destroyed_pending``, ``never_retrieved``) only
-    grow; ``alive`` and ``oldest_age_s`` are read now over the tasks still pending after their request
-    (or created outside any request).
-    """
-
-    coroutine: str
-    location: Location | None
-    created: int
-    alive: int
-    oldest_age_s: float
-    outlived: int  # tasks still pending when the request that created them finished
-    aged: int  # of those, tasks that were still pending task_leak_seconds after that
-    destroyed_pending: int
-    never_retrieved: int
-    growth_per_minute: float
-    method: str | None  # the request that created most of the tasks that outlived it
-    route: str | None
-    routes: tuple[str, ...] = ()
+def decides(settings: Settings) -> Decides:
+    return {CreatorCounted: lambda counted: decide(counted.now, counted.before, leak_seconds=counted.leak_seconds)}
 
 
 def decide(

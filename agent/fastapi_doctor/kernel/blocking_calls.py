@@ -12,15 +12,15 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.diagnosis import Findings, blocking_io, publish
 from fastapi_doctor.kernel.rebuilds import BUILDERS
+from fastapi_doctor.observations import BlockingCall, Report
 
 _FRAMEWORK = frozenset({"fastapi", "starlette"})
 
 
-def record(findings: Findings, frame: types.FrameType | None, blocking_function: str, detected_by: str) -> None:
-    """Publishes ``blocking_function``, called from ``frame`` outwards, as a blocking call of the
-    app's line, when it is made inside a request and the app has a line to change."""
+def record(report: Report, frame: types.FrameType | None, blocking_function: str, detected_by: str) -> None:
+    """Reports ``blocking_function``, called from ``frame`` outwards, as a blocking call of the app's
+    line, when it is made inside a request and the app has a line to change."""
     try:
         state: Any = current_request.get()
         if state is None:
@@ -41,14 +41,13 @@ def record(findings: Findings, frame: types.FrameType | None, blocking_function:
                 break
         if user is None:
             return  # no line of the app's to name: library internals, not the app's call
-        seen = blocking_io.BlockingCall(
+        report(BlockingCall(
             call=attribution.call_in(user) or blocking_function,
             blocking_function=blocking_function,
             detected_by=detected_by,
             location=attribution.location(user),
             method=state.method,
             route=state.route,
-        )
-        publish(findings, blocking_io.decide_blocking_call(seen))
+        ))
     except Exception as exc:
         containment.report("blocking call finding", exc)

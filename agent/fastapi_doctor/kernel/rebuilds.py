@@ -1,8 +1,8 @@
 """Expensive objects built inside requests: the evidence of a ``dependency_rebuild``.
 
 An engine, a connection pool, an HTTP client, a session factory or a settings object parsed from the
-environment and files is meant to be built once. Built inside a request by the same line
-``REBUILD_REPEATS`` times, it is rebuilt per request: the rule (:mod:`fastapi_doctor.diagnosis.dependency_rebuild`)
+environment and files is meant to be built once. Built inside a request by the same line again and
+again, it is rebuilt per request: the rule (``diagnosis.dependency_rebuild``, through ``agent.report``)
 names the object, the line, the dependency it ran in and how often. Here the sites are counted.
 
 Shared by the signals that see the objects being built (the dependencies signal patches the classes'
@@ -16,8 +16,8 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.diagnosis import Findings, dependency_rebuild, publish
 from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.observations import ObjectBuilt, Report, SameComputation
 
 _MAX_SITES = 1_000
 _MAX_ROUTES_PER_SITE = 20  # routes named in one finding's evidence
@@ -26,20 +26,14 @@ _MAX_ROUTES_PER_SITE = 20  # routes named in one finding's evidence
 class RebuildSites:
     """Counts, per (object, line), the objects built inside requests; the dependency_rebuild rule decides."""
 
-    def __init__(self, findings: Findings, repeats: int = dependency_rebuild.REBUILD_REPEATS) -> None:
-        self.findings = findings
-        self.repeats = repeats
+    def __init__(self, report: Report) -> None:
+        self.report = report
         self.counts: dict[tuple[str, Location | None], int] = {}
         # (object, line) -> {(method, route): how many it built there}
         self.payers: dict[tuple[str, Location | None], dict[tuple[str | None, str | None], int]] = {}
 
-    @classmethod
-    def of(cls, agent: Any) -> RebuildSites:
-        """The agent's: in a test (``test_mode``) one object built inside a request is already the fact."""
-        return cls(agent.findings, 1 if agent.settings.test_mode else dependency_rebuild.REBUILD_REPEATS)
-
     def created(self, label: str, frame: types.FrameType | None, details: dict[str, Any] | None = None) -> None:
-        """``label`` (e.g. ``httpx.AsyncClient``, a key of ``dependency_rebuild.COSTS``) was built; ``frame``
+        """``label`` (e.g. ``httpx.AsyncClient``, a key of the rule's ``COSTS``) was built; ``frame``
         is the frame that called its constructor."""
         try:
             state = current_request.get()
@@ -62,11 +56,10 @@ class RebuildSites:
                 payers[payer] = payers.get(payer, 0) + 1
             ranked = sorted(payers, key=payers.__getitem__, reverse=True)
             method, route = ranked[0] if ranked else payer
-            built = dependency_rebuild.ObjectBuilt(
+            self.report(ObjectBuilt(
                 label, where, dependency, count, method, route, details or {},
                 routes=tuple(f"{m} {r}" for m, r in ranked if r is not None),
-            )
-            publish(self.findings, dependency_rebuild.decide_built(built, repeats=self.repeats))
+            ))
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
@@ -88,8 +81,7 @@ class RebuildSites:
             count = self._count((f"{dependency}:{fingerprint}", where))
             if count is None:
                 return
-            computed = dependency_rebuild.SameComputation(dependency, where, cpu_s, count, method, route)
-            publish(self.findings, dependency_rebuild.decide_computed(computed, repeats=self.repeats))
+            self.report(SameComputation(dependency, where, cpu_s, count, method, route))
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 

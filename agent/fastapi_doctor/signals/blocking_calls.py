@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from fastapi_doctor import containment
-from fastapi_doctor.diagnosis import blocking_io
+from fastapi_doctor.observations import CALL_INTERCEPTION
 from fastapi_doctor.kernel import blocking_calls
 
 
@@ -96,7 +96,7 @@ class BlockingCallSignal:
         return detecting
 
     def _record(self, blocking_function: str) -> None:
-        blocking_calls.record(self.agent.findings, sys._getframe(2), blocking_function, blocking_io.CALL_INTERCEPTION)
+        blocking_calls.record(self.agent.report, sys._getframe(2), blocking_function, CALL_INTERCEPTION)
 
 
 def _set(owner: Any, name: str, value: Any) -> None:

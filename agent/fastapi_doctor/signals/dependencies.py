@@ -284,7 +284,7 @@ class DependencySignal:
 
     def instrument(self, agent: Any) -> None:
         self._agent = agent
-        self._sites = RebuildSites.of(agent)
+        self._sites = RebuildSites(agent.report)
         self._cpu_limit_s = agent.settings.slow_dependency_ms / 1000.0
         self._histogram = histogram(
             agent,

@@ -46,11 +46,11 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
-from fastapi_doctor.diagnosis import Verdict, blocking_io, publish
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel import cgroup, gc_pauses
 from fastapi_doctor.kernel.loop import Heartbeat, hub
 from fastapi_doctor.kernel.metrics import histogram
+from fastapi_doctor.observations import LoopBlock
 from fastapi_doctor.run_delay import threads_cpu
 
 _get_running_loop = asyncio._get_running_loop
@@ -283,8 +283,8 @@ class EventLoopSignal:
         # Route template -> where its endpoint is defined (the location of a large payload).
         self._endpoints: dict[str, Location] = {}
         self.episodes_seen = 0  # attributed episodes, for tests and the report
-        # The first occurrence of each (root cause, route, function): reported when it recurs.
-        self._held: dict[tuple[str, str | None, str | None, tuple[str, str] | None], Verdict] = {}
+        # The first block of each (root cause, method, route, function): handed again with the second.
+        self._held: dict[tuple[str, str | None, str | None, tuple[str, str] | None], LoopBlock] = {}
         # Late ticks no episode saw (the watchdog did not run in time): (due, end, lag, window, loop
         # thread's CPU, its wait for a CPU, process CPU), appended on the loop, judged by the watchdog.
         self._unseen: deque[tuple[float, float, float, float, float, float | None, float]] = deque(maxlen=64)
@@ -633,7 +633,7 @@ class EventLoopSignal:
             stats = self._stats[stat_key] = [0, 0.0]
         stats[0] += 1
         stats[1] = max(stats[1], blocked_ms)
-        block = blocking_io.LoopBlock(
+        block = LoopBlock(
             root_cause=root_cause,
             call=call,
             middleware=middleware,
@@ -648,16 +648,15 @@ class EventLoopSignal:
             samples_total=episode.taken,
             threshold_s=self.block_s,
         )
-        verdict = blocking_io.decide_loop_block(block)
-        if not blocking_io.recurring(block.episodes, test_mode=self.agent.settings.test_mode):
+        first = self._held.pop(stat_key, None)
+        if block.episodes == 1:
+            # The rules see a line's first block again with its second: once may not be a problem.
             if len(self._held) > 2 * self.agent.settings.max_findings:
                 self._held.clear()
-            self._held[stat_key] = verdict  # reported when the same one recurs
-            return
-        held = self._held.pop(stat_key, None)
-        if held is not None:  # at this occurrence's line: one finding for the function's block
-            publish(self.agent.findings, dataclasses.replace(held, location=location))
-        publish(self.agent.findings, verdict)
+            self._held[stat_key] = block
+        elif first is not None:
+            block = dataclasses.replace(block, first=first)
+        self.agent.report(block)
 
     def stalls(self) -> dict[str, Any]:
         """What made the loop late that is not the app's code, for the doctor page (numbers only)."""

@@ -83,7 +83,7 @@ from typing import Any
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, active_requests, current_request
-from fastapi_doctor.diagnosis import publish, slow_middleware
+from fastapi_doctor.observations import LayerWindow
 from fastapi_doctor.findings import Location
 from fastapi_doctor.run_delay import run_delay
 from fastapi_doctor.sampling import TokenBucket
@@ -460,7 +460,7 @@ class MiddlewareSignal:
                 window, method_seen, route_seen = layer.window, None, None
             else:
                 method_seen, route_seen = method, route
-            seen = slow_middleware.LayerWindow(
+            self._agent.report(LayerWindow(
                 middleware=layer.name,
                 location=layer.location,
                 method=method_seen,
@@ -471,8 +471,7 @@ class MiddlewareSignal:
                 self_time_p50_s=window.p50(0),
                 share_p50=window.p50(1),
                 other_routes_fast=layer.slow_routes() < layer.route_count,
-            )
-            publish(self._agent.findings, slow_middleware.decide(seen, slow_s=self._slow_s))
+            ))
         except Exception as exc:
             containment.report("middleware finding", exc)
 

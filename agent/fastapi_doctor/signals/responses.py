@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request
-from fastapi_doctor.diagnosis import large_payload, publish
+from fastapi_doctor.observations import ResponseWindow
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.asgi import splice_out, walk
 from fastapi_doctor.kernel.frames import code_of, location_of
@@ -322,7 +322,7 @@ class ResponseSignal:
     def _report(self, stats: _Route) -> None:
         try:
             window = stats.window
-            seen = large_payload.ResponseWindow(
+            self._agent.report(ResponseWindow(
                 method=stats.method,
                 route=stats.route,
                 location=stats.location,
@@ -334,8 +334,7 @@ class ResponseSignal:
                 serialize_share_p50=window.p50(3),
                 compression_middleware=stats.compression,
                 content_encoding=stats.encoding,
-            )
-            publish(self._agent.findings, large_payload.decide(seen, large_bytes=self._large))
+            ))
         except Exception as exc:
             containment.report("response finding", exc)
 

@@ -34,7 +34,7 @@ from opentelemetry.metrics import Observation
 
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import RequestState, current_request
-from fastapi_doctor.diagnosis import publish, task_leak
+from fastapi_doctor.observations import CreatorCounted, CreatorObservation
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.loop import hub
 
@@ -98,10 +98,10 @@ class Creator:
         (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
         return (n1 - n0) * 60.0 / (t1 - t0) if t1 > t0 else 0.0
 
-    def observation(self) -> task_leak.CreatorObservation:
+    def observation(self) -> CreatorObservation:
         ranked = sorted(self.routes.items(), key=lambda item: -item[1])
         method, route = ranked[0][0] if ranked else (None, None)
-        return task_leak.CreatorObservation(
+        return CreatorObservation(
             coroutine=self.coroutine,
             location=self.location,
             created=self.created,
@@ -144,7 +144,7 @@ class TaskSignal:
         self.dropped = 0  # tasks not followed because MAX_WATCHED were
         # loop -> (its factory before ours, ours, its exception handler before ours, ours)
         self._loops: dict[Any, tuple[Any, Any, Any, Any]] = {}
-        self._before: dict[Creator, task_leak.CreatorObservation] = {}
+        self._before: dict[Creator, CreatorObservation] = {}
         self._next_cycle = 0.0
         # Test mode: watched tasks that ended cancelled, with their loop (see _ended).
         self._cancelled: list[tuple[_Watched, Any]] = []
@@ -359,9 +359,8 @@ class TaskSignal:
             ):
                 continue  # nothing happened to this creator
             observation = creator.observation()
-            verdict = task_leak.decide(observation, before, leak_seconds=leak_s)
             self._before[creator] = observation
-            publish(self._agent.findings, verdict)
+            self._agent.report(CreatorCounted(observation, before, leak_s))
 
     def _cut_off(self) -> dict[Creator, int]:
         """A task still pending when its loop shut down was pending at the end, as a task still pending

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import active_requests
-from fastapi_doctor.diagnosis import blocking_io, publish
+from fastapi_doctor.observations import ThreadpoolSaturated
 from fastapi_doctor.kernel.loop import hub
 from fastapi_doctor.kernel.workers import worker_lines, worker_threads
 
@@ -163,7 +163,7 @@ class ThreadpoolSignal:
         elsewhere, database, waiting_for_pool = worker_lines(worker_threads(hb.loop))
         lines = elsewhere + database
         (location, call), in_call = lines.most_common(1)[0] if lines else ((None, None), 0)
-        seen = blocking_io.ThreadpoolSaturated(
+        self.agent.report(ThreadpoolSaturated(
             limit=pool.limit,
             busy=pool.busy,
             waiting=pool.max_waiting,
@@ -173,5 +173,4 @@ class ThreadpoolSignal:
             location=location,
             threads_in_call=in_call,
             threads_waiting_for_a_connection=waiting_for_pool,
-        )
-        publish(self.agent.findings, blocking_io.decide_threadpool(seen))
+        ))

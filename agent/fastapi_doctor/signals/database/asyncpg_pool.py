@@ -36,7 +36,7 @@ from opentelemetry import metrics
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.diagnosis import pool_leak, publish
+from fastapi_doctor.observations import AcquiresWaited
 from fastapi_doctor.kernel.rebuilds import RebuildSites
 from fastapi_doctor.kernel.windows import Window
 from fastapi_doctor.signals.database.db_pool import (
@@ -203,7 +203,7 @@ class AsyncpgPoolTracker(PoolTracker):
         # agent's meter they would be the database signal's, and the SDK keeps only its first callbacks.
         # Prometheus merges the two scopes into one family; the histograms are the agent's lean ones.
         scoped = types.SimpleNamespace(
-            findings=agent.findings,
+            report=agent.report,
             settings=agent.settings,
             lean=getattr(agent, "lean", None),
             meter=metrics.get_meter("fastapi_doctor.asyncpg", __version__),
@@ -256,7 +256,7 @@ class AsyncpgPoolTracker(PoolTracker):
     def exhausted(self, view: PoolView, waiter: Checkout) -> None:
         """Most recent acquires waited on a full pool: name its size and who holds its connections."""
         window = view.window
-        seen = pool_leak.AcquiresWaited(
+        self.report(AcquiresWaited(
             pool=view.stats.name,
             max_connections=view.size(),
             waits=window.flagged,
@@ -267,8 +267,7 @@ class AsyncpgPoolTracker(PoolTracker):
             route=waiter.route(),
             holders=self.holders(view, excluding=waiter),
             occupancy=occupancy(view),
-        )
-        publish(self.findings, self.pool_names.keep(view.stats.name, pool_leak.decide_acquires(seen)))
+        ))
 
 
 class AsyncpgSignal:
@@ -287,7 +286,7 @@ class AsyncpgSignal:
     def instrument(self, agent: Any) -> None:
         self.agent = agent
         self.queries = QueryCounter(agent)
-        self._rebuilds = RebuildSites.of(agent)
+        self._rebuilds = RebuildSites(agent.report)
         agent.request_metrics.finished_hooks.append(self.queries.finished)
         self._running = True
         self._scan_existing = "asyncpg" in sys.modules

@@ -31,7 +31,7 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
-from fastapi_doctor.diagnosis import blocking_io
+from fastapi_doctor.observations import SYNC_STATEMENT_ON_LOOP
 from fastapi_doctor.kernel import blocking_calls
 from fastapi_doctor.signals.database.db_operations import OperationDurations
 from fastapi_doctor.signals.database.db_pool import PoolTracker
@@ -65,7 +65,7 @@ class DatabaseSignal:
         self.pools = PoolTracker(agent)
         self.queries = QueryCounter(agent)
         self.durations = OperationDurations(agent)
-        self.rebuilds = RebuildSites.of(agent)
+        self.rebuilds = RebuildSites(agent.report)
         self._finished_hook = self.queries.finished
         agent.request_metrics.finished_hooks.append(self._finished_hook)
         self._running = True
@@ -220,8 +220,8 @@ class DatabaseSignal:
                 if not dialect.is_async and _get_running_loop() is not None:
                     # A sync driver's statement on the event loop's thread (not one of an async engine,
                     # run in SQLAlchemy's greenlet and awaited): it blocks the loop however short it is.
-                    blocking_calls.record(signal.agent.findings, sys._getframe(1),
-                                          f"{type(dialect).__name__}.{name}", blocking_io.SYNC_STATEMENT_ON_LOOP)
+                    blocking_calls.record(signal.agent.report, sys._getframe(1),
+                                          f"{type(dialect).__name__}.{name}", SYNC_STATEMENT_ON_LOOP)
                 context = args[context_at] if len(args) > context_at else kwargs.get("context")
                 attrs = durations.attributes(context, statement, many) if context is not None else None
             except Exception as exc:

@@ -28,8 +28,8 @@ from typing import Any
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import RequestState, current_request, pool_waiters
-from fastapi_doctor.diagnosis import blocking_io, pool_leak, publish
 from fastapi_doctor.findings import Location
+from fastapi_doctor.observations import CheckoutHeld, CheckoutTimedOut, HeldAcrossCall, Holder, PoolSaturated
 from fastapi_doctor.run_delay import process_cpu_demand
 from fastapi_doctor.sql import pool_name
 from fastapi_doctor.kernel.frames import user_location
@@ -124,8 +124,7 @@ class Checkout(weakref.ref):  # type: ignore[type-arg]
 
 class PoolTracker:
     def __init__(self, agent: Any) -> None:
-        self.findings = agent.findings
-        self.pool_names = pool_leak.FirstNamed()
+        self.report = agent.report
         self.leak_seconds = float(agent.settings.leak_seconds)
         self.pool_wait_s = float(getattr(agent.settings, "pool_wait_seconds", 2.0))
         self.cpus = _cpus()
@@ -341,7 +340,7 @@ class PoolTracker:
         try:
             self.timeouts.add(1, stats.attrs)
             state = current_request.get()
-            seen = pool_leak.CheckoutTimedOut(
+            self.report(CheckoutTimedOut(
                 pool=stats.name,
                 waited_s=waited,
                 location=user_location(),
@@ -349,12 +348,11 @@ class PoolTracker:
                 route=state.route if state is not None else None,
                 holders=self.holders(pool),
                 occupancy=occupancy(pool),
-            )
-            publish(self.findings, pool_leak.decide_timed_out(seen))
+            ))
         except Exception as exc:
             containment.report("db pool timeout", exc)
 
-    def holders(self, pool: Any, excluding: Checkout | None = None) -> tuple[pool_leak.Holder, ...]:
+    def holders(self, pool: Any, excluding: Checkout | None = None) -> tuple[Holder, ...]:
         """Connections of ``pool`` checked out now, by route and checkout line, most (then oldest) first."""
         now = perf_counter()
         holders: dict[tuple[str | None, Location | None], list[float]] = {}
@@ -364,7 +362,7 @@ class PoolTracker:
                 entry[0] += 1
                 entry[1] = max(entry[1], now - checkout.start)
         ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
-        return tuple(pool_leak.Holder(route, location, int(n), age) for (route, location), (n, age) in ranked)
+        return tuple(Holder(route, location, int(n), age) for (route, location), (n, age) in ranked)
 
     def check_saturation(self, now: float) -> None:
         """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
@@ -399,9 +397,9 @@ class PoolTracker:
                 stats.begin(now)  # not the pool's fault in this stretch: judge the next one afresh
 
     def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> bool:
-        """Publish what a saturated stretch shows; False when it shows no finding."""
+        """Report what a saturated stretch shows; False when it shows no finding."""
         _elsewhere, _database, threads_waiting = worker_lines(worker_threads())
-        saturated = pool_leak.PoolSaturated(
+        saturated = PoolSaturated(
             pool=stats.name,
             pool_size=pool.size(),
             max_overflow=int(getattr(pool, "_max_overflow", 0)),
@@ -419,17 +417,14 @@ class PoolTracker:
         if blocked is not None:
             # The connections are held across a slow call outside the database: that call is the cause.
             where, call, seen = blocked
-            held = blocking_io.HeldAcrossCall(
+            self.report(HeldAcrossCall(
                 call=call,
                 location=where,
                 threads_in_call=max(1, round(seen / max(1, stats.rounds))),  # on average over the rounds
                 saturated=saturated,
-            )
-            publish(self.findings, blocking_io.decide_held_across_call(held))
+            ))
             return True
-        verdict = self.pool_names.keep(stats.name, pool_leak.decide_saturated(saturated))
-        publish(self.findings, verdict)
-        return verdict is not None
+        return self.report(saturated)
 
     def report_leak(self, checkout: Checkout, reason: str, age: float, pool: Any = None) -> None:
         checkout.reported = True
@@ -443,7 +438,7 @@ class PoolTracker:
                 return
             sessions = self.leaking_sessions
             sessions[key] = weakref.ref(owner, lambda _ref: sessions.pop(key, None))
-        held = pool_leak.CheckoutHeld(
+        self.report(CheckoutHeld(
             pool=checkout.stats.name,
             reason=reason,
             age_s=age,
@@ -451,8 +446,7 @@ class PoolTracker:
             method=checkout.request.method if checkout.request is not None else None,
             route=checkout.route(),
             occupancy=occupancy(pool) if pool is not None else {},
-        )
-        publish(self.findings, pool_leak.decide_held(held, leak_seconds=self.leak_seconds))
+        ))
 
     def check(self, grace: float | None = None) -> None:
         """One watchdog round: deferred events, then checkouts held too long or past their request.

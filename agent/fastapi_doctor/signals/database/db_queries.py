@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi_doctor.context import RequestState, current_request
-from fastapi_doctor.diagnosis import n_plus_one, publish
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel.frames import loop_location
 from fastapi_doctor.kernel.metrics import MEAN_ONLY, histogram
+from fastapi_doctor.observations import RepeatedStatement
 from fastapi_doctor.sql import fingerprint
 
 _COUNTS = "db.statements"
@@ -25,7 +25,7 @@ _LOCATIONS = "db.n_plus_one_locations"
 
 class QueryCounter:
     def __init__(self, agent: Any) -> None:
-        self.findings = agent.findings
+        self.report = agent.report
         self.threshold = int(agent.settings.n_plus_one_threshold)
         self.statements = histogram(
             agent,
@@ -72,7 +72,7 @@ class QueryCounter:
         if not locations:
             return
         for key, location in locations.items():
-            seen = n_plus_one.RepeatedStatement(
+            self.report(RepeatedStatement(
                 fingerprint=key,
                 executions=counts[key],
                 location=location,
@@ -80,5 +80,4 @@ class QueryCounter:
                 distinct_statements=len(counts),
                 method=state.method,
                 route=route,
-            )
-            publish(self.findings, n_plus_one.decide(seen, threshold=self.threshold))
+            ))
