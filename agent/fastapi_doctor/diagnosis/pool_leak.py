@@ -42,10 +42,11 @@ demand (one loop thread: at most one core of two) tells them apart. What does is
 busy share: the wall time it was on a CPU or waiting for one (schedstat, read by the loop's
 heartbeat) over the stretch the waits cover. At ``LOOP_BUSY`` (0.9) or more the loop always had
 work: more connections would add holders waiting for the same loop (the realworld example app on
-FastAPI 0.100, asyncpg 0.27, a pool of 10, 33 clients, one worker on 2 cores; the test app's digest
-route, pools of 3 and 10 under 32 clients: 0.99 to 1.00 over every stretch of 0.1 s or more, while
-22 to 29 callers waited on average). A pool too small beside an idle loop shows the loop waiting
-with the callers (holders awaiting 50 ms of slow work: 0.09 to 0.31; 10 ms: 0.33 to 0.47). A
+FastAPI 0.100, asyncpg 0.27, a pool of 10, 33 clients, one worker on 2 shared cores: 0.92 to 1.00 a
+second; the notes app on `databases`: 0.99 to 1.00; the test app's digest route, pools of 3 and 10
+under 32 clients: 0.99 to 1.00 over every stretch of 0.1 s or more, while 22 to 29 callers waited on
+average). A pool too small beside an idle loop shows the loop waiting with the callers (holders
+awaiting 50 ms of slow work: 0.09 to 0.31; 10 ms: 0.33 to 0.47; a pool exhausted by a leak: 0.01). A
 stretch shorter than ``LOOP_MEASURED_S`` is not decided yet (the waits just began; the heartbeat's
 ticks are 50 ms apart); an unknown share (no heartbeat on the pool's loop) does not hold a finding
 back.
