@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,25 @@ def test_a_connection_never_released_by_the_dependency_of_three_routes_is_one_le
     assert f["evidence"]["reason"] == "request_finished"
     assert sorted(f["evidence"]["routes"]) == ["GET /api/tags/", "GET /api/tags/{tag}", "POST /api/tags/{tag}/views"]
     assert "on 3 routes" in f["summary"]
+
+
+def test_a_pool_exhausted_by_a_leak_is_the_leaks_one_finding(serve, database):
+    # Every connection of the pool (5) leaked by the dependency, then callers wait for one without end
+    # (the realworld trial's load stalls): the exhausted pool is the leak's symptom, not a second finding.
+    app = start(serve, database, FASTAPI_DOCTOR_LEAK_SECONDS="2", FASTAPI_DOCTOR_POOL_WAIT_SECONDS="1")
+    pool = {"db_client_connection_pool_name": database["pool"]}
+    for _ in range(5):
+        assert httpx.get(app.url + "/api/tags/").status_code == 200
+    wait_until(lambda: finding(app, "pool_leak", reason="request_finished", count=5), timeout=15)
+    with ThreadPoolExecutor(8) as clients:
+        stuck = [clients.submit(httpx.get, app.url + "/api/tags/python", timeout=6) for _ in range(8)]
+        metrics_when(app, lambda t: (metric_value(t, "db_client_connection_pending_requests", **pool) or 0) >= 8)
+        time.sleep(2.5)  # the pool full with callers waiting for longer than FASTAPI_DOCTOR_POOL_WAIT_SECONDS
+        assert [f["evidence"]["reason"] for f in app.findings("pool_leak")] == ["request_finished"], [
+            (f["evidence"]["reason"], f["summary"]) for f in app.findings("pool_leak")]
+        for call in stuck:
+            with pytest.raises(httpx.ReadTimeout):
+                call.result()
 
 
 def load(app: Any, path: str, clients: int, headers: dict[str, str]) -> list[int]:

@@ -347,6 +347,20 @@ def test_a_saturated_pool_of_one_event_loop_is_not_the_finding_when_the_loop_is_
     assert pool_leak.decide_saturated(dataclasses.replace(busy_loop, loop_busy=None)) is not None
 
 
+def test_a_pool_exhausted_by_leaks_already_found_is_their_symptom_not_another_finding() -> None:
+    # realworld connection_leak: the dependency leaked all 10 connections, 33 callers wait on an idle loop.
+    leaked = pool_leak.PoolSaturated("postgresql://db/app", 10, 0, 10, 10, 33, 2.0, 0, (HOLDER,),
+                                     mean_waiting=33.0, cpu_busy=0.02, cpus=2, loop_busy=0.01, leaked=10)
+    assert pool_leak.decide_saturated(leaked) is None
+    assert pool_leak.decide_saturated(dataclasses.replace(leaked, leaked=5)) is None  # half of them
+    assert pool_leak.decide_saturated(dataclasses.replace(leaked, leaked=4)) is not None  # the pool too
+    assert pool_leak.decide_saturated(dataclasses.replace(leaked, leaked=0)) is not None
+    waited = pool_leak.AcquiresWaited("postgresql://db/app", 10, 64, 64, 0.2, WHERE, "GET", "/api/user", (HOLDER,),
+                                      loop_busy=0.01, loop_measured_s=1.0, leaked=10)
+    assert pool_leak.decide_acquires(waited) is None
+    assert pool_leak.decide_acquires(dataclasses.replace(waited, leaked=0)) is not None
+
+
 # -- blocking_io ---------------------------------------------------------------------------------
 
 def block(**changes: object) -> blocking_io.LoopBlock:

@@ -52,7 +52,9 @@ ticks are 50 ms apart); an unknown share (no heartbeat on the pool's loop) does 
 back.
 
 A dependency waiting for a connection, or a threadpool full of threads waiting for one, is this root
-cause's symptom, not another finding.
+cause's symptom, not another finding; so is a pool whose connections are mostly held by leaks already
+found (the realworld app with its connection dependency leaking: its 10 connections leaked, 33
+callers waiting), though a checkout that times out there is still reported, naming the holders.
 
 One leak is one finding: a connection dependency that never releases leaks on every route that uses
 it, at one line; the finding is that line's (``Verdict.per_line``), naming the routes.
@@ -137,6 +139,7 @@ class AcquiresWaited:
     # waited (None: unknown), and the seconds it was measured over.
     loop_busy: float | None = None
     loop_measured_s: float = 0.0
+    leaked: int = 0  # connections held by checkouts already reported as leaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,7 @@ class PoolSaturated:
     # For a pool serving one event loop (asyncpg's): the share of the episode's wall time its loop
     # thread was on a CPU or waiting for one (None: unknown, or not such a pool).
     loop_busy: float | None = None
+    leaked: int = 0  # connections held by checkouts already reported as leaks
 
 
 def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
@@ -230,7 +234,7 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
     """Due when at least half of the recent acquires waited on a full pool, and the pool's event loop
     was not where they queued (see the module's docstring). An unknown loop share does not hold the
     finding back."""
-    if 2 * waited.waits < waited.acquires:
+    if 2 * waited.waits < waited.acquires or exhausted_by_leaks(waited.leaked, waited.max_connections):
         return None
     if waited.loop_busy is not None:
         if waited.loop_measured_s < LOOP_MEASURED_S:
@@ -261,6 +265,12 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
     )
 
 
+def exhausted_by_leaks(leaked: int, max_connections: int) -> bool:
+    """At least half of the pool's connections are held by leaks already reported: callers waiting on
+    it are the leak's symptom, and the leak's finding (at its line) is the one to fix."""
+    return leaked > 0 and 2 * leaked >= max_connections
+
+
 def pool_is_the_bottleneck(saturated: PoolSaturated) -> bool:
     """Whether a larger pool would serve more: callers queue at the pool longer than they hold a
     connection, and not at the CPU (see the module's docstring). Unknown measures do not hold a
@@ -275,7 +285,7 @@ def pool_is_the_bottleneck(saturated: PoolSaturated) -> bool:
 
 
 def decide_saturated(saturated: PoolSaturated) -> Verdict | None:
-    if not pool_is_the_bottleneck(saturated):
+    if not pool_is_the_bottleneck(saturated) or exhausted_by_leaks(saturated.leaked, saturated.max_connections):
         return None
     demand = saturated.max_connections + saturated.waiting  # every connection in use, and these callers wanting one
     top = saturated.holders[0] if saturated.holders else None

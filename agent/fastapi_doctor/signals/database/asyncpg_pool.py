@@ -294,6 +294,7 @@ class AsyncpgPoolTracker(PoolTracker):
             occupancy=occupancy(view),
             loop_busy=loop[0] if loop is not None else None,
             loop_measured_s=loop[1] if loop is not None else 0.0,
+            leaked=self.leaked(view),
         )
         publish(self.findings, self.pool_names.keep(view.stats.name, pool_leak.decide_acquires(seen)))
 

@@ -372,6 +372,10 @@ class PoolTracker:
         ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
         return tuple(pool_leak.Holder(route, location, int(n), age) for (route, location), (n, age) in ranked)
 
+    def leaked(self, pool: Any) -> int:
+        """Connections of ``pool`` held by checkouts already reported as leaks."""
+        return sum(1 for checkout in list(self.out.values()) if checkout.pool_id == id(pool) and checkout.reported)
+
     def check_saturation(self, now: float) -> None:
         """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
         ``pool_wait_s``: one finding per episode."""
@@ -421,6 +425,7 @@ class PoolTracker:
             cpu_busy=_cpu_busy(stats.cpu_at_start, saturated_s),
             cpus=self.cpus,
             loop_busy=_loop_busy(stats.loop_at_start, _loop_clock(pool)),
+            leaked=self.leaked(pool),
         )
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
