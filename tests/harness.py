@@ -4,6 +4,7 @@ and a real OTLP/gRPC receiver that keeps what it receives."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -330,3 +331,17 @@ def concurrent_get(url: str, n: int, concurrency: int = 8, timeout: float = 30.0
 
         list(pool.map(one, range(n)))
     return results
+
+
+def wrk_get(urls: list[str], headers: dict[str, str], connections: int, seconds: int) -> int:
+    """``connections`` clients in all, split over ``urls`` (one ``wrk`` per URL, all at once), for ``seconds``:
+    the requests sent, every one answered with a 2xx."""
+    runs = [subprocess.Popen(["wrk", "-t1", f"-c{connections // len(urls)}", f"-d{seconds}s", "--timeout", "10s",
+                              *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")), url],
+                             stdout=subprocess.PIPE, text=True) for url in urls]
+    sent = 0
+    for run in runs:
+        out, _ = run.communicate(timeout=seconds + 30)
+        assert run.returncode == 0 and "Non-2xx" not in out, out
+        sent += int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return sent

@@ -5,15 +5,17 @@ pools and connections made per request, the healthy twins with no finding, and t
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from harness import APPS, BIN, concurrent_get, metric_value, wait_until
+from harness import APPS, BIN, concurrent_get, metric_value, wait_until, wrk_get
 from pg import PASSWORD, USER
 from test_db import finding, labels_of, marked_line, metrics_when
 
@@ -50,7 +52,7 @@ def mark(name: str) -> dict[str, Any]:
     line = marked_line(name, APP)
     function = {"n+1": "list_articles", "leak": "leaky", "hold": "slow", "pool-per-request": "fresh_pool",
                 "connect-per-request": "fresh_connection", "databases-per-request": "fresh_database",
-                "databases-n+1": "article_authors"}[name]
+                "databases-n+1": "article_authors", "leaky dependency": "leaky_connection"}[name]
     return {"file": "asyncpg_app.py", "line": line, "function": function}
 
 
@@ -128,6 +130,40 @@ def test_connection_never_released_is_a_leak_at_its_acquire_line(serve, database
     assert PASSWORD not in text and PASSWORD not in json.dumps(app.doctor())
 
 
+def test_a_connection_never_released_by_the_dependency_of_three_routes_is_one_leak_at_its_line(serve, database):
+    # The realworld trial's mistake: the connection dependency acquires and never releases. One line leaks
+    # on every route that uses it: one finding there, naming the routes (the trial gave one per route).
+    app = start(serve, database, FASTAPI_DOCTOR_LEAK_SECONDS="2")
+    assert httpx.get(app.url + "/api/tags/").json() == ["python", "sql"]
+    assert httpx.get(app.url + "/api/tags/python").json() == {"articles": 20}
+    assert httpx.post(app.url + "/api/tags/sql/views").json() == {"views": 20}
+    wait_until(lambda: [f for f in app.findings("pool_leak") if len(f["evidence"].get("routes", [])) == 3], timeout=15)
+    (f,) = app.findings("pool_leak")
+    assert f["location"] == mark("leaky dependency")
+    assert f["evidence"]["reason"] == "request_finished"
+    assert sorted(f["evidence"]["routes"]) == ["GET /api/tags/", "GET /api/tags/{tag}", "POST /api/tags/{tag}/views"]
+    assert "on 3 routes" in f["summary"]
+
+
+def test_a_pool_exhausted_by_a_leak_is_the_leaks_one_finding(serve, database):
+    # Every connection of the pool (5) leaked by the dependency, then callers wait for one without end
+    # (the realworld trial's load stalls): the exhausted pool is the leak's symptom, not a second finding.
+    app = start(serve, database, FASTAPI_DOCTOR_LEAK_SECONDS="2", FASTAPI_DOCTOR_POOL_WAIT_SECONDS="1")
+    pool = {"db_client_connection_pool_name": database["pool"]}
+    for _ in range(5):
+        assert httpx.get(app.url + "/api/tags/").status_code == 200
+    wait_until(lambda: finding(app, "pool_leak", reason="request_finished", count=5), timeout=15)
+    with ThreadPoolExecutor(8) as clients:
+        stuck = [clients.submit(httpx.get, app.url + "/api/tags/python", timeout=6) for _ in range(8)]
+        metrics_when(app, lambda t: (metric_value(t, "db_client_connection_pending_requests", **pool) or 0) >= 8)
+        time.sleep(2.5)  # the pool full with callers waiting for longer than FASTAPI_DOCTOR_POOL_WAIT_SECONDS
+        assert [f["evidence"]["reason"] for f in app.findings("pool_leak")] == ["request_finished"], [
+            (f["evidence"]["reason"], f["summary"]) for f in app.findings("pool_leak")]
+        for call in stuck:
+            with pytest.raises(httpx.ReadTimeout):
+                call.result()
+
+
 def load(app: Any, path: str, clients: int, headers: dict[str, str]) -> list[int]:
     with ThreadPoolExecutor(clients) as pool:
         return [r.status_code for r in pool.map(lambda _: httpx.get(app.url + path, headers=headers, timeout=30),
@@ -160,6 +196,35 @@ def test_small_pool_under_load_is_exhausted_a_sized_one_is_not(serve, database):
     text = metrics_when(sized, lambda t: metric_value(t, "db_client_connection_wait_time_seconds_count", **pool) == 82)
     assert metric_value(text, "db_client_connection_max", **pool) == 25 + 3
     assert database_findings(sized) == []
+
+
+def waited_on_the_pool(text: str, pool: dict[str, str]) -> tuple[float, float]:
+    """(acquires that waited 5 ms or more, acquires) so far, from the pool's wait-time histogram."""
+    count = metric_value(text, "db_client_connection_wait_time_seconds_count", **pool) or 0.0
+    quick = metric_value(text, "db_client_connection_wait_time_seconds_bucket", le="0.005", **pool) or 0.0
+    return count - quick, count
+
+
+def test_a_pool_full_behind_a_busy_event_loop_is_not_exhausted_one_starved_beside_an_idle_loop_is(serve, database):
+    # The realworld trial's shape: a `yield` dependency holds a connection for the whole request, on one
+    # event loop, under 32 clients on 2 cores. When the request's own work keeps the loop busy, every
+    # connection is in use and callers wait, but the queue is at the loop (a holder's query result waits
+    # for it): a larger pool would add holders waiting for the same loop. No finding.
+    assert shutil.which("wrk"), "wrk is needed (.ci/run installs it)"
+    app = start(serve, database, POOL_MAX="3", HOLD_S="0.05")
+    auth = login(app)
+    pool = {"db_client_connection_pool_name": database["pool"]}
+    assert wrk_get([app.url + "/api/articles/digest"], auth, connections=32, seconds=8) > 100
+    waited, acquires = waited_on_the_pool(app.metrics_text(), pool)
+    assert 2 * waited >= acquires > 200  # the pool was full: most acquires waited for a connection
+    assert app.findings("pool_leak") == [], [f["evidence"] for f in app.findings("pool_leak")]
+
+    # The same pool and load where the holders await something slow (the loop idle while callers wait):
+    # the pool is where requests queue.
+    wrk_get([app.url + "/api/reports/slow"], auth, connections=32, seconds=5)
+    f = wait_until(lambda: finding(app, "pool_leak", reason="pool_exhausted"), timeout=10)
+    assert f["evidence"]["max_connections"] == 3 and f["route"] == "/api/reports/slow"
+    assert f["evidence"]["loop_busy"] < 0.5
 
 
 def test_pool_or_connection_per_request_is_a_rebuild(serve, database):

@@ -10,9 +10,7 @@ one threadpool finding on that line.
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import APPS, AppProcess, metric_value, wait_until
+from harness import APPS, AppProcess, metric_value, wait_until, wrk_get
 
 SYNC = APPS / "fullstack_sync.py"
 ASYNC = APPS / "fullstack_async.py"
@@ -230,15 +228,7 @@ def wrk_load(app: AppProcess, client: Client, paths: list[str], connections: int
         statuses = client.load(paths, concurrency=connections, seconds=seconds)
         assert set(statuses) == {200}
         return len(statuses)
-    auth = f"Authorization: {client.headers['Authorization']}"
-    runs = [subprocess.Popen(["wrk", "-t1", f"-c{connections // len(paths)}", f"-d{seconds}s", "--timeout", "10s",
-                              "-H", auth, client.base + path], stdout=subprocess.PIPE, text=True) for path in paths]
-    sent = 0
-    for run in runs:
-        out, _ = run.communicate(timeout=seconds + 30)
-        assert run.returncode == 0 and "Non-2xx" not in out, out
-        sent += int(re.search(r"(\d+) requests in", out).group(1))
-    return sent
+    return wrk_get([client.base + path for path in paths], client.headers, connections, seconds)
 
 
 TRIAL_PATHS = ["/users/me", "/items/", "/utils/health-check/"]  # the template's trial: 11 clients each
@@ -336,6 +326,29 @@ def test_one_unclosed_session_is_one_leak_whatever_lines_it_passes_through(serve
         assert http.get(client.base + "/items/").status_code == 200
     time.sleep(2.0)  # past the grace after the requests (0.5 s) and several watchdog rounds (0.25 s)
     assert [f["id"] for f in app.findings("pool_leak")] == [first["id"]]
+
+
+def test_a_session_never_closed_by_the_dependency_of_three_routes_is_one_leak_at_its_line(serve, tmp_path):
+    # The full-stack template's trial mistake: `get_db` returns a session it never closes. Every route's
+    # connection is taken at one line, where the current-user dependency loads the user: one leak at that
+    # line, naming the routes it leaked on (the trial gave one finding per route).
+    app = start(serve, "fullstack_sync:app", f"sqlite:///{tmp_path / 'a.db'}", MISTAKE="session_leak",
+                FASTAPI_DOCTOR_LEAK_SECONDS="2")
+    client = Client(app, sync=True)
+    for path in ("/users/me", "/items/", "/items/summary"):
+        assert [r.status_code for r in client.get(path, n=2)] == [200, 200]
+    where = marked(SYNC, "load user")
+
+    def leaked_at_the_line() -> list[dict[str, Any]]:
+        return [f for f in app.findings("pool_leak") if at(f) == where]
+
+    wait_until(lambda: [f for f in leaked_at_the_line() if len(f["evidence"].get("routes", [])) == 3], timeout=15)
+    (f,) = leaked_at_the_line()
+    assert sorted(f["evidence"]["routes"]) == [
+        "GET /api/v1/items/", "GET /api/v1/items/summary", "GET /api/v1/users/me"]
+    assert "on 3 routes" in f["summary"]
+    # The login's session leaks too, at its own line: another finding.
+    assert {at(g)["line"] for g in app.findings("pool_leak")} <= {where["line"], marked(SYNC, "login query")["line"]}
 
 
 # -- the pool rule, on a real pool and an explicit clock -------------------------------------------

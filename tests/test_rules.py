@@ -234,6 +234,23 @@ def test_a_connection_never_returned_is_a_leak_at_its_checkout_line_with_its_rea
     assert "after its request finished" in after.summary
 
 
+def test_a_line_leaking_on_several_routes_is_one_finding_at_the_line_naming_them() -> None:
+    # A connection dependency that never releases leaks on every route that uses it: one leak, one finding.
+    routes = ("GET /api/user", "GET /api/articles", "GET /api/tags", "POST /api/users/login")
+    held = pool_leak.CheckoutHeld("postgresql://db/app", "request_finished", 1.2, WHERE, "GET", "/api/user",
+                                  routes=routes)
+    verdict = pool_leak.decide_held(held, leak_seconds=30.0)
+    assert verdict.per_line and (verdict.method, verdict.route, verdict.location) == ("GET", "/api/user", WHERE)
+    assert verdict.evidence["routes"] == list(routes)
+    assert "on 4 routes (GET /api/user, GET /api/articles, GET /api/tags, ...)" in verdict.summary
+    # One route: named as before, no list.
+    one = pool_leak.decide_held(dataclasses.replace(held, routes=routes[:1]), leak_seconds=30.0)
+    assert one.per_line and "routes" not in one.evidence and " on /api/user " in one.summary
+    # Without a line (no user frame found), leaks stay apart by route: nothing says they are one mistake.
+    nowhere = pool_leak.decide_held(dataclasses.replace(held, location=None, routes=()), leak_seconds=30.0)
+    assert not nowhere.per_line
+
+
 def test_a_pool_stays_one_finding_when_its_busiest_holder_changes() -> None:
     other = pool_leak.Holder("/users/me", Location("app/deps.py", 40, "get_current_user"), 6, 3.0)
     first = pool_leak.PoolSaturated("postgresql://db/app", 2, 0, 2, 2, 18, 1.0, 0, (HOLDER, other))
@@ -294,6 +311,54 @@ def test_asyncpg_acquires_waiting_in_less_than_half_of_the_window_are_not_exhaus
     assert pool_leak.decide_acquires(waited) is None
     verdict = pool_leak.decide_acquires(dataclasses.replace(waited, waits=20))
     assert verdict is not None and verdict.evidence["reason"] == "pool_exhausted"
+
+
+def test_asyncpg_acquires_waiting_behind_a_busy_event_loop_are_not_exhaustion() -> None:
+    # realworld_f100 healthy: 57 of 64 acquires waited on a pool of 10 while the one event loop was
+    # busy (on a CPU or waiting for one) nearly all the time: the queue is at the loop.
+    busy_loop = pool_leak.AcquiresWaited("postgresql://db/app", 10, 57, 64, 0.047, WHERE, "GET", "/api/user",
+                                         (HOLDER,), loop_busy=0.97, loop_measured_s=0.9)
+    assert pool_leak.decide_acquires(busy_loop) is None
+    assert pool_leak.decide_acquires(dataclasses.replace(busy_loop, loop_busy=pool_leak.LOOP_BUSY)) is None
+    # A pool too small beside an idle loop (holders awaiting slow work): the pool is the queue.
+    idle_loop = dataclasses.replace(busy_loop, loop_busy=0.12)
+    verdict = pool_leak.decide_acquires(idle_loop)
+    assert verdict is not None and verdict.evidence["loop_busy"] == 0.12
+    assert pool_leak.decide_acquires(dataclasses.replace(busy_loop, loop_busy=pool_leak.LOOP_BUSY - 0.01)) is not None
+    # Unknown (no heartbeat on the pool's loop): the finding is not held back.
+    unknown = pool_leak.decide_acquires(dataclasses.replace(busy_loop, loop_busy=None, loop_measured_s=0.0))
+    assert unknown is not None and "loop_busy" not in unknown.evidence
+    # Measured over less than two heartbeat ticks (the waits just began): not yet decided either way.
+    just_began = dataclasses.replace(idle_loop, loop_measured_s=pool_leak.LOOP_MEASURED_S - 0.01)
+    assert pool_leak.decide_acquires(just_began) is None
+    assert pool_leak.decide_acquires(dataclasses.replace(just_began, loop_measured_s=pool_leak.LOOP_MEASURED_S))
+
+
+def test_a_saturated_pool_of_one_event_loop_is_not_the_finding_when_the_loop_is_the_queue() -> None:
+    # An asyncpg pool of 3 under 32 clients whose requests do their own work on the loop: 29 callers
+    # waiting for 3 connections, one core's worth of CPU on 2 cores, and the loop busy all the time.
+    busy_loop = pool_leak.PoolSaturated("postgresql://db/app", 3, 0, 3, 3, 29, 2.1, 0, (HOLDER,),
+                                        mean_waiting=29.0, cpu_busy=1.01, cpus=2, loop_busy=0.99)
+    assert pool_leak.decide_saturated(busy_loop) is None
+    # The same pool whose holders await slow work: the loop mostly idle.
+    verdict = pool_leak.decide_saturated(dataclasses.replace(busy_loop, cpu_busy=0.18, loop_busy=0.17))
+    assert verdict is not None and verdict.evidence["loop_busy"] == 0.17
+    # A pool not bound to one loop (SQLAlchemy's, used from threads): the loop does not enter.
+    assert pool_leak.decide_saturated(dataclasses.replace(busy_loop, loop_busy=None)) is not None
+
+
+def test_a_pool_exhausted_by_leaks_already_found_is_their_symptom_not_another_finding() -> None:
+    # realworld connection_leak: the dependency leaked all 10 connections, 33 callers wait on an idle loop.
+    leaked = pool_leak.PoolSaturated("postgresql://db/app", 10, 0, 10, 10, 33, 2.0, 0, (HOLDER,),
+                                     mean_waiting=33.0, cpu_busy=0.02, cpus=2, loop_busy=0.01, leaked=10)
+    assert pool_leak.decide_saturated(leaked) is None
+    assert pool_leak.decide_saturated(dataclasses.replace(leaked, leaked=5)) is None  # half of them
+    assert pool_leak.decide_saturated(dataclasses.replace(leaked, leaked=4)) is not None  # the pool too
+    assert pool_leak.decide_saturated(dataclasses.replace(leaked, leaked=0)) is not None
+    waited = pool_leak.AcquiresWaited("postgresql://db/app", 10, 64, 64, 0.2, WHERE, "GET", "/api/user", (HOLDER,),
+                                      loop_busy=0.01, loop_measured_s=1.0, leaked=10)
+    assert pool_leak.decide_acquires(waited) is None
+    assert pool_leak.decide_acquires(dataclasses.replace(waited, leaked=0)) is not None
 
 
 # -- blocking_io ---------------------------------------------------------------------------------

@@ -142,8 +142,9 @@ class CheckoutHeld:
     age_s: float
     location: Location | None  # where it was checked out
     method: str | None
-    route: str | None
+    route: str | None  # the route whose connections leaked most at this line
     occupancy: dict[str, Any] = field(default_factory=dict)  # the pool's state now
+    routes: tuple[str, ...] = ()  # "METHOD /template" of every route that leaked at this line, most first
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,11 @@ class AcquiresWaited:
     route: str | None
     holders: tuple[Holder, ...]
     occupancy: dict[str, Any] = field(default_factory=dict)
+    # The share of wall time the pool's event loop thread was on a CPU or waiting for one while they
+    # waited (None: unknown), and the seconds it was measured over.
+    loop_busy: float | None = None
+    loop_measured_s: float = 0.0
+    leaked: int = 0  # connections held by checkouts already reported as leaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,10 @@ class PoolSaturated:
     # and the CPUs it may run on.
     cpu_busy: float | None = None
     cpus: int | None = None
+    # For a pool serving one event loop (asyncpg's): the share of the episode's wall time its loop
+    # thread was on a CPU or waiting for one (None: unknown, or not such a pool).
+    loop_busy: float | None = None
+    leaked: int = 0  # connections held by checkouts already reported as leaks
 
 
 # -- slow_middleware -------------------------------------------------------------------------------

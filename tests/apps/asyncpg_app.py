@@ -1,14 +1,15 @@
 """A raw-asyncpg service (no ORM), shaped like the real ones: a pool created in lifespan, a repository of
 async functions (asyncpg_repo.py), routers with prefixes and an auth dependency (a signed token that
 loads the user), CORS. Each pool problem has a sick route and a healthy twin. PG_DSN is the database;
-POOL_MAX the pool's size; HOLD_S how long /reports/slow holds its connection. Lines the tests look for
-carry a ``# mark:`` comment."""
+POOL_MAX the pool's size; HOLD_S how long /reports/slow holds its connection; DIGEST_PARAGRAPHS the loop
+work of /articles/digest per article. Lines the tests look for carry a ``# mark:`` comment."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 DSN = os.environ["PG_DSN"]
 POOL_MAX = int(os.environ.get("POOL_MAX", "5"))
 HOLD_S = float(os.environ.get("HOLD_S", "0.2"))
+DIGEST_PARAGRAPHS = int(os.environ.get("DIGEST_PARAGRAPHS", "20"))
 SECRET = b"test-signing-key"
 SALT = b"test-salt"
 ARTICLES = 20
@@ -56,6 +58,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
+
+
+async def get_connection(pool: asyncpg.Pool = Depends(get_pool)) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the whole request (as the realworld example app's dependency does)."""
+    async with pool.acquire() as con:
+        yield con
+
+
+async def leaky_connection(pool: asyncpg.Pool = Depends(get_pool)) -> AsyncIterator[asyncpg.Connection]:
+    """The realworld trial's mistake: the connection acquired for the request is never released."""
+    con = await pool.acquire()  # mark: leaky dependency
+    yield con
 
 
 async def current_user(authorization: str = Header(...), pool: asyncpg.Pool = Depends(get_pool)) -> asyncpg.Record:
@@ -119,6 +133,25 @@ async def feed(limit: int = 20, pool: asyncpg.Pool = Depends(get_pool),
     return [{**dict(r), "tags": list(r["tags"])} for r in rows]
 
 
+def digest_of(row: asyncpg.Record) -> dict[str, Any]:
+    """An article rendered as its document and summarised: a few milliseconds of Python per page."""
+    document = json.dumps({"id": row["id"], "title": row["title"], "author": row["author"],
+                           "tags": list(row["tags"]),
+                           "paragraphs": [f"{row['title']} by {row['author']}, part {i}. " * 6
+                                          for i in range(DIGEST_PARAGRAPHS)]})
+    return {"id": row["id"], "title": row["title"], "bytes": len(document), "words": len(document.split()),
+            "digest": hashlib.sha256(document.encode()).hexdigest()[:16]}
+
+
+@articles.get("/digest")
+async def digest(limit: int = 20, user: asyncpg.Record = Depends(current_user),
+                 con: asyncpg.Connection = Depends(get_connection)) -> list[dict[str, Any]]:
+    """Healthy, with real work on the loop per request: the page in one statement, then its digest. (The
+    user is loaded first: its connection is back before the request's own is taken.)"""
+    rows = await repo.article_feed(con, limit, user["id"])
+    return [digest_of(row) for row in rows]
+
+
 @articles.get("/authors")
 async def article_authors(request: Request, limit: int = 20) -> list[dict[str, Any]]:
     """The same N+1 through `databases` (asyncpg underneath): one author query per article."""
@@ -155,6 +188,24 @@ async def slow(pool: asyncpg.Pool = Depends(get_pool)) -> dict[str, int]:
         count = await repo.article_count(con)
         await asyncio.sleep(HOLD_S)
     return {"articles": count}
+
+
+tags = APIRouter(prefix="/tags", tags=["tags"])  # every route leaks through leaky_connection
+
+
+@tags.get("/")
+async def list_tags(con: asyncpg.Connection = Depends(leaky_connection)) -> list[str]:
+    return await repo.tag_names(con)
+
+
+@tags.get("/{tag}")
+async def tagged(tag: str, con: asyncpg.Connection = Depends(leaky_connection)) -> dict[str, int]:
+    return {"articles": await repo.tagged_count(con, tag)}
+
+
+@tags.post("/{tag}/views")
+async def tag_viewed(tag: str, con: asyncpg.Connection = Depends(leaky_connection)) -> dict[str, int]:
+    return {"views": await repo.tagged_count(con, tag)}
 
 
 search = APIRouter(prefix="/search", tags=["search"])
@@ -205,7 +256,7 @@ async def lazy() -> dict[str, int]:
 
 
 api = APIRouter(prefix="/api")
-for router in (auth, articles, reports, search):
+for router in (auth, articles, reports, tags, search):
     api.include_router(router)
 
 app = FastAPI(lifespan=lifespan)

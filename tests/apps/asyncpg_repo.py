@@ -76,3 +76,11 @@ async def article_feed(con: Any, limit: int, user_id: int) -> list[asyncpg.Recor
 
 async def article_count(con: Any) -> int:
     return await con.fetchval("SELECT count(*) FROM articles")
+
+
+async def tag_names(con: Any) -> list[str]:
+    return [r["tag"] for r in await con.fetch("SELECT DISTINCT tag FROM tags ORDER BY tag")]
+
+
+async def tagged_count(con: Any, tag: str) -> int:
+    return await con.fetchval("SELECT count(*) FROM tags WHERE tag = $1", tag)

@@ -97,6 +97,10 @@ def get_db() -> Iterator[Session]:
         yield session
 
 
+def get_db_unclosed() -> Session:
+    return Session(engine)  # the session_leak mistake: never closed
+
+
 def get_db_engine_per_request() -> Iterator[Session]:
     per_request = create_engine(DB_URL, **engine_options())  # mark: engine per request
     with Session(per_request) as session:
@@ -155,7 +159,8 @@ SessionDep = Annotated[
     Session,
     Depends({"engine_per_request": get_db_engine_per_request,
              "sessionmaker_per_request": get_db_sessionmaker_per_request,
-             "global_session": get_global_session}.get(MISTAKE, get_db)),
+             "global_session": get_global_session,
+             "session_leak": get_db_unclosed}.get(MISTAKE, get_db)),
 ]
 SettingsDep = Annotated[Settings, Depends(get_settings_per_request if MISTAKE == "settings_per_request" else get_settings)]
 HttpDep = Annotated[requests.Session, Depends(get_http_per_request if MISTAKE == "client_per_request" else get_http)]

@@ -34,8 +34,30 @@ SQLite computed by 15 threads). Busy is not enough on its own: a cheap route ser
 takes whatever CPU the pool's callers leave, so a starved pool shows a busy process too (1.2 cores'
 worth with pool_size=2 on 2 cores, 1.0 in the async app), below the cores it could use.
 
+Nor is it the pool when its event loop is. An asyncpg pool serves the one event loop it was made on,
+and its holders run on that loop between their queries: when the loop has a queue, a holder's query
+result waits in it, so every hold stretches with the loop's own queue, callers wait for a connection
+whichever is the bottleneck, and neither the callers waiting per connection nor the process's CPU
+demand (one loop thread: at most one core of two) tells them apart. What does is the loop thread's
+busy share: the wall time it was on a CPU or waiting for one (schedstat, read by the loop's
+heartbeat) over the stretch the waits cover. At ``LOOP_BUSY`` (0.9) or more the loop always had
+work: more connections would add holders waiting for the same loop (the realworld example app on
+FastAPI 0.100, asyncpg 0.27, a pool of 10, 33 clients, one worker on 2 shared cores: 0.92 to 1.00 a
+second; the notes app on `databases`: 0.99 to 1.00; the test app's digest route, pools of 3 and 10
+under 32 clients: 0.99 to 1.00 over every stretch of 0.1 s or more, while 22 to 29 callers waited on
+average). A pool too small beside an idle loop shows the loop waiting with the callers (holders
+awaiting 50 ms of slow work: 0.09 to 0.31; 10 ms: 0.33 to 0.47; a pool exhausted by a leak: 0.01). A
+stretch shorter than ``LOOP_MEASURED_S`` is not decided yet (the waits just began; the heartbeat's
+ticks are 50 ms apart); an unknown share (no heartbeat on the pool's loop) does not hold a finding
+back.
+
 A dependency waiting for a connection, or a threadpool full of threads waiting for one, is this root
-cause's symptom, not another finding.
+cause's symptom, not another finding; so is a pool whose connections are mostly held by leaks already
+found (the realworld app with its connection dependency leaking: its 10 connections leaked, 33
+callers waiting), though a checkout that times out there is still reported, naming the holders.
+
+One leak is one finding: a connection dependency that never releases leaks on every route that uses
+it, at one line; the finding is that line's (``Verdict.per_line``), naming the routes.
 """
 
 from __future__ import annotations
@@ -64,6 +86,12 @@ MAX_HOLDERS = 5  # holders named in the evidence
 # wait per connection (Little's law: callers then wait at least as long for a connection as they hold
 # one).
 WAITS_PER_CONNECTION = 1.0
+# An asyncpg pool's acquires waiting on one event loop busy (on a CPU or waiting for one) for at least
+# this share of the wall time queue at the loop, not at the pool.
+LOOP_BUSY = 0.9
+# ... measured over at least this long (two heartbeat ticks at the default 50 ms): over less, the CPU
+# clocks' granularity is a large part of the measure.
+LOOP_MEASURED_S = 0.1
 
 
 def decides(settings: Settings) -> Decides:
@@ -81,8 +109,14 @@ def _keeping_place(verdict: Verdict | None, pool: str) -> Verdict | None:
 
 
 def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
+    """One finding per checkout line (a leaking dependency leaks on every route that uses it), naming
+    the routes that leaked there; per route where the line is unknown."""
     where = f" at {held.location}" if held.location else ""
-    on = f" on {held.route}" if held.route else ""
+    several = len(held.routes) > 1
+    if several:
+        on = f" on {len(held.routes)} routes ({', '.join(held.routes[:3])}{', ...' if len(held.routes) > 3 else ''})"
+    else:
+        on = f" on {held.route}" if held.route else ""
     if held.reason == "garbage_collected":
         summary = (
             f"A connection of pool {held.pool} checked out{where}{on} was never closed: the garbage "
@@ -99,7 +133,7 @@ def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
             f"A connection of pool {held.pool} checked out{where}{on} has been held for {held.age_s:.2f} s "
             f"(limit {leak_seconds:g} s)."
         )
-    return verdict_on(
+    verdict = verdict_on(
         held,
         root_cause=ROOT_CAUSE,
         summary=summary,
@@ -108,9 +142,11 @@ def decide_held(held: CheckoutHeld, *, leak_seconds: float) -> Verdict:
             "pool": held.pool,
             "age_s": round(held.age_s, 3),
             "leak_seconds": leak_seconds,
+            **({"routes": list(held.routes)} if several else {}),
             **held.occupancy,
         },
     )
+    return dataclasses.replace(verdict, per_line=held.location is not None)
 
 
 def decide_timed_out(timed_out: CheckoutTimedOut) -> Verdict:
@@ -136,9 +172,16 @@ def decide_timed_out(timed_out: CheckoutTimedOut) -> Verdict:
 
 
 def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
-    """Due when at least half of the recent acquires waited on a full pool."""
-    if 2 * waited.waits < waited.acquires:
+    """Due when at least half of the recent acquires waited on a full pool, and the pool's event loop
+    was not where they queued (see the module's docstring). An unknown loop share does not hold the
+    finding back."""
+    if 2 * waited.waits < waited.acquires or exhausted_by_leaks(waited.leaked, waited.max_connections):
         return None
+    if waited.loop_busy is not None:
+        if waited.loop_measured_s < LOOP_MEASURED_S:
+            return None  # not yet: the stretch of waits just began; a later acquire decides
+        if waited.loop_busy >= LOOP_BUSY:
+            return None  # the queue is at the loop: more connections would add holders waiting for it
     summary = (
         f"Pool {waited.pool} (max {waited.max_connections} connections) is exhausted: {waited.waits} of the last "
         f"{waited.acquires} acquires found every connection in use and waited (median wait {waited.wait_p50_s:.3f} s)"
@@ -157,9 +200,16 @@ def decide_acquires(waited: AcquiresWaited) -> Verdict | None:
             "acquires": waited.acquires,
             "waiting_route": waited.route,
             "holders": holders_evidence(waited.holders),
+            **({"loop_busy": round(waited.loop_busy, 2)} if waited.loop_busy is not None else {}),
             **waited.occupancy,
         },
     )
+
+
+def exhausted_by_leaks(leaked: int, max_connections: int) -> bool:
+    """At least half of the pool's connections are held by leaks already reported: callers waiting on
+    it are the leak's symptom, and the leak's finding (at its line) is the one to fix."""
+    return leaked > 0 and 2 * leaked >= max_connections
 
 
 def pool_is_the_bottleneck(saturated: PoolSaturated) -> bool:
@@ -170,11 +220,13 @@ def pool_is_the_bottleneck(saturated: PoolSaturated) -> bool:
         return False  # callers queue elsewhere
     if saturated.cpu_busy is not None and saturated.cpus and saturated.cpu_busy >= saturated.cpus:
         return False  # the CPU is where they queue: every core had a thread of the app to run
+    if saturated.loop_busy is not None and saturated.loop_busy >= LOOP_BUSY:
+        return False  # the pool's event loop is where they queue
     return True
 
 
 def decide_saturated(saturated: PoolSaturated) -> Verdict | None:
-    if not pool_is_the_bottleneck(saturated):
+    if not pool_is_the_bottleneck(saturated) or exhausted_by_leaks(saturated.leaked, saturated.max_connections):
         return None
     demand = saturated.max_connections + saturated.waiting  # every connection in use, and these callers wanting one
     top = saturated.holders[0] if saturated.holders else None
@@ -201,6 +253,7 @@ def decide_saturated(saturated: PoolSaturated) -> Verdict | None:
             **({"mean_waiting": round(saturated.mean_waiting, 1)} if saturated.mean_waiting is not None else {}),
             **({"process_cpu_busy": round(saturated.cpu_busy, 2)} if saturated.cpu_busy is not None else {}),
             **({"cpus": saturated.cpus} if saturated.cpus else {}),
+            **({"loop_busy": round(saturated.loop_busy, 2)} if saturated.loop_busy is not None else {}),
         },
     )
 

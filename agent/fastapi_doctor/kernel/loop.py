@@ -138,6 +138,19 @@ class Heartbeat:
             except OSError:
                 pass
 
+    def busy_clock(self) -> tuple[float, float]:
+        """(seconds the loop thread has been on a CPU or ready and waiting for one, monotonic time), read
+        at the last tick: between two readings, the loop's busy share of the wall time is the ratio of
+        their differences (without schedstat the wait for a CPU is unknown and left out: a lower bound)."""
+        runq = self.runq
+        return self.cpu + (runq if runq is not None else 0.0), self.last_tick
+
+    def busy_clock_now(self) -> tuple[float, float]:
+        """:meth:`busy_clock` read now; on the loop's thread (without schedstat the CPU clock read is the
+        calling thread's)."""
+        cpu, runq = _sched(self.sched_fd)
+        return cpu + (runq if runq is not None else 0.0), _monotonic()
+
     def tick(self) -> None:
         if self.stopped:
             return
@@ -304,6 +317,12 @@ def stall_of(lag: float, interval: float) -> float:
     if lag <= STALL_FLOOR_S:
         return 0.0
     return lag + interval if lag >= interval or len(active_requests) > 1 else lag
+
+
+def running_heartbeat() -> Heartbeat | None:
+    """The heartbeat of the calling thread's running loop (None: no loop, or not attached)."""
+    loop = _get_running_loop()
+    return hub.heartbeats.get(loop) if loop is not None else None
 
 
 def stall_clock() -> float:

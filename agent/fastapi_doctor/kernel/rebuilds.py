@@ -17,10 +17,10 @@ from typing import Any
 from fastapi_doctor import attribution, containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.kernel.location import Location
+from fastapi_doctor.kernel.routes_by_line import RoutesByLine
 from fastapi_doctor.observations import ObjectBuilt, Report, SameComputation
 
 _MAX_SITES = 1_000
-_MAX_ROUTES_PER_SITE = 20  # routes named in one finding's evidence
 
 
 class RebuildSites:
@@ -29,8 +29,7 @@ class RebuildSites:
     def __init__(self, report: Report) -> None:
         self.report = report
         self.counts: dict[tuple[str, Location | None], int] = {}
-        # (object, line) -> {(method, route): how many it built there}
-        self.payers: dict[tuple[str, Location | None], dict[tuple[str | None, str | None], int]] = {}
+        self.routes = RoutesByLine()  # by (object, line): the routes that built it there
 
     def created(self, label: str, frame: types.FrameType | None, details: dict[str, Any] | None = None) -> None:
         """``label`` (e.g. ``httpx.AsyncClient``, a key of the rule's ``COSTS``) was built; ``frame``
@@ -50,16 +49,8 @@ class RebuildSites:
                 return
             # One line rebuilt on several routes is one mistake: one finding (on the route that built it
             # most), every route that pays for it in its evidence.
-            payers = self.payers.setdefault(site, {})
-            payer = (state.method, state.route)
-            if payer in payers or len(payers) < _MAX_ROUTES_PER_SITE:
-                payers[payer] = payers.get(payer, 0) + 1
-            ranked = sorted(payers, key=payers.__getitem__, reverse=True)
-            method, route = ranked[0] if ranked else payer
-            self.report(ObjectBuilt(
-                label, where, dependency, count, method, route, details or {},
-                routes=tuple(f"{m} {r}" for m, r in ranked if r is not None),
-            ))
+            method, route, routes = self.routes.add(site, state.method, state.route)
+            self.report(ObjectBuilt(label, where, dependency, count, method, route, details or {}, routes=routes))
         except Exception as exc:
             containment.report("rebuild evidence", exc)
 
@@ -87,7 +78,7 @@ class RebuildSites:
 
     def clear(self) -> None:
         self.counts.clear()
-        self.payers.clear()
+        self.routes.clear()
 
     def _count(self, key: tuple[str, Location | None]) -> int | None:
         """Count one more of ``key``; None once too many sites are counted."""

@@ -8,8 +8,10 @@ the ones dashboards and alerts already know:
   :class:`~fastapi_doctor.signals.database.db_pool.Checkout` of a :class:`~fastapi_doctor.signals.database.db_pool.PoolTracker`
   (``db.client.connection.*`` metrics, leaks held too long or left behind by their request, with the
   acquire line). asyncpg waits for a free connection without a time limit by default, so exhaustion is
-  decided on facts: at least half of a pool's recent acquires found it full and waited; an acquire
-  timeout is reported at once. Either names the pool's size and the routes holding its connections.
+  decided on facts: at least half of a pool's recent acquires found it full and waited, while the
+  pool's event loop was not busy nearly all the time (the rule's ``loop_busy``: then the queue is at
+  the loop); an acquire timeout is reported at once. Either names the pool's size and the routes
+  holding its connections.
 * ``Connection.fetch/fetchrow/fetchval/execute/executemany/fetchmany`` and the prepared statements'
   methods are wrapped: each statement the app sends counts in the request's statements by fingerprint
   (:mod:`~fastapi_doctor.signals.database.db_queries`, the ``n_plus_one`` rule). asyncpg's own statements (reset on
@@ -24,6 +26,7 @@ Wrappers are wrapt's; each is undone by ``uninstrument()``. Nothing here imports
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import types
 import urllib.parse
@@ -36,6 +39,7 @@ from opentelemetry import metrics
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.kernel.loop import Heartbeat, running_heartbeat
 from fastapi_doctor.observations import AcquiresWaited
 from fastapi_doctor.kernel.rebuilds import RebuildSites
 from fastapi_doctor.kernel.windows import Window
@@ -51,6 +55,10 @@ from fastapi_doctor.version import __version__
 # An acquire that found every connection in use and waited at least this long counts towards
 # exhaustion; shorter waits are the loop's own scheduling, not a pool too small for its load.
 EXHAUSTED_WAIT_S = 0.005
+# The loop's busy clock is kept at this many of the latest heartbeat ticks that saw acquires (about a
+# second at the default 50 ms): the loop's busy share is measured from the oldest, or from the first
+# acquire that waited after a window without waits, whichever is later.
+LOOP_MARKS = 20
 
 # Packages whose frames stand between the app and a statement without having sent it: the pool's
 # proxies and shortcuts (``pool.fetch``), wrappers (contrib's asyncpg instrumentor, wrapt).
@@ -138,7 +146,9 @@ def pool_name(connect_args: tuple[Any, ...], connect_kwargs: dict[str, Any]) -> 
 
 class PoolView:
     """An asyncpg pool as the pool tracker reads a SQLAlchemy queue pool: connections in use and idle,
-    its size (``max_size``, no overflow). ``window`` holds its recent acquires.
+    its size (``max_size``, no overflow). ``window`` holds its recent acquires; ``loop_marks`` the busy
+    clock of the pool's event loop (``heartbeat``, found at the first acquire on a watched loop) at the
+    latest ticks that saw acquires, since the current stretch of waiting acquires began.
 
     asyncpg's ``Pool`` takes no weak reference, so the view holds weakly something that lives exactly as
     long as the pool and leads back to it: one of its connection holders (made once when the pool
@@ -147,7 +157,7 @@ class PoolView:
     (a cycle, collected with the pool). A pool dropped without ``close()`` is not kept alive by the agent.
     """
 
-    __slots__ = ("_anchor", "_back", "stats", "window", "__weakref__")
+    __slots__ = ("_anchor", "_back", "stats", "window", "heartbeat", "loop_marks", "stretch_tick", "__weakref__")
     _max_overflow = 0
 
     def __init__(self, pool: Any, stats: PoolStats) -> None:
@@ -159,6 +169,9 @@ class PoolView:
             setattr(queue, _QUEUE_BACK, pool)
         self.stats = stats
         self.window = Window()
+        self.heartbeat: Heartbeat | None = None
+        self.loop_marks: collections.deque[tuple[float, float]] = collections.deque(maxlen=LOOP_MARKS)
+        self.stretch_tick = -1.0  # the heartbeat tick before the current stretch of waits began
 
     def pool(self) -> Any:
         anchor = self._anchor()
@@ -172,6 +185,11 @@ class PoolView:
         if is_closing is not None:
             return not is_closing()
         return not (getattr(pool, "_closing", False) or getattr(pool, "_closed", False))
+
+    def loop_clock(self) -> tuple[float, float] | None:
+        """The busy clock of the pool's event loop at its last tick (None: not watched); from any thread."""
+        heartbeat = self.heartbeat
+        return heartbeat.busy_clock() if heartbeat is not None and not heartbeat.stopped else None
 
     def full(self) -> bool:
         """No free connection: the next acquire waits (asyncpg keeps free holders in ``_queue``)."""
@@ -248,7 +266,13 @@ class AsyncpgPoolTracker(PoolTracker):
         anchor = holder if type(holder).__weakrefoffset__ else holder._con
         checkout = Checkout.taken(anchor, stats, id(view))
         self.out[id(holder)] = checkout
-        if view.window.add((waited,), found_full and waited >= EXHAUSTED_WAIT_S):
+        flag = found_full and waited >= EXHAUSTED_WAIT_S
+        window = view.window
+        # The first wait after a window without any begins a new stretch to measure.
+        new_stretch = flag and not window.flagged
+        due = window.add((waited,), flag)
+        mark_loop(view, new_stretch)
+        if due:
             self.exhausted(view, checkout)
 
     # -- findings --------------------------------------------------------------------------------
@@ -256,6 +280,7 @@ class AsyncpgPoolTracker(PoolTracker):
     def exhausted(self, view: PoolView, waiter: Checkout) -> None:
         """Most recent acquires waited on a full pool: name its size and who holds its connections."""
         window = view.window
+        loop = loop_busy(view)
         self.report(AcquiresWaited(
             pool=view.stats.name,
             max_connections=view.size(),
@@ -267,7 +292,45 @@ class AsyncpgPoolTracker(PoolTracker):
             route=waiter.route(),
             holders=self.holders(view, excluding=waiter),
             occupancy=occupancy(view),
+            loop_busy=loop[0] if loop is not None else None,
+            loop_measured_s=loop[1] if loop is not None else 0.0,
+            leaked=self.leaked(view),
         ))
+
+
+def mark_loop(view: PoolView, new_stretch: bool) -> None:
+    """Keep the busy clock of the pool's loop at this tick (an asyncpg pool runs on the loop it was made
+    on: the running one). A new stretch's marks begin at the next tick: the last one may predate the
+    load. On the loop's thread."""
+    heartbeat = view.heartbeat
+    marks = view.loop_marks
+    if heartbeat is None or heartbeat.stopped:
+        heartbeat = view.heartbeat = running_heartbeat()
+        marks.clear()
+        if heartbeat is None:
+            return
+    busy, at = heartbeat.busy_clock()
+    if new_stretch:
+        marks.clear()
+        view.stretch_tick = at
+    elif at > view.stretch_tick and (not marks or marks[-1][1] != at):
+        marks.append((busy, at))
+
+
+def loop_busy(view: PoolView) -> tuple[float, float] | None:
+    """The share of wall time the pool's loop thread was on a CPU or waiting for one, and the seconds it
+    was measured over: from the oldest mark until now (0 s: the stretch began after the last tick).
+    None when unknown (no heartbeat on the pool's loop). On the loop's thread."""
+    heartbeat = view.heartbeat
+    if heartbeat is None or heartbeat.stopped:
+        return None
+    if not view.loop_marks:
+        return 0.0, 0.0  # the stretch began after the last tick: measured over nothing yet
+    busy_then, then = view.loop_marks[0]
+    busy_now, now = heartbeat.busy_clock_now()
+    if now <= then:
+        return None
+    return max(0.0, busy_now - busy_then) / (now - then), now - then
 
 
 class AsyncpgSignal:

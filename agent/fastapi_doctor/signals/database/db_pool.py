@@ -33,6 +33,7 @@ from fastapi_doctor.observations import CheckoutHeld, CheckoutTimedOut, HeldAcro
 from fastapi_doctor.run_delay import process_cpu_demand
 from fastapi_doctor.sql import pool_name
 from fastapi_doctor.kernel.frames import user_location
+from fastapi_doctor.kernel.routes_by_line import RoutesByLine
 from fastapi_doctor.kernel.workers import Lines, blocked_elsewhere, worker_lines, worker_threads
 from fastapi_doctor.kernel.metrics import histogram
 
@@ -55,7 +56,8 @@ class PoolStats:
     """What is kept per pool name; attribute sets are built once here."""
 
     __slots__ = ("name", "attrs", "used_attrs", "idle_attrs", "pending", "saturated_since", "peak_waiting",
-                 "reported", "rounds", "seen_elsewhere", "seen_database", "waiting_sum", "cpu_at_start")
+                 "reported", "rounds", "seen_elsewhere", "seen_database", "waiting_sum", "cpu_at_start",
+                 "loop_at_start")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -76,17 +78,20 @@ class PoolStats:
         self.seen_elsewhere: Lines = collections.Counter()
         self.seen_database: Lines = collections.Counter()
         # Callers waiting, summed over the rounds; the process's CPU time and wait for a CPU when the
-        # stretch being judged began (run_delay.process_cpu_demand).
+        # stretch being judged began (run_delay.process_cpu_demand), and the busy clock of the event
+        # loop the pool serves, for a pool that serves one (an asyncpg pool's ``loop_clock``).
         self.waiting_sum = 0
         self.cpu_at_start: tuple[float, float] | None = None
+        self.loop_at_start: tuple[float, float] | None = None
 
-    def begin(self, now: float) -> None:
-        """A stretch of saturation to judge begins now."""
+    def begin(self, now: float, pool: Any) -> None:
+        """A stretch of saturation of ``pool`` to judge begins now."""
         self.saturated_since = now
         self.peak_waiting = self.rounds = self.waiting_sum = 0
         self.seen_elsewhere.clear()
         self.seen_database.clear()
         self.cpu_at_start = process_cpu_demand()
+        self.loop_at_start = _loop_clock(pool)
 
 
 class Checkout(weakref.ref):  # type: ignore[type-arg]
@@ -198,6 +203,7 @@ class PoolTracker:
         self.out: dict[int, Checkout] = {}
         # Sessions whose leak was reported, by id (weak: a session gone frees its id).
         self.leaking_sessions: dict[int, weakref.ref[Any]] = {}
+        self.leak_routes = RoutesByLine()  # by checkout line: the routes whose connections leaked there
         # Events from places that must not take locks (garbage-collector callbacks), for the watchdog.
         # Bounded: a watchdog that stopped cannot make it grow without end.
         self.deferred: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=65536)
@@ -364,6 +370,10 @@ class PoolTracker:
         ranked = sorted(holders.items(), key=lambda item: (-item[1][0], -item[1][1]))
         return tuple(Holder(route, location, int(n), age) for (route, location), (n, age) in ranked)
 
+    def leaked(self, pool: Any) -> int:
+        """Connections of ``pool`` held by checkouts already reported as leaks."""
+        return sum(1 for checkout in list(self.out.values()) if checkout.pool_id == id(pool) and checkout.reported)
+
     def check_saturation(self, now: float) -> None:
         """A pool asked for more connections than it allows (all in use, callers waiting) on every round for
         ``pool_wait_s``: one finding per episode."""
@@ -376,7 +386,7 @@ class PoolTracker:
                 continue
             if stats.saturated_since is None:
                 stats.reported = False
-                stats.begin(now)
+                stats.begin(now, pool)
             waiting = len(stats.pending)
             stats.peak_waiting = max(stats.peak_waiting, waiting)
             if stats.reported:
@@ -394,7 +404,7 @@ class PoolTracker:
                 stats.reported = True
                 containment.report("db pool saturation", exc)
             if not stats.reported:
-                stats.begin(now)  # not the pool's fault in this stretch: judge the next one afresh
+                stats.begin(now, pool)  # not the pool's fault in this stretch: judge the next one afresh
 
     def report_saturated(self, pool: Any, stats: PoolStats, saturated_s: float) -> bool:
         """Report what a saturated stretch shows; False when it shows no finding."""
@@ -412,6 +422,8 @@ class PoolTracker:
             mean_waiting=stats.waiting_sum / stats.rounds if stats.rounds else None,
             cpu_busy=_cpu_busy(stats.cpu_at_start, saturated_s),
             cpus=self.cpus,
+            loop_busy=_loop_busy(stats.loop_at_start, _loop_clock(pool)),
+            leaked=self.leaked(pool),
         )
         blocked = blocked_elsewhere(stats.seen_elsewhere, stats.seen_database)
         if blocked is not None:
@@ -438,14 +450,21 @@ class PoolTracker:
                 return
             sessions = self.leaking_sessions
             sessions[key] = weakref.ref(owner, lambda _ref: sessions.pop(key, None))
+        method = checkout.request.method if checkout.request is not None else None
+        route = checkout.route()
+        routes: tuple[str, ...] = ()
+        if checkout.location is not None:
+            # One line leaking on several routes (a dependency's) is one leak: one finding at the line.
+            method, route, routes = self.leak_routes.add(checkout.location, method, route)
         self.report(CheckoutHeld(
             pool=checkout.stats.name,
             reason=reason,
             age_s=age,
             location=checkout.location,
-            method=checkout.request.method if checkout.request is not None else None,
-            route=checkout.route(),
+            method=method,
+            route=route,
             occupancy=occupancy(pool) if pool is not None else {},
+            routes=routes,
         ))
 
     def check(self, grace: float | None = None) -> None:
@@ -562,6 +581,7 @@ class PoolTracker:
         self.out.clear()
         self.deferred.clear()
         self.leaking_sessions.clear()
+        self.leak_routes.clear()
         for stats in list(self._stats.values()):
             stats.pending.clear()
         if self._watchdog is not None and self.active:
@@ -592,6 +612,20 @@ def _cpu_busy(at_start: tuple[float, float] | None, seconds: float) -> float | N
         return None
     # Threads that ended meanwhile take their time with them: never below zero.
     return max(0.0, (now[0] - at_start[0]) + (now[1] - at_start[1])) / seconds
+
+
+def _loop_clock(pool: Any) -> tuple[float, float] | None:
+    """The busy clock of the event loop ``pool`` serves (``Heartbeat.busy_clock``); None for a pool not
+    bound to one loop, or one not watched."""
+    loop_clock = getattr(pool, "loop_clock", None)
+    return loop_clock() if loop_clock is not None else None
+
+
+def _loop_busy(at_start: tuple[float, float] | None, now: tuple[float, float] | None) -> float | None:
+    """The share of wall time the loop was on a CPU or waiting for one between two readings of its clock."""
+    if at_start is None or now is None or now[1] <= at_start[1]:
+        return None
+    return max(0.0, now[0] - at_start[0]) / (now[1] - at_start[1])
 
 
 def _done_waiting(thread: int) -> None:
