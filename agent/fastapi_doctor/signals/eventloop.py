@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from fastapi_doctor import attribution, containment, routes
 from fastapi_doctor.context import RequestState, active_requests, admissions, current_request
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel import cgroup, gc_pauses
+from fastapi_doctor.kernel.frames import code_of, location_of
 from fastapi_doctor.kernel.loop import Heartbeat, hub
 from fastapi_doctor.kernel.metrics import histogram
 from fastapi_doctor.observations import LoopBlock
@@ -386,14 +386,14 @@ class EventLoopSignal:
                 containment.report("eventloop middleware registration", exc)
 
     def _register_endpoint(self, template: str, endpoint: Any) -> None:
-        code = _code_of(endpoint)
+        code = code_of(endpoint)
         if code is None:
             return
         attribution.register_code(code, "endpoint", template)
         if len(self._endpoints) < 10000:
-            self._endpoints.setdefault(
-                template, Location(attribution.display_path(code.co_filename), _def_line(code), code.co_qualname)
-            )
+            location = location_of(code)
+            if location is not None:
+                self._endpoints.setdefault(template, location)
         wrapped = getattr(endpoint, "__code__", None)
         if wrapped is not None and wrapped is not code:
             attribution.register_code(wrapped, "endpoint", template)
@@ -766,36 +766,12 @@ def _request_on(loop: Any, frame: Any) -> RequestState | None:
     return None
 
 
-def _code_of(fn: Any) -> Any:
-    """The code object of an endpoint or dispatch function (unwrapping decorators and callables)."""
-    try:
-        fn = inspect.unwrap(fn)
-    except ValueError:
-        pass
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        call = getattr(type(fn), "__call__", None)
-        code = getattr(call, "__code__", None)
-    return code
-
-
-def _def_line(code: Any) -> int:
-    """The ``def`` line of a function (``co_firstlineno`` is its first decorator's)."""
-    import linecache
-
-    for number in range(code.co_firstlineno, code.co_firstlineno + 30):
-        text = linecache.getline(code.co_filename, number).lstrip()
-        if text.startswith(("def ", "async def ")):
-            return number
-    return int(code.co_firstlineno)
-
-
 def _register_middleware(middleware: Any) -> None:
     cls = getattr(middleware, "cls", None)
     kwargs = getattr(middleware, "kwargs", None) or {}
     dispatch = kwargs.get("dispatch")
     if dispatch is not None:  # @app.middleware("http") / BaseHTTPMiddleware(dispatch=...)
-        code = _code_of(dispatch)
+        code = code_of(dispatch)
         name = getattr(dispatch, "__qualname__", getattr(dispatch, "__name__", "middleware"))
     elif isinstance(cls, type):
         method = None
