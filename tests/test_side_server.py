@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -155,25 +156,31 @@ def test_profile_bad_parameters_get_400_with_the_reason(guarded, query, reason):
 
 def test_profile_of_a_route_one_at_a_time(guarded):
     expected = httpx.get(guarded.url + "/api/work/3").content
-    result: dict[str, httpx.Response] = {}
+    result: dict[str, Any] = {}
 
     def profile() -> None:
         # Retried while one of the short probes below holds the profiler.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            response = _get(guarded, "/profile?route=/api/work/{n}&seconds=3", GOOD, timeout=60)
-            if response.status_code != 409:
-                break
-        result["profile"] = response
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                response = _get(guarded, "/profile?route=/api/work/{n}&seconds=3", GOOD, timeout=60)
+                if response.status_code != 409:
+                    break
+            result["profile"] = response
+        except Exception as exc:  # shown by the probe below instead of dying unseen in this thread
+            result["profile"] = exc
+
+    def refused_probe() -> httpx.Response | bool:
+        # The long profile ended without holding the profiler while a probe looked: nothing to wait for.
+        assert "profile" not in result, f"the long profile ended first: {result['profile']!r}"
+        probe = _get(guarded, "/profile?route=/other&seconds=0.01", GOOD)
+        return probe.status_code == 409 and probe
 
     thread = threading.Thread(target=profile)
     thread.start()
     try:
         # Short probes until one is refused: then the long profile is armed (probes run one at a time).
-        busy = wait_until(
-            lambda: (r := _get(guarded, "/profile?route=/other&seconds=0.05", GOOD)).status_code == 409 and r,
-            timeout=20,
-        )
+        busy = wait_until(refused_probe, timeout=20, interval=0.1)
         assert busy.json() == {"error": "a profile is already running; try again when it ends"}
         # Profiled requests answer exactly as unprofiled ones.
         for _ in range(5):
