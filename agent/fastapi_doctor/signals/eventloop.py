@@ -467,8 +467,12 @@ class EventLoopSignal:
                 else:
                     wake = min(wake, hb.due + self.block_s)
             elif episode.end is not None or hb.ticks != episode.ticks:
-                hb.episode = None
-                self._finish(hb, episode)
+                # Cleared once judged: the pytest plugin waits for no episode in progress, and judging
+                # reads the threads' CPU clocks, which lets the test go on meanwhile.
+                try:
+                    self._finish(hb, episode)
+                finally:
+                    hb.episode = None
                 wake = min(wake, hb.due + self.block_s)
             else:
                 self._sample(hb, episode)
