@@ -21,6 +21,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,7 +29,6 @@ import pytest
 MODES = ("fail", "report")
 SESSION_PLUGIN = "fastapi-doctor-session"
 PROPERTY = "fastapi_doctor.finding"  # the user property (and JUnit XML property) of each finding
-TIMING_ROOT_CAUSES_THAT_FAIL = ("blocking_io",)  # the loop watchdog: the only judge of CPU-bound blocks
 
 _AGENT_SETTINGS = (  # keys of [tool.fastapi-doctor] handed to the agent as they are
     "loop_block_ms",
@@ -72,8 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 class Options:
     mode: str
     allow: frozenset[str] = frozenset()
-    report_only: frozenset[str] = frozenset({"slow_middleware"})
-    fail_on_timing: frozenset[str] = frozenset(TIMING_ROOT_CAUSES_THAT_FAIL)
+    # Each rule's defaults (diagnosis.registry): loaded when the plugin is on, not at pytest's start.
+    report_only: frozenset[str] = field(default_factory=lambda: _registry().REPORTED_IN_TESTS)
+    fail_on_timing: frozenset[str] = field(default_factory=lambda: _registry().TIMING_FAILS_IN_TESTS)
     ignore_paths: tuple[str, ...] = ()
     baseline: Path | None = None
     update_baseline: bool = False
@@ -364,23 +365,16 @@ class DoctorSession(DoctorReport):
 
 def basis(finding: dict[str, Any]) -> str:
     """``fact`` when the finding is a thing that happened (a call, a count, a size, a connection left
-    out); ``timing`` when it is a duration over a threshold, which a busy test machine can cross."""
-    evidence = finding.get("evidence") or {}
-    root_cause = finding["root_cause"]
-    if root_cause == "slow_middleware":
-        return "timing"
-    if root_cause == "blocking_io":
-        from fastapi_doctor.diagnosis.blocking_io import DETECTED_AS_FACT
+    out); ``timing`` when it is a duration over a threshold, which a busy test machine can cross: its
+    rule decides (``diagnosis``)."""
+    cause = _registry().BY_NAME.get(finding["root_cause"])
+    return cause.basis(finding.get("evidence") or {}) if cause is not None else "fact"
 
-        return "fact" if evidence.get("detected_by") in DETECTED_AS_FACT else "timing"
-    if root_cause == "dependency_rebuild":
-        return "timing" if "p50_ms" in evidence else "fact"
-    if root_cause == "pool_leak":
-        return "timing" if evidence.get("reason") == "held_too_long" else "fact"
-    if root_cause == "large_payload":
-        exposed = evidence.get("p50_uncompressed_bytes_to_gzip_clients") or 0
-        return "fact" if exposed > evidence.get("threshold_bytes", 0) else "timing"
-    return "fact"
+
+def _registry() -> ModuleType:
+    from fastapi_doctor.diagnosis import registry
+
+    return registry
 
 
 def _public(finding: dict[str, Any], status: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi_doctor.diagnosis import Decides, Verdict, verdict_on
 from fastapi_doctor.observations import ObjectBuilt, SameComputation
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 ROOT_CAUSE = "dependency_rebuild"
 TITLE = "Dependencies rebuilt per request"
 REBUILD_REPEATS = 3  # objects built in requests from the same line before it is a finding
+
+
+def basis(evidence: dict[str, Any]) -> str:
+    """``timing`` for a dependency slower than its threshold (``p50_ms``); ``fact`` for objects built again."""
+    return "timing" if "p50_ms" in evidence else "fact"
 
 _CLIENT_POOL = "each one builds its own connection pool (and TLS context), so connections are never reused."
 _DATABASE_POOL = "each one opens its own connections to the database (TCP, TLS, authentication), so none is reused."

@@ -14,7 +14,7 @@ that does not compress (images, archives).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi_doctor.diagnosis import Decides, Verdict, ms, verdict_on
 from fastapi_doctor.observations import ResponseWindow
@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 
 ROOT_CAUSE = "large_payload"
 TITLE = "Large uncompressed responses"
+
+
+def basis(evidence: dict[str, Any]) -> str:
+    """``fact`` when clients that accept gzip got uncompressed bodies over the threshold; ``timing`` for
+    slow serialisation."""
+    exposed = evidence.get("p50_uncompressed_bytes_to_gzip_clients") or 0
+    return "fact" if exposed > evidence.get("threshold_bytes", 0) else "timing"
 
 
 def decides(settings: Settings) -> Decides:

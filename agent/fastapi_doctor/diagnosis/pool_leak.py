@@ -94,6 +94,12 @@ LOOP_BUSY = 0.9
 LOOP_MEASURED_S = 0.1
 
 
+def basis(evidence: dict[str, Any]) -> str:
+    """``timing`` for a connection held longer than the threshold; ``fact`` for one never returned, a
+    pool exhausted or a wait."""
+    return "timing" if evidence.get("reason") == "held_too_long" else "fact"
+
+
 def decides(settings: Settings) -> Decides:
     return {
         CheckoutHeld: functools.partial(decide_held, leak_seconds=float(settings.leak_seconds)),

@@ -36,6 +36,13 @@ class RootCause:
     def runbook(self) -> str:
         return RUNBOOK_PATH.format(root_cause=self.name)
 
+    def basis(self, evidence: dict[str, Any]) -> str:
+        """``fact`` when a finding of this cause is a thing that happened (a call, a count, a size, a
+        connection left out); ``timing`` when it is a duration over a threshold, which a busy machine can
+        cross (the rule's ``basis(evidence)``; a rule without one finds facts only)."""
+        decide = getattr(self.rule, "basis", None)
+        return decide(evidence) if decide is not None else "fact"
+
 
 def _of(rule: ModuleType) -> RootCause:
     return RootCause(rule.ROOT_CAUSE, rule.TITLE, rule)
@@ -57,6 +64,11 @@ def _rules() -> list[ModuleType]:
 REGISTRY: tuple[RootCause, ...] = tuple(_of(rule) for rule in _rules())
 ROOT_CAUSES: tuple[str, ...] = tuple(cause.name for cause in REGISTRY)
 TITLES: dict[str, str] = {cause.name: cause.title for cause in REGISTRY}
+BY_NAME: dict[str, RootCause] = {cause.name: cause for cause in REGISTRY}
+# What the pytest plugin does with a cause's findings by default: listed, not failed (a rule's
+# ``IN_TESTS = "report"``); failed even when they are timings (``TIMING_FAILS_IN_TESTS = True``).
+REPORTED_IN_TESTS = frozenset(cause.name for cause in REGISTRY if getattr(cause.rule, "IN_TESTS", "fail") == "report")
+TIMING_FAILS_IN_TESTS = frozenset(cause.name for cause in REGISTRY if getattr(cause.rule, "TIMING_FAILS_IN_TESTS", False))
 
 
 # (root cause, the root cause it refines or None, its decision over one observation)
