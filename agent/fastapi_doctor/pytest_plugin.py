@@ -286,8 +286,9 @@ class DoctorSession(DoctorReport):
         try:
             return (yield)
         finally:
-            _wait_for_loop_episodes()  # a block its requests caused is judged before the next test runs
-            self.agent.settle()  # what its requests left behind (a connection still out) is this test's
+            # A block its requests caused is judged, and what they left behind (a connection still out)
+            # is this test's, before the next test runs.
+            self.agent.settle()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
@@ -356,26 +357,6 @@ class DoctorSession(DoctorReport):
         import fastapi_doctor
 
         fastapi_doctor.uninstrument()
-
-
-def _wait_for_loop_episodes(limit_s: float = 2.0) -> None:
-    """Wait (at most ``limit_s``) until the loop watchdog has judged the blocks in progress: it does so
-    a few milliseconds after the loop ticks again, or stops. Free when no loop was blocked."""
-    import sys
-    import time
-
-    eventloop = sys.modules.get("fastapi_doctor.signals.eventloop")
-    hub = getattr(eventloop, "hub", None)
-    if hub is None:
-        return
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        # Also the blocks of loops that stopped (a TestClient without ``with`` closes its loop after
-        # each request): the watchdog judges them on its next look, within a sampling interval.
-        heartbeats = list(getattr(hub, "heartbeats", {}).values())
-        if not any(getattr(hb, "episode", None) is not None for hb in heartbeats):
-            return
-        time.sleep(0.005)
 
 
 # -- rules -----------------------------------------------------------------------------------------

@@ -164,9 +164,9 @@ class Heartbeat:
             self.window_process_cpu = process_cpu - self.process_cpu
             self.cpu, self.runq, self.process_cpu = cpu, runq, process_cpu
             lag = now - self.due
-            if self.paused:
+            if self.paused or lag > CLOCK_JUMP_S:
                 self.paused = False
-                lag = -1.0  # unknown: the loop was not running
+                lag = -1.0  # unknown: the loop was not running, or its clock jumped
             elif lag < 0.0:
                 lag = 0.0
             self.stalled += stall_of(lag, self.interval)
@@ -296,6 +296,10 @@ class LoopHub:
 
 
 hub = LoopHub()
+
+# A tick due (or run) further from the loop's clock than this did not wait for the loop: the clock
+# jumped (freezegun froze time.monotonic, the loop's clock and the heartbeat's, then let go).
+CLOCK_JUMP_S = 10.0
 
 # Lateness of a tick below this is not a stall: uvloop's timers have a resolution of 1 ms, and on a
 # busy machine a tick runs a few ms late without anything blocking the loop. Counted as a stall, that

@@ -48,7 +48,7 @@ from fastapi_doctor.context import RequestState, active_requests, admissions, cu
 from fastapi_doctor.findings import Location
 from fastapi_doctor.kernel import cgroup, gc_pauses
 from fastapi_doctor.kernel.frames import code_of, location_of
-from fastapi_doctor.kernel.loop import Heartbeat, hub
+from fastapi_doctor.kernel.loop import CLOCK_JUMP_S, Heartbeat, hub
 from fastapi_doctor.kernel.metrics import histogram
 from fastapi_doctor.observations import LoopBlock
 from fastapi_doctor.run_delay import threads_cpu
@@ -61,8 +61,10 @@ _current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks",
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WATCHDOG_THREAD_NAME = "fastapi-doctor-loop-watchdog"
-# A pending tick due further away than this (by the loop's clock) will not run in time: the clock jumped.
-LOST_TICK_S = 10.0
+
+# settle() waits for the watchdog's looks at most this many times this long.
+SETTLE_WAITS = 40
+SETTLE_WAIT_S = 0.05
 
 _HANDLE_RUN = asyncio.events.Handle._run.__code__
 
@@ -275,6 +277,9 @@ class EventLoopSignal:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # Looks the watchdog has finished, and the condition settle() waits on for the next one.
+        self._looks = 0
+        self._looked = threading.Condition()
         self._hooks: Any = None
         self.block_s = 0.1
         self.sample_s = 0.02
@@ -342,6 +347,29 @@ class EventLoopSignal:
         self._hooks = hooks
         hooks.app_hooks.append(self._register_app)
 
+    def settle(self) -> None:
+        """Judge the loops' blocks so far now: wake the watchdog and wait, at most about two seconds, for a
+        look that began after this call and left no block in progress.
+
+        The pytest plugin calls it when a test's requests are over: a block is judged as that test's, and
+        a heartbeat whose pending tick a jumped clock lost (freezegun let go) is restarted before the next
+        test sends a request (otherwise a block in that request, before the watchdog's next look, was
+        never seen). Counted in waits, not by the clock, which a test may have frozen."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or threading.current_thread() is thread:
+            return
+        waits = SETTLE_WAITS
+        with self._looked:
+            wanted = self._looks + 2  # the look in progress, if any, began before this call
+            while waits > 0:
+                if self._looks >= wanted:
+                    if all(hb.episode is None for hb in list(hub.heartbeats.values())):
+                        return
+                    wanted = self._looks + 1
+                self._wake.set()
+                self._looked.wait(SETTLE_WAIT_S)
+                waits -= 1
+
     def loop_attached(self, hb: Heartbeat) -> None:
         self._wake.set()
 
@@ -352,6 +380,7 @@ class EventLoopSignal:
             return
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._looked = threading.Condition()  # the parent's watchdog may have held its lock at fork
         self._thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -408,6 +437,9 @@ class EventLoopSignal:
             except Exception as exc:
                 containment.report("eventloop watchdog", exc)
                 timeout = 1.0
+            with self._looked:
+                self._looks += 1
+                self._looked.notify_all()
             planned = _monotonic()
             if planned - begun > WATCHDOG_GAP_FLOOR_S:
                 self._gaps.append((begun, planned))  # stopped (or kept from the GIL) while checking
@@ -440,7 +472,7 @@ class EventLoopSignal:
                     hb.close()
                 continue
             handle = hb.handle
-            if handle is not None and handle.when() - loop.time() > LOST_TICK_S:
+            if handle is not None and handle.when() - loop.time() > CLOCK_JUMP_S:
                 # The pending tick is due further away than it is ever scheduled: the loop's clock
                 # went back after it was scheduled (freezegun froze time.monotonic, the loop's clock,
                 # and the heartbeat's, then let go). It would never run and the loop would go
