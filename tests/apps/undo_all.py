@@ -142,7 +142,6 @@ NAMESPACES: list[Any] = [
     logging.Logger, logging.LogRecord,
 ]
 EVENTS = {"pool": ("connect", "checkout", "checkin", "detach"), "engine": ("before_cursor_execute", "after_cursor_execute")}
-ABSENT = (logging.NOTSET, False, [], [])
 
 
 def _name(obj: Any) -> str:
@@ -158,12 +157,13 @@ def snapshot() -> dict[str, Any]:
             if not isinstance(value, ModuleType):  # a submodule imported since is not a change
                 state[f"{prefix}.{key}"] = value
     probe = create_engine(f"sqlite:///{DB_PATH}")  # a new engine: every class-level listener applies to it
+    # By name: create_engine adds listeners of its own to each engine, new functions every time.
     for ev in EVENTS["pool"]:
-        state[f"listeners pool.{ev}"] = list(getattr(probe.pool.dispatch, ev))
+        state[f"listeners pool.{ev}"] = [_name(fn) for fn in getattr(probe.pool.dispatch, ev)]
     for ev in EVENTS["engine"]:
-        state[f"listeners engine.{ev}"] = list(getattr(probe.dispatch, ev))
+        state[f"listeners engine.{ev}"] = [_name(fn) for fn in getattr(probe.dispatch, ev)]
     with Session(probe) as session:
-        state["listeners session.after_begin"] = list(session.dispatch.after_begin)
+        state["listeners session.after_begin"] = [_name(fn) for fn in session.dispatch.after_begin]
     probe.dispose()
     loggers = {"<root>": logging.getLogger(), **logging.root.manager.loggerDict}
     for name, logger in loggers.items():
@@ -175,8 +175,12 @@ def snapshot() -> dict[str, Any]:
 
 
 def dependency_calls() -> list[Any]:
+    """The callables of every route's dependencies, as FastAPI calls them (from 0.137 an included route
+    is served through its effective copy: the dependant of FastAPI's iter_route_contexts)."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    routes = contexts(app.router.routes) if contexts else app.router.routes
     calls = []
-    for route in app.router.routes:
+    for route in routes:
         pending = list(getattr(getattr(route, "dependant", None), "dependencies", []))
         while pending:
             dependant = pending.pop()
@@ -185,21 +189,34 @@ def dependency_calls() -> list[Any]:
     return calls
 
 
+def _the_agents(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "fastapi_doctor"
+
+
 def changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(before.keys() | now.keys()):
-        absent = ABSENT if key.startswith("logger ") else None
-        old, new = before.get(key, absent), now.get(key, absent)
-        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-            same = len(old) == len(new) and all(
-                a is b or (isinstance(a, list) and isinstance(b, list) and [*map(id, a)] == [*map(id, b)]) or a == b
-                for a, b in zip(old, new)
-            )
-        else:
-            same = old is new
-        if not same:
+        old, new = before.get(key), now.get(key)
+        if key.startswith("logger ") and old is None:
+            # A logger created since: by the agent, or by a library the agent imported (grpc adds its
+            # NullHandler, the SDK its DuplicateFilter). A level, or a handler or filter of the agent's, is a change.
+            level, _disabled, handlers, filters = new
+            if level != logging.NOTSET or any(map(_the_agents, [*handlers, *filters])):
+                out.append(key)
+            continue
+        if not _same(old, new):
             out.append(key)
     return out
+
+
+def _same(old: Any, new: Any) -> bool:
+    """By identity (a wrapper may compare equal to what it wraps), lists item by item, names and numbers
+    by value."""
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return len(old) == len(new) and all(map(_same, old, new))
+    if isinstance(old, (str, int)) and isinstance(new, (str, int)):
+        return old == new
+    return old is new
 
 
 async def serve() -> list[int]:
@@ -227,7 +244,7 @@ def main() -> None:
         # An OTLP endpoint nobody listens on: the exporters are built (nothing is sent in this run).
         otlp_endpoint="http://127.0.0.1:9",
         metric_export_interval_ms=600_000,
-        slow_query_ms=0,
+        slow_query_ms=1,
     )
     statuses = asyncio.run(serve())
     with httpx.Client():

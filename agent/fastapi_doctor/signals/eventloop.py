@@ -280,7 +280,6 @@ class EventLoopSignal:
         # Looks the watchdog has finished, and the condition settle() waits on for the next one.
         self._looks = 0
         self._looked = threading.Condition()
-        self._hooks: Any = None
         self.block_s = 0.1
         self.sample_s = 0.02
         self._attrs: dict[tuple[str | None, str | None], dict[str, str]] = {}
@@ -322,30 +321,20 @@ class EventLoopSignal:
         self.started = _monotonic()
         self._throttled = cgroup.cgroup_throttling()
         self._stop.clear()
-        hub.tick_callbacks.append(self._on_tick)
+        installs = agent.instrumentation
+        installs.add(hub.tick_callbacks, self._on_tick)
         hub.acquire(self, agent)
-        agent.on_fastapi(self._install)
+        installs.on_app(self._register_app)
         self._thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
         self._thread.start()
 
     def uninstrument(self) -> None:
+        """Stops the watchdog (the agent's instrumentation context takes back what instrument() added)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
-        if self._on_tick in hub.tick_callbacks:
-            hub.tick_callbacks.remove(self._on_tick)
-        hub.release(self)
-        hooks, self._hooks = self._hooks, None
-        if hooks is not None and self._register_app in hooks.app_hooks:
-            hooks.app_hooks.remove(self._register_app)
-
-    def _install(self, hooks: Any) -> None:
-        if self._stop.is_set():
-            return
-        self._hooks = hooks
-        hooks.app_hooks.append(self._register_app)
 
     def settle(self) -> None:
         """Judge the loops' blocks so far now: wake the watchdog and wait, at most about two seconds, for a
