@@ -343,7 +343,9 @@ UNDO_SCRIPT = textwrap.dedent(
     import sqlalchemy.orm  # the ORM's session listener comes with it
     agent = _agent.get()
     (signal,) = [s for s in agent.signals if s.name == "db"]
-    listeners = list(signal._listeners)
+    listeners = [(Pool, "connect", signal._on_connect), (Pool, "checkout", signal._on_checkout),
+                 (Pool, "checkin", signal._on_checkin), (Pool, "detach", signal._on_detach),
+                 (sqlalchemy.orm.Session, "after_begin", signal._after_begin)]
     engine = create_engine(sys.argv[1])
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
@@ -351,7 +353,7 @@ UNDO_SCRIPT = textwrap.dedent(
         "patched": patched(),
         "listening": sum(event.contains(t, n, f) for t, n, f in listeners),
         "watchdog": any(t.name == "fastapi-doctor-db-watchdog" for t in threading.enumerate()),
-        "hooked": signal._finished_hook in agent.request_metrics.finished_hooks,
+        "hooked": signal.queries.finished in agent.request_metrics.finished_hooks,
         "known_pools": len(signal.pools.live_pools()),
     }
     hooks = agent.request_metrics.finished_hooks
@@ -361,7 +363,7 @@ UNDO_SCRIPT = textwrap.dedent(
         "patched": patched(),
         "listening": sum(event.contains(t, n, f) for t, n, f in listeners),
         "watchdog": any(t.name == "fastapi-doctor-db-watchdog" for t in threading.enumerate()),
-        "hooked": signal._finished_hook in hooks,
+        "hooked": signal.queries.finished in hooks,
         "tracked": len(signal.pools.out),
     }
     conn.close()

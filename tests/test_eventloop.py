@@ -432,11 +432,7 @@ def agent() -> Iterator[Any]:
     try:
         yield agent
     finally:
-        for signal in reversed(agent.signals):
-            signal.uninstrument()
-        agent.running = False
-        if agent.fastapi is not None:
-            agent.fastapi.uninstrument()
+        agent.stop()
 
 
 def points(agent: Any, name: str) -> list[Any]:
@@ -567,9 +563,7 @@ def test_each_loop_of_the_app_is_watched_and_uninstrument_undoes_everything(agen
     assert points(agent, "process.memory.usage")[0].value > 10_000_000
     watchdog = [t for t in threading.enumerate() if t.name == eventloop.WATCHDOG_THREAD_NAME]
     assert len(watchdog) == 1
-    for signal in reversed(agent.signals):
-        signal.uninstrument()
-    agent.signals = []
+    agent.stop()  # the signals stop, then every install is undone
 
     assert not watchdog[0].is_alive()
     assert eventloop.hub.wrap_stack not in agent.fastapi.stack_wrappers

@@ -8,14 +8,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
-from fastapi_doctor import _imports, attribution, config, containment
+from fastapi_doctor import attribution, config, containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.diagnosis.registry import Diagnosis
 from fastapi_doctor.findings import Finding, FindingsRegistry, log_first_occurrence
+from fastapi_doctor.kernel import forks
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.publish.findings_export import FindingsExport
 from fastapi_doctor.version import __version__
 
@@ -44,7 +46,8 @@ class Agent:
         self.fastapi: Any = None  # FastAPIHooks once fastapi is imported
         self.request_metrics: Any = None
         self.signals: list[Any] = []
-        self._fastapi_callbacks: list[Callable[[Any], None]] = []
+        # Every install of the agent and of its signals, with its undo (stop() undoes them all).
+        self.instrumentation = Instrumentation(lambda: self.request_metrics.finished_hooks)
         self._server_attempted = False
         self.findings_export: Any = None  # findings as metrics and log events (findings_export.py)
         self.history: Any = None  # the doctor page's charts (history.py), beside the side server
@@ -90,8 +93,9 @@ class Agent:
         self.lean = self.pipelines.lean
         self.request_metrics = RequestMetrics(self.lean)
         observe_active_requests(self.meter)
+        telemetry.instrument(self.pipelines, self.instrumentation)
         self.running = True
-        _imports.when_imported("fastapi", self._on_fastapi)
+        self.instrumentation.when_imported("fastapi", self._on_fastapi)
         from fastapi_doctor import publish, signals
 
         for detector, target in (*signals.REGISTRY, *publish.REGISTRY):
@@ -107,25 +111,21 @@ class Agent:
 
         self.profiling = Profiling(self.settings.profiling)
         if self.settings.profiling:
-            self.on_fastapi(self.profiling.install)
+            self.instrumentation.wrap_stack(self.profiling.wrap)
         # The side server binds when the app imports fastapi (at once if it already has): a supervisor
         # that never imports the app (gunicorn's master, uvicorn's --workers and --reload parent)
         # holds no port, and its workers get the ports (docs/reliability.md). A test suite gets none.
         if not self.settings.test_mode:
-            self.when_imported("fastapi", self._ensure_server)
+            self.instrumentation.when_imported("fastapi", self._ensure_server)
 
     def stop(self) -> None:
+        """Stop what runs (the signals' threads, the side server), then undo every install."""
         self.running = False
-        for signal in reversed(self.signals):
-            try:
-                signal.uninstrument()
-            except Exception as exc:
-                containment.report(f"signal {getattr(signal, 'name', signal)}", exc)
+        self._each_signal("uninstrument", reversed(self.signals))
         self.signals.clear()
         if self.profiling is not None:
-            self.profiling.uninstrument()
-        if self.fastapi is not None:
-            self.fastapi.uninstrument()
+            self.profiling.stop()
+        self.instrumentation.undo()
         if self.history is not None:
             self.history.stop()
             self.history = None
@@ -138,9 +138,9 @@ class Agent:
         test's requests are over, so that what they left behind is that test's)."""
         self._each_signal("settle")
 
-    def _each_signal(self, hook_name: str) -> None:
+    def _each_signal(self, hook_name: str, signals: Iterable[Any] | None = None) -> None:
         """Call ``hook_name()`` on every signal that has it, each contained."""
-        for signal in self.signals:
+        for signal in self.signals if signals is None else list(signals):
             hook = getattr(signal, hook_name, None)
             if hook is not None:
                 try:
@@ -196,23 +196,7 @@ class Agent:
             self.history = history
             history.start()
 
-    # -- what signals use ----------------------------------------------------------------------
-
-    def when_imported(self, module: str, hook: Callable[[ModuleType], None]) -> None:
-        """Run ``hook`` once the app imports ``module``, if the agent is still running then."""
-
-        def run(mod: ModuleType) -> None:
-            if self.running:
-                hook(mod)
-
-        _imports.when_imported(module, run)
-
-    def on_fastapi(self, callback: Callable[[Any], None]) -> None:
-        """``callback(FastAPIHooks)`` once fastapi is imported and hooked (at once if it already is)."""
-        if self.fastapi is not None and self.fastapi.active:
-            callback(self.fastapi)
-        else:
-            self._fastapi_callbacks.append(callback)
+    # -- fastapi -----------------------------------------------------------------------------------
 
     def _on_fastapi(self, _module: ModuleType) -> None:
         if not self.running:
@@ -220,13 +204,9 @@ class Agent:
         from fastapi_doctor.instrumentation import FastAPIHooks
 
         self.fastapi = FastAPIHooks(self.request_metrics, configure_telemetry=not self.settings.test_mode)
-        self.fastapi.instrument()
-        for callback in self._fastapi_callbacks:
-            try:
-                callback(self.fastapi)
-            except Exception as exc:
-                containment.report("fastapi hook", exc)
-        self._fastapi_callbacks.clear()
+        self.fastapi.instrument(self.instrumentation)
+        # The signals' callbacks waiting for fastapi (instrumentation.on_fastapi, wrap_stack, on_app).
+        self.instrumentation.fastapi_hooked(self.fastapi)
 
     def instrument_app(self, app: Any) -> None:
         from fastapi_doctor.instrumentation import instrument_app
@@ -244,7 +224,8 @@ class Agent:
         try:
             from fastapi_doctor.publish import log_export
 
-            return log_export.logger_provider(self.settings, getattr(self.pipelines, "outage", None))
+            return log_export.logger_provider(self.settings, getattr(self.pipelines, "outage", None),
+                                              self.instrumentation)
         except Exception as exc:
             containment.report("finding log events", exc)
             return None
@@ -316,7 +297,6 @@ def _after_fork_in_child() -> None:
     global _forked, _lock
     _forked = True
     _lock = threading.RLock()
-    containment._lock = threading.Lock()  # a thread of the parent may have held it at the fork
     agent = _agent
     if agent is not None and agent.running:
         try:
@@ -340,8 +320,8 @@ def start(overrides: dict[str, Any] | None = None) -> Agent | None:
             _log.info("fastapi-doctor: disabled by FASTAPI_DOCTOR_ENABLED")
             return None
         global _fork_hook_installed
-        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
+        if not _fork_hook_installed:
+            forks.on_fork(after_in_child=_after_fork_in_child)
             _fork_hook_installed = True
         os.environ.setdefault(AGENT_PID_ENV, str(os.getpid()))
         agent = Agent(settings)

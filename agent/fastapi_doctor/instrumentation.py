@@ -1,4 +1,4 @@
-"""Hooks into FastAPI, installed when the app imports fastapi and undone by :func:`uninstrument`.
+"""Hooks into FastAPI, installed when the app imports fastapi, undone with the agent's other installs.
 
 Narrow patch points:
 
@@ -26,9 +26,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
 from fastapi_doctor import containment, sampling
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.context import current_request
 from fastapi_doctor.middleware import DoctorMiddleware, RequestMetrics
 
@@ -57,7 +56,7 @@ def fastapi_has_native_telemetry() -> bool:
 
 
 class FastAPIHooks:
-    """Owns every patch made to fastapi; ``uninstrument`` restores the originals."""
+    """Patches fastapi through the agent's instrumentation context, which takes them back."""
 
     def __init__(self, metrics: RequestMetrics, configure_telemetry: bool = True) -> None:
         self.metrics = metrics
@@ -68,8 +67,6 @@ class FastAPIHooks:
         self.app_hooks: list[AppHook] = []
         # Signals add stack wrappers: each takes (app, built stack) and returns the stack to use.
         self.stack_wrappers: list[Callable[[Any, Any], Any]] = []
-        # (owner, name, original, owned): owned is False where the owner inherited the attribute.
-        self._patched: list[tuple[Any, str, Any, bool]] = []
         self._native = False
         self.active = False
         # Why the hooks are not installed (an unsupported FastAPI), for /doctor; None when they are.
@@ -77,7 +74,7 @@ class FastAPIHooks:
 
     # -- install / undo ------------------------------------------------------------------------
 
-    def instrument(self, fastapi_module: Any = None) -> None:
+    def instrument(self, instrumentation: Instrumentation) -> None:
         if self.active:
             return
         import fastapi
@@ -87,35 +84,39 @@ class FastAPIHooks:
             self._decline(version, "too old")
             return
         try:
-            self._install()
+            with instrumentation.all_or_nothing() as installs:
+                self._install(installs)
         except Exception as exc:  # a FastAPI whose internals moved: the app runs without the hooks
-            self.uninstrument()
             self._decline(version, f"its hooks could not be installed ({type(exc).__name__})")
             return
         self.active = True
+        instrumentation.record(self._deactivate)
 
-    def _install(self) -> None:
+    def _deactivate(self) -> None:
+        self.active = False
+
+    def _install(self, installs: Instrumentation) -> None:
         import fastapi.applications
         import fastapi.routing
 
-        self._wrap(fastapi.applications.FastAPI, "build_middleware_stack", self._build_middleware_stack)
+        installs.wrap(fastapi.applications.FastAPI, "build_middleware_stack", self._build_middleware_stack)
         self._native = fastapi_has_native_telemetry()
         if self._native:
-            self._wrap(fastapi.applications.FastAPI, "__init__", self._init)
+            installs.wrap(fastapi.applications.FastAPI, "__init__", self._init)
             # The two hooks every request runs are plain functions, not wrapt wrappers: a wrapt
             # descriptor binds a new wrapper object and packs the arguments on every call (measured:
             # docs/performance.md, decision 11).
             if _MARK_COROUTINE_FUNCTION is not None:
-                self._replace(fastapi.applications.FastAPI, "__call__", _admitting_call)
+                installs.patch(fastapi.applications.FastAPI, "__call__", _admitting_call)
             else:
                 # Before 3.12 only a real coroutine function (or wrapt's proxy of one) passes
                 # inspect.iscoroutinefunction, which servers such as Hypercorn ask.
-                self._wrap(fastapi.applications.FastAPI, "__call__", self._call)
-            self._replace(fastapi.routing, "_route_selected", _route_selected_hook)
+                installs.wrap(fastapi.applications.FastAPI, "__call__", self._call)
+            installs.patch(fastapi.routing, "_route_selected", _route_selected_hook)
         else:
             import starlette.routing
 
-            self._wrap(starlette.routing.Route, "handle", self._route_handle)
+            installs.wrap(starlette.routing.Route, "handle", self._route_handle)
 
     def _decline(self, version: str, why: str) -> None:
         self.unsupported = f"FastAPI {version} is not supported ({why}); supported: {SUPPORTED_RANGE}"
@@ -123,27 +124,6 @@ class FastAPIHooks:
             "fastapi-doctor: %s. Diagnosis is off: requests are not measured or diagnosed; the app runs unchanged.",
             self.unsupported,
         )
-
-    def uninstrument(self) -> None:
-        for owner, name, original, owned in reversed(self._patched):
-            if owned:
-                setattr(owner, name, original)
-            else:
-                delattr(owner, name)  # inherited again
-        self._patched.clear()
-        self.active = False
-
-    def _wrap(self, owner: Any, name: str, wrapper: Any) -> None:
-        self._replace(owner, name, lambda original: wrapt.FunctionWrapper(original, wrapper))
-
-    def _replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-        # A class's own attribute (``__dict__``: a descriptor, not yet bound), or one it inherits
-        # (FastAPI 0.115 takes build_middleware_stack from Starlette): the replacement goes on
-        # ``owner`` either way, and the class it inherits from is left alone.
-        owned = not isinstance(owner, type) or name in owner.__dict__
-        original = owner.__dict__[name] if isinstance(owner, type) and owned else getattr(owner, name)
-        self._patched.append((owner, name, original, owned))
-        setattr(owner, name, make(original))
 
     # -- wrappers ------------------------------------------------------------------------------
 
@@ -179,6 +159,8 @@ class FastAPIHooks:
 
     def _build_middleware_stack(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         stack = wrapped(*args, **kwargs)
+        if not self.active:  # uninstrumented, but wrapped by someone else since: passes through
+            return stack
         try:
             for hook in self.app_hooks:
                 try:

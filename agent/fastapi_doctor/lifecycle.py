@@ -23,6 +23,9 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from fastapi_doctor.kernel import forks
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
+
 _log = logging.getLogger("fastapi_doctor")
 
 # Flushing at exit never takes longer than this.
@@ -264,18 +267,19 @@ _current: Lifecycle | None = None
 collect_gate = threading.Lock()
 
 
-def gate_collection(reader: Any) -> None:
-    """Run ``reader``'s SDK collection under :data:`collect_gate` (once its provider has set it)."""
-    collect = getattr(reader, "_collect", None)
-    if collect is None or getattr(collect, "_doctor_gated", False):
-        return
+def gate_collection(instrumentation: Instrumentation, reader: Any) -> None:
+    """Run ``reader``'s SDK collection under :data:`collect_gate` (once its provider has set it), until
+    the agent is uninstrumented."""
+    if getattr(reader, "_collect", None) is not None:
+        instrumentation.patch(reader, "_collect", _gated)
 
+
+def _gated(collect: Callable[..., Any]) -> Callable[..., Any]:
     def gated(*args: Any, **kwargs: Any) -> Any:
         with collect_gate:
             return collect(*args, **kwargs)
 
-    gated._doctor_gated = True  # type: ignore[attr-defined]
-    reader._collect = gated
+    return gated
 
 
 def current() -> Lifecycle | None:
@@ -289,10 +293,7 @@ def register(lifecycle: Lifecycle) -> None:
     _current = lifecycle
     if first:
         atexit.register(_at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-            )
+        forks.on_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _fork_locks() -> list[Any]:

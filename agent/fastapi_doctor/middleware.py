@@ -38,13 +38,9 @@ class RequestMetrics:
         )
         # (method, route, status, scheme) -> the attribute set recorded with.
         self.attribute_sets: dict[tuple[str, str | None, int | None, str], dict[str, Any]] = {}
-        # Hooks of the signals, run after each request (contained one by one).
+        # Hooks of the signals, run after each request (contained one by one), in their declared order
+        # (added by the agent's instrumentation context: Instrumentation.on_request_finished).
         self.finished_hooks: list[RequestHook] = []
-
-    def remove_hook(self, hook: RequestHook) -> None:
-        """Take back a hook added to ``finished_hooks`` (a signal's ``uninstrument``)."""
-        while hook in self.finished_hooks:
-            self.finished_hooks.remove(hook)
 
     def attributes(self, method: str, route: str | None, status: int | None, scheme: str) -> dict[str, Any]:
         key = (method, route, status, scheme)

@@ -49,31 +49,18 @@ class _Armed:
 
 
 class Profiling:
-    """Owns the gate and the ``/profile`` handler; ``uninstrument()`` takes the gate out."""
+    """Owns the gate and the ``/profile`` handler (the agent's instrumentation context takes the gate out)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.armed: _Armed | None = None  # read on every request by the gates: keep it one attribute
         self._apps: weakref.WeakSet[Any] = weakref.WeakSet()
         self._busy = threading.Lock()
-        self._hooks: Any = None
 
-    # -- install / undo ------------------------------------------------------------------------
+    # -- the gate (``wrap``: the agent's stack wrapper while profiling is on) -----------------
 
-    def install(self, hooks: Any) -> None:
-        """``agent.on_fastapi`` callback: add the gate to every middleware stack built from now on."""
-        if self.enabled and self.wrap not in hooks.stack_wrappers:
-            hooks.stack_wrappers.append(self.wrap)
-            self._hooks = hooks
-
-    def uninstrument(self) -> None:
+    def stop(self) -> None:
         self.armed = None
-        if self._hooks is not None:
-            try:
-                self._hooks.stack_wrappers.remove(self.wrap)
-            except ValueError:
-                pass
-            self._hooks = None
 
     def wrap(self, app: Any, stack: Any) -> Any:
         self._apps.add(app)

@@ -15,6 +15,8 @@ import os
 import threading
 from collections.abc import Iterable
 
+from fastapi_doctor.kernel import forks
+
 _PATH = "/proc/thread-self/schedstat"
 _TASKS = "/proc/self/task"
 _files: dict[int, int] = {}  # thread id -> open descriptor of that thread's schedstat
@@ -94,5 +96,4 @@ def _forget() -> None:
     _files.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget)
+forks.on_fork(after_in_child=_forget)

@@ -32,6 +32,7 @@ from fastapi_doctor import lean_metrics, sampling
 from fastapi_doctor.lean_metrics import LeanMetrics
 from fastapi_doctor import lifecycle, redaction
 from fastapi_doctor.config import Settings
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.version import __version__
 
 _log = logging.getLogger("fastapi_doctor")
@@ -93,6 +94,26 @@ class _QuietExporterLogs(logging.Filter):
             return True
         message = record.getMessage().lower()
         return "export" not in message and "queue full" not in message
+
+
+_QUIET = _QuietExporterLogs()  # one filter: a logger holds it once, however many times it is added
+
+
+def quiet_exporter_logs(instrumentation: Instrumentation, names: Sequence[str]) -> None:
+    """Quiet the per-batch lines of these exporters' loggers until ``instrumentation`` is undone."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            instrumentation.install(logger.addFilter, logger.removeFilter, _QUIET)
+
+
+def instrument(pipelines: Pipelines, instrumentation: Instrumentation) -> None:
+    """What the agent puts on the process's pipelines while it runs (the providers themselves are global
+    and stay): collections gated for fork safety (lifecycle.collect_gate), the exporters' retry lines
+    quieted."""
+    for reader in pipelines.readers:
+        lifecycle.gate_collection(instrumentation, reader)
+    quiet_exporter_logs(instrumentation, pipelines.quiet_loggers)
 
 
 _wrappers: list[Any] = []  # the OTLP exporter wrappers of this process, re-created after a fork
@@ -172,6 +193,8 @@ class Pipelines:
     owned: bool  # False when the app had configured its own providers first
     lean: LeanMetrics
     outage: _Outage | None = None
+    readers: tuple[Any, ...] = ()  # the agent's metric readers (their collections are gated)
+    quiet_loggers: tuple[str, ...] = ()  # the exporters' loggers (with OTLP)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         from prometheus_client import REGISTRY
@@ -273,8 +296,6 @@ def build(settings: Settings) -> Pipelines:
         if span_exporter is not None and hasattr(tracer_provider, "add_span_processor"):
             tracer_provider.add_span_processor(lifecycle.BoundedSpanProcessor(span_exporter))
         sampling.configure(_sampling_ratio(settings), settings.traces_per_second)
-    for reader in readers:
-        lifecycle.gate_collection(reader)
     lifecycle.create_dropped_counter(metrics.get_meter("fastapi_doctor", __version__))
     lifecycle.register(
         lifecycle.Lifecycle(
@@ -286,7 +307,8 @@ def build(settings: Settings) -> Pipelines:
             on_fork=(outage.after_fork,) if outage is not None else (),
         )
     )
-    return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, lean, outage)
+    return Pipelines(tracer_provider, meter_provider, prometheus_reader, owned, lean, outage, tuple(readers),
+                     _EXPORTER_LOGGERS if outage is not None else ())
 
 
 def in_process(settings: Settings) -> Pipelines:
@@ -314,8 +336,6 @@ def _otlp(settings: Settings, endpoint: str, lean: LeanMetrics, res: Resource) -
         lean, res, OutageAwareMetricExporter(outage.factories["metrics"](), outage), settings.metric_export_interval_ms
     )
     span_exporter = OutageAwareSpanExporter(outage.factories["traces"](), outage)
-    for name in _EXPORTER_LOGGERS:
-        logging.getLogger(name).addFilter(_QuietExporterLogs())
     return outage, span_exporter, reader
 
 

@@ -216,24 +216,26 @@ class LoopHub:
         self.interval = 0.05
         self.active = False
         self._users: list[Any] = []
-        self._hooks: Any = None
         self._probes: weakref.WeakSet[_LoopProbe] = weakref.WeakSet()
         # attach_running_loop() was called: blocks count from then on, before any request too.
         self.watched_explicitly = False
         self._lock = threading.Lock()
 
     def acquire(self, user: Any, agent: Any) -> None:
-        """A signal starts using the heartbeat; the first one installs the probe."""
+        """A signal uses the heartbeat until the agent's installs are undone (``agent.instrumentation``);
+        the first one puts the probe in the stacks built from then on."""
         with self._lock:
             self._users.append(user)
-            if self.active:
-                return
-            self.active = True
-            self.interval = agent.settings.heartbeat_ms / 1000.0
-        agent.on_fastapi(self._install)
+            first = not self.active
+            if first:
+                self.active = True
+                self.interval = agent.settings.heartbeat_ms / 1000.0
+        if first:
+            agent.instrumentation.wrap_stack(self.wrap_stack)
+        agent.instrumentation.record(lambda: self.release(user), "loop hub")
 
     def release(self, user: Any) -> None:
-        """A signal stops using the heartbeat; the last one stops every heartbeat and removes the probe."""
+        """A signal stops using the heartbeat; the last one stops every heartbeat."""
         with self._lock:
             if user in self._users:
                 self._users.remove(user)
@@ -241,20 +243,11 @@ class LoopHub:
                 return
             self.active = False
             self.watched_explicitly = False
-            hooks, self._hooks = self._hooks, None
             for hb in self.heartbeats.values():
                 hb.close()  # its next tick does not reschedule
             self.heartbeats.clear()
             for probe in list(self._probes):
                 probe._loop = None  # a later instrument() starts again on the next call
-        if hooks is not None and self.wrap_stack in hooks.stack_wrappers:
-            hooks.stack_wrappers.remove(self.wrap_stack)
-
-    def _install(self, hooks: Any) -> None:
-        if not self.active:
-            return
-        self._hooks = hooks
-        hooks.stack_wrappers.append(self.wrap_stack)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's loops do not run here; the child's are attached on first use."""

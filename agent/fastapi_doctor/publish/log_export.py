@@ -28,11 +28,15 @@ from typing import Any
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 
 from fastapi_doctor import containment, lifecycle, redaction
+from fastapi_doctor.kernel import forks
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.publish.logs import EVENT_NAMES, otel_attributes, render_text
 
 _log = logging.getLogger("fastapi_doctor")
 
 LOGS = {"signal": "logs"}
+# The SDK's logger of the log export (its per-batch retry lines: quieted, an outage is said once).
+EXPORT_LOGGER = "opentelemetry.sdk._logs._internal.export"
 MAX_QUEUE_SIZE = 2048
 
 _lock = threading.Lock()
@@ -118,46 +122,52 @@ class BoundedLogRecordProcessor(BatchLogRecordProcessor):
         super().on_emit(log_record)
 
 
-def logger_provider(settings: Any, outage: Any) -> Any:
-    """The LoggerProvider exporting over OTLP/gRPC (built once per process)."""
-    global _provider, _exporter, _owned
+def logger_provider(settings: Any, outage: Any, instrumentation: Instrumentation) -> Any:
+    """The LoggerProvider exporting over OTLP/gRPC (built once per process); its exporter's retry lines
+    are quieted until ``instrumentation`` is undone."""
+    global _provider
+    from fastapi_doctor import telemetry
+
     with _lock:
-        if _provider is not None:
-            return _provider
-        from opentelemetry import _logs
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.sdk._logs import LoggerProvider
+        if _provider is None:
+            _provider = _build_provider(settings, outage)
+            atexit.register(_at_exit)
+            forks.on_fork(after_in_child=_after_fork_in_child)
+    telemetry.quiet_exporter_logs(instrumentation, (EXPORT_LOGGER,))
+    return _provider
 
-        from fastapi_doctor import telemetry
 
-        endpoint = settings.otlp_endpoint
-        insecure = not endpoint.startswith("https://")
-        timeout = getattr(settings, "otlp_timeout_s", None) or _env_timeout()
+def _build_provider(settings: Any, outage: Any) -> Any:
+    global _exporter, _owned
+    from opentelemetry import _logs
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
 
-        def factory() -> Any:
-            return OTLPLogExporter(endpoint=endpoint, insecure=insecure, timeout=timeout)
+    from fastapi_doctor import telemetry
 
-        _exporter = OutageAwareLogExporter(factory, outage)
-        processor = BoundedLogRecordProcessor(_exporter)
-        logging.getLogger("opentelemetry.sdk._logs._internal.export").addFilter(telemetry._QuietExporterLogs())
-        current = _logs.get_logger_provider()
-        if type(current).__name__ in ("ProxyLoggerProvider", "NoOpLoggerProvider"):
-            provider = LoggerProvider(resource=telemetry.resource(settings), shutdown_on_exit=False)
-            provider.add_log_record_processor(processor)
-            _logs.set_logger_provider(provider)  # FastAPI's own exception records use it too
-            _owned = True
-        elif hasattr(current, "add_log_record_processor"):
-            provider = current  # the app's own SDK provider: join it
-            provider.add_log_record_processor(processor)
-        else:
-            provider = LoggerProvider(resource=telemetry.resource(settings), shutdown_on_exit=False)
-            provider.add_log_record_processor(processor)
-            _owned = True
-        _provider = provider
-        atexit.register(_at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-        return provider
+    endpoint = settings.otlp_endpoint
+    insecure = not endpoint.startswith("https://")
+    timeout = getattr(settings, "otlp_timeout_s", None) or _env_timeout()
+
+    def factory() -> Any:
+        return OTLPLogExporter(endpoint=endpoint, insecure=insecure, timeout=timeout)
+
+    _exporter = OutageAwareLogExporter(factory, outage)
+    processor = BoundedLogRecordProcessor(_exporter)
+    current = _logs.get_logger_provider()
+    if type(current).__name__ in ("ProxyLoggerProvider", "NoOpLoggerProvider"):
+        provider = LoggerProvider(resource=telemetry.resource(settings), shutdown_on_exit=False)
+        provider.add_log_record_processor(processor)
+        _logs.set_logger_provider(provider)  # FastAPI's own exception records use it too
+        _owned = True
+    elif hasattr(current, "add_log_record_processor"):
+        provider = current  # the app's own SDK provider: join it
+        provider.add_log_record_processor(processor)
+    else:
+        provider = LoggerProvider(resource=telemetry.resource(settings), shutdown_on_exit=False)
+        provider.add_log_record_processor(processor)
+        _owned = True
+    return provider
 
 
 def _env_timeout() -> float:

@@ -22,6 +22,7 @@ records with the app's own logging configuration.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi_doctor import containment
+from fastapi_doctor.kernel.instrumentation_context import PUBLISHERS, Instrumentation
 from fastapi_doctor.publish.log_limiter import Flusher, LogLimiter, Summary
 
 REQUESTS_LOGGER = "fastapi_doctor.requests"
@@ -234,10 +236,18 @@ class TraceIds:
         self._original: Any = None
         self.active = False
 
-    def install(self) -> None:
+    def install(self, instrumentation: Instrumentation) -> None:
+        instrumentation.patch(logging.Logger, "makeRecord", self._with_trace_ids)
+        self.active = True
+        instrumentation.record(self._stop, "log trace ids")
+
+    def _stop(self) -> None:
+        # Where someone wrapped makeRecord after us, ours stays in their chain: a pass-through.
+        self.active = False
+
+    def _with_trace_ids(self, original: Any) -> Any:
         from opentelemetry.trace import get_current_span
 
-        original = logging.Logger.makeRecord
         self._original = original
         me = self
 
@@ -271,18 +281,7 @@ class TraceIds:
 
         makeRecord.__wrapped__ = original  # type: ignore[attr-defined]
         makeRecord.fastapi_doctor = True  # type: ignore[attr-defined]
-        logging.Logger.makeRecord = makeRecord  # type: ignore[method-assign]
-        self._installed = makeRecord
-        self.active = True
-
-    def uninstall(self) -> None:
-        self.active = False
-        if self._original is None:
-            return
-        if logging.Logger.__dict__.get("makeRecord") is self._installed:
-            logging.Logger.makeRecord = self._original  # type: ignore[method-assign]
-        # else someone wrapped it after us: ours stays in their chain, inactive (a pass-through).
-        self._original = None
+        return makeRecord
 
 
 # -- the signal ------------------------------------------------------------------------------------
@@ -298,10 +297,6 @@ class LogsSignal:
         self.query_log: Any = None
         self.trace_ids = TraceIds()
         self._flusher: Flusher | None = None
-        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
-        self._levels: list[tuple[logging.Logger, int]] = []
-        self._app_hook: Any = None
-        self._hooks: Any = None
         self._provider: Any = None
 
     def instrument(self, agent: Any) -> None:
@@ -309,6 +304,7 @@ class LogsSignal:
         from fastapi_doctor.publish.request_log import RequestLog
 
         self._agent = agent
+        installs = agent.instrumentation
         settings = agent.settings
         suppressed = agent.meter.create_counter(
             "fastapi_doctor.logs.suppressed",
@@ -325,41 +321,31 @@ class LogsSignal:
         for name in (REQUESTS_LOGGER, QUERIES_LOGGER):
             logger = logging.getLogger(name)
             if logger.level == logging.NOTSET:
-                self._levels.append((logger, logger.level))
                 logger.setLevel(logging.INFO)
-            self._add_handler(logger, fallback)
+                installs.record(functools.partial(logger.setLevel, logging.NOTSET), "log level")
+            installs.install(logger.addHandler, logger.removeHandler, fallback)
 
         if settings.otlp_endpoint:
             from fastapi_doctor.publish import log_export
 
             pipelines = getattr(agent, "pipelines", None)
-            self._provider = log_export.logger_provider(settings, getattr(pipelines, "outage", None))
+            self._provider = log_export.logger_provider(settings, getattr(pipelines, "outage", None), installs)
             agent_export = log_export.OTLPHandler(self._provider)
             for name in (REQUESTS_LOGGER, QUERIES_LOGGER):
-                self._add_handler(logging.getLogger(name), agent_export)
+                logger = logging.getLogger(name)
+                installs.install(logger.addHandler, logger.removeHandler, agent_export)
 
-        self.trace_ids.install()
+        self.trace_ids.install(installs)
 
         if settings.log_requests != "off":
             self.request_log = RequestLog(self.writer, settings)
-            agent.request_metrics.finished_hooks.append(self.request_log.finished)
+            # After the signals' hooks, so that the findings they raise for the request are in its record.
+            installs.on_request_finished(self.request_log.finished, order=PUBLISHERS)
 
         db_signal = next((s for s in agent.signals if s.name == "db"), None)  # its statement times, if it runs
         self.query_log = QueryLog(self.writer, settings, db_signal)
-        agent.when_imported("sqlalchemy", self.query_log.install)
-
-        self._app_hook = self._on_app_start
-        agent.on_fastapi(self._on_fastapi)
-
-    def _on_fastapi(self, hooks: Any) -> None:
-        self._hooks = hooks
-        hooks.app_hooks.append(self._app_hook)
-        # Run after the other signals' hooks, so that findings they raise are in the record.
-        if self.request_log is not None:
-            finished = self._agent.request_metrics.finished_hooks
-            if self.request_log.finished in finished:
-                finished.remove(self.request_log.finished)
-                finished.append(self.request_log.finished)
+        installs.when_imported("sqlalchemy", lambda _module: self.query_log.install(installs))
+        installs.on_app(self._on_app_start)
 
     def _on_app_start(self, app: Any) -> None:
         """Runs when the app's middleware stack is built: after the app's import-time logging set-up."""
@@ -374,7 +360,8 @@ class LogsSignal:
 
             root = logging.getLogger()
             if not any(isinstance(h, OTLPHandler) for h in root.handlers):
-                self._add_handler(root, OTLPHandler(self._provider, app_records=True))
+                self._agent.instrumentation.install(root.addHandler, root.removeHandler,
+                                                    OTLPHandler(self._provider, app_records=True))
 
     def after_fork(self) -> None:
         """In a prefork worker: the summary thread did not survive the fork; start the child's own."""
@@ -384,27 +371,16 @@ class LogsSignal:
         if self._flusher is not None:
             self._flusher = Flusher(self.writer.limiter, self._write_summary, self._flusher.interval_s).start()
 
-    def _add_handler(self, logger: logging.Logger, handler: logging.Handler) -> None:
-        logger.addHandler(handler)
-        self._handlers.append((logger, handler))
-
     def _write_summary(self, summary: Summary) -> None:
         if self.writer is not None:
             self.writer.write_summary(summary)
 
     def uninstrument(self) -> None:
+        """Stops the summary thread and writes the summaries due; the agent's instrumentation context
+        takes back the handlers, hooks, listeners and the record patch."""
         agent = self._agent
         if agent is None:
             return
-        if self.request_log is not None:
-            agent.request_metrics.remove_hook(self.request_log.finished)
-        if self.query_log is not None:
-            self.query_log.remove()
-        if self._hooks is not None and self._app_hook in self._hooks.app_hooks:
-            self._hooks.app_hooks.remove(self._app_hook)
-        if self._app_hook is not None and self._on_fastapi in getattr(agent, "_fastapi_callbacks", []):
-            agent._fastapi_callbacks.remove(self._on_fastapi)
-        self.trace_ids.uninstall()
         if self._flusher is not None:
             self._flusher.stop()
             self._flusher = None
@@ -418,10 +394,4 @@ class LogsSignal:
             from fastapi_doctor.publish import log_export
 
             log_export.flush(2.0)
-        for logger, handler in reversed(self._handlers):
-            logger.removeHandler(handler)
-        self._handlers.clear()
-        for logger, level in self._levels:
-            logger.setLevel(level)
-        self._levels.clear()
         self._agent = None

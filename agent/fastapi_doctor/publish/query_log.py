@@ -3,7 +3,7 @@
 Fed by the db signal, which times every statement's driver call for ``db.client.operation.duration``
 (:mod:`fastapi_doctor.signals.database.db`): one timing hook for both. With the db detector disabled,
 two class-level listeners on ``Engine`` (``before/after_cursor_execute``, added when the app imports
-sqlalchemy, removed by ``uninstrument``) take the time instead; they cost about 2.4 us per statement
+sqlalchemy, removed with the agent's other installs) take the time instead; they cost about 2.4 us per statement
 (docs/performance.md), the signal's timing about 1. A slow statement is written with its
 fingerprint (literals and parameters replaced by ``?``: never a value), the duration, the database
 and pool (URL without user, password or query), the route, the line of the app that ran it and the
@@ -20,6 +20,7 @@ from opentelemetry.trace import get_current_span
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.kernel.frames import user_location
 from fastapi_doctor.sql import fingerprint, pool_name
 
@@ -30,37 +31,22 @@ class QueryLog:
     def __init__(self, writer: Any, settings: Any, db_signal: Any = None) -> None:
         self._writer = writer
         self._slow_s = settings.slow_query_ms / 1000.0
-        self._listening: list[tuple[Any, str, Any]] = []
         self._db_signal = db_signal
-        self._fed = False
+        self._installed = False
 
-    def install(self, _sqlalchemy: Any = None) -> None:
-        if self._listening or self._fed:
+    def install(self, instrumentation: Instrumentation) -> None:
+        if self._installed:
             return
-        if self._db_signal is not None and self._db_signal.on_slow_statements(self._slow_s, self.slow):
-            self._fed = True
+        self._installed = True
+        db_signal = self._db_signal
+        if db_signal is not None and db_signal.on_slow_statements(self._slow_s, self.slow):
+            instrumentation.record(lambda: db_signal.on_slow_statements(self._slow_s, None), "slow-query log")
             return
-        from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
         # retval=True: SQLAlchemy calls the listener as is, without its argument-passing wrapper.
-        event.listen(Engine, "before_cursor_execute", self.before, retval=True)
-        self._listening.append((Engine, "before_cursor_execute", self.before))
-        event.listen(Engine, "after_cursor_execute", self.after)
-        self._listening.append((Engine, "after_cursor_execute", self.after))
-
-    def remove(self) -> None:
-        if self._fed:
-            self._db_signal.on_slow_statements(self._slow_s, None)
-            self._fed = False
-        if not self._listening:
-            return
-        from sqlalchemy import event
-
-        for target, name, fn in self._listening:
-            if event.contains(target, name, fn):
-                event.remove(target, name, fn)
-        self._listening.clear()
+        instrumentation.listen(Engine, "before_cursor_execute", self.before, retval=True)
+        instrumentation.listen(Engine, "after_cursor_execute", self.after)
 
     def before(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> Any:
         try:

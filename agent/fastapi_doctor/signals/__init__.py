@@ -1,8 +1,12 @@
 """One module per signal. Each signal observes and reports findings; it never formats output.
 
-A signal is a class with a ``name`` (its detector name, see ``config.DETECTORS``), and
-``instrument(agent)`` / ``uninstrument()`` that undo each other. Importing a signal module must not
-import the app's libraries (fastapi, starlette, sqlalchemy): hook them with ``agent.when_imported``.
+A signal is a class with a ``name`` (its detector name, see ``config.DETECTORS``) and
+``instrument(agent)``, which installs everything through ``agent.instrumentation`` (the agent's
+:class:`~fastapi_doctor.kernel.instrumentation_context.Instrumentation`: each install records its
+undo, and the agent undoes them all when it stops). A signal that runs something (a thread) has
+``uninstrument()`` too, which only stops it; the agent calls it, if present, before the undo.
+Importing a signal module must not import the app's libraries (fastapi, starlette, sqlalchemy):
+hook them with ``agent.instrumentation.when_imported``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ class Signal(Protocol):
     name: str
 
     def instrument(self, agent: Any) -> None: ...
-
-    def uninstrument(self) -> None: ...
 
 
 # (detector name, "module:Class"), in start-up order. Later issues add theirs here.

@@ -40,7 +40,6 @@ class BlockingCallSignal:
     name = "blocking_calls"
 
     def __init__(self) -> None:
-        self._functions: list[Any] = []
         self._inside = _Inside()
         self.agent: Any = None
 
@@ -56,18 +55,11 @@ class BlockingCallSignal:
                 if function.activated:
                     checker = getattr(function.module, function.func_name)
                     _set(function.module, function.func_name, self._detecting(checker, function))
-                    self._functions.append(function)
+                    # deactivate() puts the original back (over our wrapper)
+                    agent.instrumentation.record(function.deactivate, f"blocking call {function.full_name}")
             except Exception as exc:
                 containment.report(f"blocking call {function.full_name}", exc)
                 function.deactivate()
-
-    def uninstrument(self) -> None:
-        for function in reversed(self._functions):
-            try:
-                function.deactivate()  # puts the original back (over our wrapper)
-            except Exception as exc:
-                containment.report(f"blocking call {function.full_name}", exc)
-        self._functions.clear()
 
     def _detecting(self, checker: Any, function: Any) -> Any:
         from blockbuster import BlockingError

@@ -264,18 +264,16 @@ class DependencySignal:
     def __init__(self) -> None:
         self._agent: Any = None
         self._histogram: Any = None
-        self._routing: Any = None
-        self._original_solve: Any = None
         self._classify: Callable[[Any], str] | None = None
         self._roots: dict[int, Any] = {}  # id -> root Dependant already covered (kept alive)
         self._nodes: dict[int, Any] = {}  # id -> every Dependant of the covered trees (kept alive)
         self._utils: Any = None
-        self._original_recursion: Any = None
+        self._watching_rebuilt_trees = False
         self._override_keys: tuple[Any, ...] = ()  # app.dependency_overrides keys last seen
         self._override_ids: frozenset[int] = frozenset()
         self._timers: dict[int, _Timed | None] = {}  # id(original callable) -> its timer (None: not timed)
-        self._originals: list[tuple[Any, Any]] = []  # (Dependant, original call) for the undo
-        self._patched_inits: list[tuple[type, Any]] = []  # (class, original __init__ or None)
+        # (Dependant, original call): switched by app.dependency_overrides, put back at the undo.
+        self._originals: list[tuple[Any, Any]] = []
         self._sites: RebuildSites | None = None
         self._cpu_limit_s = float("inf")
         self._active = False
@@ -294,22 +292,17 @@ class DependencySignal:
             ROUTE_DURATION_BUCKETS,
         )
         self._active = True
-        agent.request_metrics.finished_hooks.append(self._finished)
-        agent.on_fastapi(self._on_fastapi)
+        installs = agent.instrumentation
+        installs.on_request_finished(self._finished)
+        installs.on_fastapi(self._on_fastapi)
         for module in dict.fromkeys(m for m, _ in EXPENSIVE_CLASSES):
-            agent.when_imported(module, self._on_client_library)
+            installs.when_imported(module, self._on_client_library)
 
     def uninstrument(self) -> None:
         self._active = False
-        agent = self._agent
-        if agent is not None and agent.request_metrics is not None:
-            agent.request_metrics.remove_hook(self._finished)
-        if self._routing is not None and self._original_solve is not None:
-            self._routing.solve_dependencies = self._original_solve
-        self._routing = self._original_solve = None
-        if self._utils is not None and self._original_recursion is not None:
-            self._utils.solve_dependencies = self._original_recursion
-        self._utils = self._original_recursion = None
+
+    def _restore_calls(self) -> None:
+        """The undo of the timers: every covered dependency gets its own callable back."""
         for dependant, original in reversed(self._originals):
             dependant.call = original
         self._originals.clear()
@@ -317,15 +310,8 @@ class DependencySignal:
         self._nodes.clear()
         self._override_keys, self._override_ids = (), frozenset()
         self._timers.clear()
-        for cls, init in reversed(self._patched_inits):
-            if init is None:
-                try:
-                    del cls.__init__
-                except AttributeError:
-                    pass
-            else:
-                cls.__init__ = init
-        self._patched_inits.clear()
+        self._utils = None
+        self._watching_rebuilt_trees = False
 
     # -- FastAPI: the patch point --------------------------------------------------------------
 
@@ -335,10 +321,16 @@ class DependencySignal:
         import fastapi.dependencies.utils
         import fastapi.routing
 
-        original = getattr(fastapi.routing, "solve_dependencies", None)
         self._classify = _fastapi_classifier()
-        if original is None or self._classify is None:
+        if getattr(fastapi.routing, "solve_dependencies", None) is None or self._classify is None:
             return
+        installs = self._agent.instrumentation
+        installs.record(self._restore_calls, "dependency timers")
+        installs.patch(fastapi.routing, "solve_dependencies", self._solving)
+        self._utils = fastapi.dependencies.utils
+
+    def _solving(self, original: Any) -> Any:
+        """FastAPI's ``solve_dependencies`` (in ``fastapi.routing``) covering each route's tree once."""
         roots = self._roots
         cover = self._cover
         sync_overrides = self._sync_overrides
@@ -356,10 +348,7 @@ class DependencySignal:
                 cover(dependant)
             return original(*args, **kwargs)
 
-        self._routing = fastapi.routing
-        self._original_solve = original
-        self._utils = fastapi.dependencies.utils
-        fastapi.routing.solve_dependencies = solve_dependencies
+        return solve_dependencies
 
     def _sync_overrides(self, overrides: Any) -> None:
         """Dependencies named in ``app.dependency_overrides`` keep their original callable."""
@@ -388,23 +377,25 @@ class DependencySignal:
         """With ``app.dependency_overrides`` set, FastAPI builds the dependencies under each route's
         direct ones again on every request (from the signatures): time those as FastAPI meets them."""
         utils = self._utils
-        if self._original_recursion is not None or utils is None or not self._active:
+        if self._watching_rebuilt_trees or utils is None or not self._active:
             return
-        original = getattr(utils, "solve_dependencies", None)
-        if original is None:
+        if getattr(utils, "solve_dependencies", None) is None:
             return
+        self._watching_rebuilt_trees = True
         nodes = self._nodes
         cover_children = self._cover_children
 
-        @functools.wraps(original)
-        def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
-            dependant = kwargs.get("dependant")
-            if dependant is not None and id(dependant) not in nodes:
-                cover_children(dependant)  # built for this request only: no undo needed
-            return original(*args, **kwargs)
+        def recursion(original: Any) -> Any:
+            @functools.wraps(original)
+            def solve_dependencies(*args: Any, **kwargs: Any) -> Any:
+                dependant = kwargs.get("dependant")
+                if dependant is not None and id(dependant) not in nodes:
+                    cover_children(dependant)  # built for this request only: no undo needed
+                return original(*args, **kwargs)
 
-        self._original_recursion = original
-        utils.solve_dependencies = solve_dependencies
+            return solve_dependencies
+
+        self._agent.instrumentation.patch(utils, "solve_dependencies", recursion)
 
     def _cover(self, root: Any) -> None:
         """Put timers on every sub-dependency of ``root`` (once per tree)."""
@@ -495,19 +486,19 @@ class DependencySignal:
                 self._patch_init(cls, f"{module_name}.{class_name}")
 
     def _patch_init(self, cls: type, label: str) -> None:
-        own = cls.__dict__.get("__init__")
-        original = own if own is not None else cls.__init__
         sites = self._sites
         assert sites is not None
 
-        @functools.wraps(original)
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            if current_request.get() is not None:
-                sites.created(label, sys._getframe(1))
+        def counted(original: Any) -> Any:
+            @functools.wraps(original)
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+                original(self, *args, **kwargs)
+                if current_request.get() is not None:
+                    sites.created(label, sys._getframe(1))
 
-        self._patched_inits.append((cls, own))
-        cls.__init__ = __init__  # type: ignore[misc]
+            return __init__
+
+        self._agent.instrumentation.patch(cls, "__init__", counted)
 
 
 def _fastapi_classifier() -> Callable[[Any], str] | None:

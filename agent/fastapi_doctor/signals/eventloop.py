@@ -280,7 +280,6 @@ class EventLoopSignal:
         # Looks the watchdog has finished, and the condition settle() waits on for the next one.
         self._looks = 0
         self._looked = threading.Condition()
-        self._hooks: Any = None
         self.block_s = 0.1
         self.sample_s = 0.02
         self._attrs: dict[tuple[str | None, str | None], dict[str, str]] = {}
@@ -322,30 +321,43 @@ class EventLoopSignal:
         self.started = _monotonic()
         self._throttled = cgroup.cgroup_throttling()
         self._stop.clear()
-        hub.tick_callbacks.append(self._on_tick)
+        installs = agent.instrumentation
+        installs.add(hub.tick_callbacks, self._on_tick)
         hub.acquire(self, agent)
-        agent.on_fastapi(self._install)
+        installs.on_app(self._register_app)
         self._thread = threading.Thread(target=self._run, name=WATCHDOG_THREAD_NAME, daemon=True)
         self._thread.start()
 
     def uninstrument(self) -> None:
+        """Stops the watchdog (the agent's instrumentation context takes back what instrument() added)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
-        if self._on_tick in hub.tick_callbacks:
-            hub.tick_callbacks.remove(self._on_tick)
-        hub.release(self)
-        hooks, self._hooks = self._hooks, None
-        if hooks is not None and self._register_app in hooks.app_hooks:
-            hooks.app_hooks.remove(self._register_app)
 
-    def _install(self, hooks: Any) -> None:
-        if self._stop.is_set():
+    def settle(self) -> None:
+        """Judge the loops' blocks so far now: wake the watchdog and wait, at most about two seconds, for a
+        look that began after this call and left no block in progress.
+
+        The pytest plugin calls it when a test's requests are over: a block is judged as that test's, and
+        a heartbeat whose pending tick a jumped clock lost (freezegun let go) is restarted before the next
+        test sends a request (otherwise a block in that request, before the watchdog's next look, was
+        never seen). Counted in waits, not by the clock, which a test may have frozen."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or threading.current_thread() is thread:
             return
-        self._hooks = hooks
-        hooks.app_hooks.append(self._register_app)
+        waits = SETTLE_WAITS
+        with self._looked:
+            wanted = self._looks + 2  # the look in progress, if any, began before this call
+            while waits > 0:
+                if self._looks >= wanted:
+                    if all(hb.episode is None for hb in list(hub.heartbeats.values())):
+                        return
+                    wanted = self._looks + 1
+                self._wake.set()
+                self._looked.wait(SETTLE_WAIT_S)
+                waits -= 1
 
     def settle(self) -> None:
         """Judge the loops' blocks so far now: wake the watchdog and wait, at most about two seconds, for a

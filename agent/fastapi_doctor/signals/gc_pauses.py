@@ -60,17 +60,14 @@ class GCSignal:
         for name, observe, unit, description in _COUNTERS:
             agent.meter.create_observable_counter(name, callbacks=[observe], unit=unit, description=description)
         pending.clear()
+        installs = agent.instrumentation
+        installs.record(self._last_drain, "gc pauses")  # undone after the callback is out
         if callback not in gc.callbacks:
-            gc.callbacks.append(callback)
-        hub.tick_callbacks.append(self.drain)
+            installs.add(gc.callbacks, callback)
+        installs.add(hub.tick_callbacks, self.drain)
         hub.acquire(self, agent)
 
-    def uninstrument(self) -> None:
-        while callback in gc.callbacks:
-            gc.callbacks.remove(callback)
-        if self.drain in hub.tick_callbacks:
-            hub.tick_callbacks.remove(self.drain)
-        hub.release(self)
+    def _last_drain(self) -> None:
         self.drain()
         started[0] = 0.0
 

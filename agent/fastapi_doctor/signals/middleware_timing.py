@@ -74,6 +74,7 @@ A request left untimed passes the timers at the cost of one call each.
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from array import array
@@ -134,7 +135,7 @@ class _Layer:
 class _Chain:
     """The timers of one built stack. ``reported`` layers get a self-time (the last timer has none)."""
 
-    __slots__ = ("layers", "timers", "size", "active", "undo", "bucket")
+    __slots__ = ("layers", "timers", "size", "active", "bucket")
 
     def __init__(self, bucket: TokenBucket) -> None:
         self.bucket = bucket  # decides which requests are timed (the signal's, shared by its chains)
@@ -142,7 +143,9 @@ class _Chain:
         self.timers: list[_LayerTimer] = []
         self.size = 0
         self.active = True
-        self.undo: list[tuple[Any, Any]] = []  # (parent, timer) to splice out
+
+    def stop(self) -> None:
+        self.active = False  # a timer still referenced (the top of a stack) only passes through
 
 
 # Per timer in a sample: when it was called, when its layer emitted the response start and the final
@@ -308,10 +311,8 @@ class MiddlewareSignal:
 
     def __init__(self) -> None:
         self._agent: Any = None
-        self._hooks: Any = None
         self._histogram: Any = None
         self._slow_s = 0.025
-        self._chains: list[_Chain] = []
         self._bucket = TokenBucket(0.0)
         self._active = False
 
@@ -328,28 +329,11 @@ class MiddlewareSignal:
             DURATION_BUCKETS,
         )
         self._active = True
-        agent.request_metrics.finished_hooks.append(self._finished)
-        agent.on_fastapi(self._on_fastapi)
+        agent.instrumentation.on_request_finished(self._finished)
+        agent.instrumentation.wrap_stack(self._wrap_stack)
 
     def uninstrument(self) -> None:
-        self._active = False
-        agent = self._agent
-        if agent is not None and agent.request_metrics is not None:
-            agent.request_metrics.remove_hook(self._finished)
-        if self._hooks is not None and self._wrap_stack in self._hooks.stack_wrappers:
-            self._hooks.stack_wrappers.remove(self._wrap_stack)
-        self._hooks = None
-        for chain in self._chains:
-            chain.active = False  # a timer still referenced (the top of a stack) only passes through
-            for parent, timer in reversed(chain.undo):
-                splice_out(parent, timer)
-            chain.undo.clear()
-        self._chains.clear()
-
-    def _on_fastapi(self, hooks: Any) -> None:
-        if self._active:
-            self._hooks = hooks
-            hooks.stack_wrappers.append(self._wrap_stack)
+        self._active = False  # stacks built from now on get no timers
 
     # -- building the chain --------------------------------------------------------------------
 
@@ -375,6 +359,8 @@ class MiddlewareSignal:
         if walkable:
             targets.append((last, inner))
         chain.size = len(targets)
+        installs = self._agent.instrumentation
+        installs.record(chain.stop, "middleware timers")
         new_top = stack
         for index, (parent, layer) in enumerate(targets):
             hops_above = index > 0 and _hops_tasks(targets[index - 1][1])
@@ -384,7 +370,7 @@ class MiddlewareSignal:
                 new_top = timer
             else:
                 parent.app = timer
-                chain.undo.append((parent, timer))
+                installs.record(functools.partial(splice_out, parent, timer), "middleware timers")
         # Every user layer but the last timer's is reported (the last timer only ends the chain).
         for _, layer in targets[: chain.size - 1]:
             name = layer_name(layer)
@@ -392,7 +378,6 @@ class MiddlewareSignal:
             if code is not None:
                 attribution.register_code(code, "middleware", name)
             chain.layers.append(_Layer(name, location_of(code), _hops_tasks(layer)))
-        self._chains.append(chain)
         return new_top
 
     # -- after each request --------------------------------------------------------------------

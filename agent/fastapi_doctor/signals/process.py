@@ -112,6 +112,7 @@ class ProcessSignal:
         for create, name, callback, unit, description in _INSTRUMENTS:
             getattr(meter, create)(name, callbacks=[callback], unit=unit, description=description)
         _current = self
+        agent.instrumentation.record(self._forget, "process")
 
     def after_fork(self) -> None:
         """In a forked worker: measure this process, not the parent (psutil.Process caches the pid)."""
@@ -121,7 +122,7 @@ class ProcessSignal:
         self.process.cpu_percent(None)
         cgroup.after_fork()  # the worker may sit in another cgroup
 
-    def uninstrument(self) -> None:
+    def _forget(self) -> None:
         global _current
         if _current is self:
             _current = None

@@ -148,12 +148,16 @@ class _BodyCounter:
             data[_UNCOMPRESSED] = data.get(_UNCOMPRESSED, 0) + size
 
 
+def _take_out(parent: Any, counter: _BodyCounter) -> None:
+    counter.active = False  # where it cannot be taken out, it passes through
+    splice_out(parent, counter)
+
+
 class ResponseSignal:
     name = "responses"
 
     def __init__(self) -> None:
         self._agent: Any = None
-        self._hooks: Any = None
         self._size: Any = None
         self._uncompressed: Any = None
         self._serialize: Any = None
@@ -164,8 +168,6 @@ class ResponseSignal:
         # with a GET /): each endpoint its own statistics, never mixed with the first app's.
         self._other_apps: dict[tuple[str, str | None, Any], _Route] = {}
         self._route_count = 0
-        self._patched: list[tuple[Any, str, Any, bool]] = []  # (owner, name, original, was own attribute)
-        self._counters: list[tuple[Any, _BodyCounter]] = []
         self._active = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -198,52 +200,26 @@ class ResponseSignal:
             ROUTE_DURATION_BUCKETS,
         )
         self._active = True
-        agent.request_metrics.finished_hooks.append(self._finished)
-        agent.on_fastapi(self._on_fastapi)
+        installs = agent.instrumentation
+        installs.on_request_finished(self._finished)
+        installs.on_fastapi(self._on_fastapi)
 
     def uninstrument(self) -> None:
-        self._active = False
-        agent = self._agent
-        if agent is not None and agent.request_metrics is not None:
-            agent.request_metrics.remove_hook(self._finished)
-        if self._hooks is not None and self._wrap_stack in self._hooks.stack_wrappers:
-            self._hooks.stack_wrappers.remove(self._wrap_stack)
-        self._hooks = None
-        for owner, name, original, own in reversed(self._patched):
-            if own:
-                setattr(owner, name, original)
-            else:
-                try:
-                    delattr(owner, name)
-                except AttributeError:
-                    pass
-        self._patched.clear()
-        for parent, counter in reversed(self._counters):
-            counter.active = False
-            splice_out(parent, counter)
-        self._counters.clear()
+        self._active = False  # stacks built from now on get no body counter
 
     def _on_fastapi(self, hooks: Any) -> None:
         if not self._active:
             return
-        self._hooks = hooks
-        hooks.stack_wrappers.append(self._wrap_stack)
+        installs = self._agent.instrumentation
+        installs.add(hooks.stack_wrappers, self._wrap_stack)
         import fastapi.routing
         import starlette.responses
 
-        original = getattr(fastapi.routing, "serialize_response", None)
-        if original is not None:
-            self._patch(fastapi.routing, "serialize_response", _timed_serialize(original))
+        if getattr(fastapi.routing, "serialize_response", None) is not None:
+            installs.patch(fastapi.routing, "serialize_response", _timed_serialize)
         json_response = starlette.responses.JSONResponse
-        render = json_response.__dict__.get("render")
-        if render is not None:
-            self._patch(json_response, "render", _timed_render(render))
-
-    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
-        own = name in getattr(owner, "__dict__", {})
-        original = owner.__dict__[name] if own else getattr(owner, name)
-        self._patched.append((owner, name, original, own))
-        setattr(owner, name, replacement)
+        if json_response.__dict__.get("render") is not None:
+            installs.patch(json_response, "render", _timed_render)
 
     def _wrap_stack(self, app: Any, stack: Any) -> Any:
         if not self._active:
@@ -256,7 +232,7 @@ class ResponseSignal:
                 continue
             counter = _BodyCounter(inner)
             layer.app = counter
-            self._counters.append((layer, counter))
+            self._agent.instrumentation.record(functools.partial(_take_out, layer, counter), "body counter")
         return stack
 
     # -- after each response -------------------------------------------------------------------

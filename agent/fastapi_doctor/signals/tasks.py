@@ -160,29 +160,32 @@ class TaskSignal:
         self._active = True
         _create_instruments(agent.meter)
         _current = self
-        hub.tick_callbacks.append(self._tick)
-        agent.request_metrics.finished_hooks.append(self._finished)
+        installs = agent.instrumentation
+        installs.record(self._restore_loops, "tasks")  # every loop attached until the undo; undone last
+        installs.add(hub.tick_callbacks, self._tick)
+        installs.on_request_finished(self._finished)
         hub.acquire(self, agent)
         for hb in list(hub.heartbeats.values()):
             self.loop_attached(hb)
 
     def uninstrument(self) -> None:
-        global _current
+        """Tasks created from now on are not followed (the loops get their factories back with the
+        agent's other installs)."""
         self._active = False
-        if self._tick in hub.tick_callbacks:
-            hub.tick_callbacks.remove(self._tick)
-        if self._agent is not None:
-            self._agent.request_metrics.remove_hook(self._finished)
+
+    def _restore_loops(self) -> None:
+        global _current
+        """Every loop gets back the task factory and exception handler it had, unless they were replaced
+        since ours. A closed loop keeps what it had: nothing runs on it any more."""
         for loop, (factory_before, factory, handler_before, handler) in list(self._loops.items()):
             try:
                 if loop.get_task_factory() is factory:
                     loop.set_task_factory(factory_before)
                 if _exception_handler(loop) is handler:
                     loop.set_exception_handler(handler_before)
-            except Exception as exc:  # a closed loop keeps what it had; nothing runs on it any more
+            except Exception as exc:
                 containment.report("tasks uninstrument", exc)
         self._loops.clear()
-        hub.release(self)
         if _current is self:
             _current = None
 
@@ -425,3 +428,4 @@ def _create_instruments(meter: Any) -> None:
     for name, kind, unit, description, _read in _INSTRUMENTS:
         create = meter.create_observable_gauge if kind == "gauge" else meter.create_observable_counter
         create(f"fastapi_doctor.asyncio.tasks.{name}", callbacks=[_CALLBACKS[name]], unit=unit, description=description)
+

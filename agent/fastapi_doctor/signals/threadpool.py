@@ -87,22 +87,19 @@ class ThreadpoolSignal:
             unit="{thread}",
             description="anyio's default thread limit (total tokens of its capacity limiter).",
         )
-        hub.attach_callbacks.append(self._on_attach)
-        hub.tick_callbacks.append(self._on_tick)
+        installs = agent.instrumentation
+        installs.add(hub.attach_callbacks, self._on_attach)
+        installs.add(hub.tick_callbacks, self._on_tick)
         hub.acquire(self, agent)
         for hb in list(hub.heartbeats.values()):
             hb.pool = hb.pool or _Pool()
         _current = self
+        installs.record(self._forget, "threadpool")
 
-    def uninstrument(self) -> None:
+    def _forget(self) -> None:
         global _current
         if _current is self:
             _current = None
-        if self._on_attach in hub.attach_callbacks:
-            hub.attach_callbacks.remove(self._on_attach)
-        if self._on_tick in hub.tick_callbacks:
-            hub.tick_callbacks.remove(self._on_tick)
-        hub.release(self)
 
     def total(self, field: str) -> int | None:
         pools = [hb.pool for hb in list(hub.heartbeats.values()) if hb.pool is not None and hb.limiter is not None]

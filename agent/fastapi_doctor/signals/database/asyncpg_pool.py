@@ -31,7 +31,6 @@ import sys
 import types
 import urllib.parse
 import weakref
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -39,6 +38,7 @@ from opentelemetry import metrics
 
 from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.kernel.loop import Heartbeat, running_heartbeat
 from fastapi_doctor.observations import AcquiresWaited
 from fastapi_doctor.kernel.rebuilds import RebuildSites
@@ -340,7 +340,6 @@ class AsyncpgSignal:
         self.agent: Any = None
         self.pools: AsyncpgPoolTracker | None = None
         self.queries: QueryCounter | None = None
-        self._wrapped: list[tuple[Any, str, Any]] = []  # (owner, attribute, wrapt's FunctionWrapper)
         self._rebuilds: RebuildSites | None = None
         self._running = False
         self._installed = False
@@ -350,21 +349,16 @@ class AsyncpgSignal:
         self.agent = agent
         self.queries = QueryCounter(agent)
         self._rebuilds = RebuildSites(agent.report)
-        agent.request_metrics.finished_hooks.append(self.queries.finished)
+        installs = agent.instrumentation
+        installs.on_request_finished(self.queries.finished)
         self._running = True
         self._scan_existing = "asyncpg" in sys.modules
-        agent.when_imported("asyncpg", self._on_asyncpg)
+        installs.when_imported("asyncpg", self._on_asyncpg)
 
     def uninstrument(self) -> None:
+        """Stops the pool watchdog; the wrappers pass every call through from now on (the agent's
+        instrumentation context takes them out, or leaves one that was wrapped again on top)."""
         self._running = False
-        for owner, attribute, wrapper in reversed(self._wrapped):
-            current = vars(owner).get(attribute)
-            if current is wrapper:
-                setattr(owner, attribute, wrapper.__wrapped__)
-            # else: wrapped again on top (contrib's instrumentor): ours stays, passing every call through.
-        self._wrapped.clear()
-        if self.agent is not None and self.queries is not None:
-            self.agent.request_metrics.remove_hook(self.queries.finished)
         if self.pools is not None:
             self.pools.stop()
         if self._rebuilds is not None:
@@ -381,21 +375,18 @@ class AsyncpgSignal:
         if not self._running or self._installed:
             return
         try:
-            self._install(module)
+            with self.agent.instrumentation.all_or_nothing() as installs:
+                self._install(module, installs)
         except Exception as exc:
             containment.report("asyncpg signal", exc)
             self.uninstrument()
 
-    def _install(self, asyncpg: types.ModuleType) -> None:
-        import wrapt
+    def _install(self, asyncpg: types.ModuleType, installs: Instrumentation) -> None:
         from asyncpg import connection, pool, prepared_stmt
 
         self._installed = True
         self.pools = AsyncpgPoolTracker(self.agent)
-
-        def wrap(owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
-            wrapt.wrap_function_wrapper(owner, attribute, wrapper)
-            self._wrapped.append((owner, attribute, vars(owner)[attribute]))
+        wrap = installs.wrap
 
         # Only the methods this asyncpg has (fetchmany came in 0.30; apps on 0.27 are common): one missing
         # took the whole signal down before, pools and statements unwatched.

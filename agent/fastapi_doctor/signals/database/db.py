@@ -23,6 +23,7 @@ collector's object list. ``uninstrument()`` removes every listener and restores 
 
 from __future__ import annotations
 
+import functools
 import sys
 from asyncio import _get_running_loop
 from time import perf_counter
@@ -33,6 +34,7 @@ from fastapi_doctor import containment
 from fastapi_doctor.context import current_request
 from fastapi_doctor.observations import SYNC_STATEMENT_ON_LOOP
 from fastapi_doctor.kernel import blocking_calls
+from fastapi_doctor.kernel.instrumentation_context import Instrumentation
 from fastapi_doctor.signals.database.db_operations import OperationDurations
 from fastapi_doctor.signals.database.db_pool import PoolTracker
 from fastapi_doctor.signals.database.db_queries import QueryCounter
@@ -48,13 +50,10 @@ class DatabaseSignal:
         self.queries: QueryCounter | None = None
         self.durations: OperationDurations | None = None
         self.rebuilds: RebuildSites | None = None
-        self._listeners: list[tuple[Any, str, Any]] = []
-        self._patched: list[tuple[type, str, Any]] = []
         self._running = False
         self._installed = False
         self._orm_installed = False
         self._scan_existing = False
-        self._finished_hook: Any = None
         # Statements at least this slow are handed to slow_statement(context, statement, seconds): the
         # slow-query log (publish/query_log.py) takes its times from here rather than timing them again.
         self.slow_after = float("inf")
@@ -66,13 +65,13 @@ class DatabaseSignal:
         self.queries = QueryCounter(agent)
         self.durations = OperationDurations(agent)
         self.rebuilds = RebuildSites(agent.report)
-        self._finished_hook = self.queries.finished
-        agent.request_metrics.finished_hooks.append(self._finished_hook)
+        installs = agent.instrumentation
+        installs.on_request_finished(self.queries.finished)
         self._running = True
         # Engines can exist already only when the app imported sqlalchemy before the agent started.
         self._scan_existing = "sqlalchemy" in sys.modules
-        agent.when_imported("sqlalchemy", self._on_sqlalchemy)
-        agent.when_imported("sqlalchemy.orm", self._on_orm)
+        installs.when_imported("sqlalchemy", self._on_sqlalchemy)
+        installs.when_imported("sqlalchemy.orm", self._on_orm)
 
     def on_slow_statements(self, seconds: float, callback: Any) -> bool:
         """Calls ``callback(context, statement, elapsed)`` for each statement of at least ``seconds``
@@ -84,21 +83,9 @@ class DatabaseSignal:
         return True
 
     def uninstrument(self) -> None:
+        """Stops the pool watchdog; statements are no longer counted (the agent's instrumentation
+        context takes back the listeners and patches)."""
         self._running = False
-        if self._listeners:
-            from sqlalchemy import event
-
-            for target, identifier, fn in reversed(self._listeners):
-                try:
-                    event.remove(target, identifier, fn)
-                except Exception as exc:
-                    containment.report("db uninstrument", exc)
-        self._listeners.clear()
-        for owner, name, original in reversed(self._patched):
-            setattr(owner, name, original)
-        self._patched.clear()
-        if self.agent is not None and self._finished_hook is not None:
-            self.agent.request_metrics.remove_hook(self._finished_hook)
         if self.pools is not None:
             self.pools.stop()
         self._installed = self._orm_installed = False
@@ -118,7 +105,8 @@ class DatabaseSignal:
         if not self._running or self._installed:
             return
         try:
-            self._install()
+            with self.agent.instrumentation.all_or_nothing() as installs:
+                self._install(installs)
         except Exception as exc:
             containment.report("db signal", exc)
             self.uninstrument()
@@ -127,34 +115,26 @@ class DatabaseSignal:
         if not self._running or not self._installed or self._orm_installed:
             return
         try:
-            from sqlalchemy import event
-
             self._orm_installed = True
-            event.listen(module.Session, "after_begin", self._after_begin)
-            self._listeners.append((module.Session, "after_begin", self._after_begin))
+            self.agent.instrumentation.listen(module.Session, "after_begin", self._after_begin)
         except Exception as exc:
             containment.report("db signal", exc)
 
-    def _install(self) -> None:
-        from sqlalchemy import event, exc
+    def _install(self, installs: Instrumentation) -> None:
+        from sqlalchemy import exc
         from sqlalchemy.engine import Dialect, Engine
         from sqlalchemy.pool import Pool
 
-        assert self.pools is not None
+        pools = self.pools
+        assert pools is not None
         self._installed = True
-        for target, identifier, fn in (
-            (Pool, "connect", self._on_connect),
-            (Pool, "checkout", self._on_checkout),
-            (Pool, "checkin", self._on_checkin),
-            (Pool, "detach", self._on_detach),
-        ):
-            event.listen(target, identifier, fn)
-            self._listeners.append((target, identifier, fn))
+        installs.listen(Pool, "connect", self._on_connect)
+        installs.listen(Pool, "checkout", self._on_checkout)
+        installs.listen(Pool, "checkin", self._on_checkin)
+        installs.listen(Pool, "detach", self._on_detach)
 
         for cls in _with_own(Pool, "connect"):
-            original = cls.__dict__["connect"]
-            self._patched.append((cls, "connect", original))
-            setattr(cls, "connect", self.pools.wrap_connect(original, exc.TimeoutError))
+            installs.patch(cls, "connect", lambda original: pools.wrap_connect(original, exc.TimeoutError))
 
         # Not Engine.__init__: create_engine reads the keywords Engine accepts (echo, logging_name…) from
         # its __init__'s own signature, and a wrapper's (*args, **kwargs) made it refuse them.
@@ -164,11 +144,8 @@ class DatabaseSignal:
         # define their own are wrapped when their first engine is made.
         from sqlalchemy.engine.default import DefaultDialect
 
-        self._wrap_executes(DefaultDialect)
-
-        original_hook = Dialect.__dict__["engine_created"]
-        self._patched.append((Dialect, "engine_created", original_hook))
-        setattr(Dialect, "engine_created", self._wrap_engine_created(original_hook))
+        self._wrap_executes(DefaultDialect, installs)
+        installs.patch(Dialect, "engine_created", self._wrap_engine_created)
 
         if self._scan_existing:
             import gc
@@ -176,7 +153,7 @@ class DatabaseSignal:
             for obj in gc.get_objects():
                 if isinstance(obj, Engine):
                     self.pools.add_engine(obj)
-                    self._wrap_executes(type(obj.dialect))
+                    self._wrap_executes(type(obj.dialect), installs)
         self.pools.start_watchdog()
         orm = sys.modules.get("sqlalchemy.orm")
         if orm is not None:
@@ -195,15 +172,14 @@ class DatabaseSignal:
         engine_created.__doc__ = hook.__doc__
         return classmethod(engine_created)
 
-    def _wrap_executes(self, dialect_class: type) -> None:
+    def _wrap_executes(self, dialect_class: type, installs: Instrumentation) -> None:
         """Wraps the execute methods ``dialect_class`` and its bases define themselves (once each)."""
         for cls in dialect_class.__mro__:
             for name, context_at, many in _EXECUTES:
                 original = cls.__dict__.get(name)
                 if original is None or getattr(original, "_fastapi_doctor_timed", False):
                     continue
-                self._patched.append((cls, name, original))
-                setattr(cls, name, self._timed(original, name, context_at, many))
+                installs.patch(cls, name, functools.partial(self._timed, name=name, context_at=context_at, many=many))
 
     def _timed(self, original: Any, name: str, context_at: int, many: bool) -> Any:
         """``original`` (a dialect's execute method) counting the statement and timing the driver call."""
@@ -262,7 +238,7 @@ class DatabaseSignal:
             assert self.pools is not None and self.rebuilds is not None
             stats = self.pools.add_engine(engine)
             if self._running:
-                self._wrap_executes(type(engine.dialect))
+                self._wrap_executes(type(engine.dialect), self.agent.instrumentation)
             if current_request.get() is not None:
                 self.rebuilds.created("sqlalchemy.engine.Engine", frame, {"pool": stats.name})
         except Exception as exc:
