@@ -359,29 +359,6 @@ class EventLoopSignal:
                 self._looked.wait(SETTLE_WAIT_S)
                 waits -= 1
 
-    def settle(self) -> None:
-        """Judge the loops' blocks so far now: wake the watchdog and wait, at most about two seconds, for a
-        look that began after this call and left no block in progress.
-
-        The pytest plugin calls it when a test's requests are over: a block is judged as that test's, and
-        a heartbeat whose pending tick a jumped clock lost (freezegun let go) is restarted before the next
-        test sends a request (otherwise a block in that request, before the watchdog's next look, was
-        never seen). Counted in waits, not by the clock, which a test may have frozen."""
-        thread = self._thread
-        if thread is None or not thread.is_alive() or threading.current_thread() is thread:
-            return
-        waits = SETTLE_WAITS
-        with self._looked:
-            wanted = self._looks + 2  # the look in progress, if any, began before this call
-            while waits > 0:
-                if self._looks >= wanted:
-                    if all(hb.episode is None for hb in list(hub.heartbeats.values())):
-                        return
-                    wanted = self._looks + 1
-                self._wake.set()
-                self._looked.wait(SETTLE_WAIT_S)
-                waits -= 1
-
     def loop_attached(self, hb: Heartbeat) -> None:
         self._wake.set()
 
