@@ -61,7 +61,13 @@ class Patient:
     """The patient app in a real server process under ``opentelemetry-instrument``."""
 
     def __init__(self, database_url: str, workdir: Path) -> None:
-        self.port = _free_port()
+        # The app's socket is bound here and handed to uvicorn (--fd): a port only probed free can be
+        # taken by another process before uvicorn binds it, and the demo then loads that process.
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(2048)
+        self.port = int(self._listener.getsockname()[1])
         self.side_port = _free_port()
         self.log_path = workdir / "patient.log"
         env = {**DEMO_SETTINGS, **os.environ}
@@ -82,7 +88,7 @@ class Patient:
         self.command = [
             str(wrapper) if wrapper.exists() else shutil.which("opentelemetry-instrument") or "opentelemetry-instrument",
             sys.executable, "-m", "uvicorn", "fastapi_doctor_demo.patient:app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning",
+            "--fd", str(self._listener.fileno()), "--no-access-log", "--log-level", "warning",
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -100,17 +106,29 @@ class Patient:
         # Run from the directory above the package so code locations read fastapi_doctor_demo/….
         self.proc = subprocess.Popen(
             self.command, cwd=PACKAGE_PARENT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, pass_fds=(self._listener.fileno(),),
         )
+        self._listener.close()  # the patient holds it now
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the patient exited with code {self.proc.returncode}")
-            if _status(self.url + "/healthz") == 200 and _status(self.side_url + "/healthz") == 200:
+            if _status(self.url + "/healthz") == 200 and self._side_server_is_the_patients():
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the patient did not answer within {timeout:.0f} s")
             time.sleep(0.2)
+
+    def _side_server_is_the_patients(self) -> bool:
+        """The agent binds the side port itself, in the patient: the port answers for the patient only
+        when its ``/doctor`` names the patient's process (another may have taken a port probed free)."""
+        document = _fetch(self.side_url + "/doctor", self.token)
+        if document is None:
+            return False
+        try:
+            return bool(json.loads(document).get("pid") == self.proc.pid)  # type: ignore[union-attr]
+        except (ValueError, AttributeError):
+            return False
 
     def logs(self, last: int = 30) -> str:
         try:
@@ -131,6 +149,7 @@ class Patient:
         return self.logs(last=300)
 
     def stop(self) -> None:
+        self._listener.close()
         if self.proc is None:
             return
         if self.proc.poll() is None:
