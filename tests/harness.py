@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import httpx
+import psutil
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -220,13 +221,38 @@ class AppProcess:
         )
         full_env.update(env or {})
         self.env = full_env
-        if command is None:
-            command = [str(BIN / "python"), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
-                       "--no-access-log", *(server_args or [])]
-            if wrapper:
-                command = [str(BIN / "opentelemetry-instrument"), *command]
-        self.command = command
+        # A port probed free can be taken by another process (a suite beside a benchmark) before the
+        # server binds it: the server then exits, and another process answers on it. A command built here
+        # is started again on new ports; a test's own command (gunicorn -b app.port) is not.
+        self._uvicorn_args = None if command is not None else (app, wrapper, list(server_args or []))
+        self.command = command if command is not None else self._uvicorn_command()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _uvicorn_command(self) -> list[str]:
+        assert self._uvicorn_args is not None
+        app, wrapper, server_args = self._uvicorn_args
+        command = [str(BIN / "python"), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--no-access-log", *server_args]
+        return [str(BIN / "opentelemetry-instrument"), *command] if wrapper else command
+
+    def _new_ports(self) -> None:
+        self.port, self.side_port = free_port(), free_port()
+        self.env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(self.side_port)
+        self.command = self._uvicorn_command()
+
+    def _listens(self) -> bool:
+        """The server process (or a child of it) listens on ``self.port``: it is ours that answers."""
+        assert self.proc is not None
+        try:
+            root = psutil.Process(self.proc.pid)
+            for proc in (root, *root.children(recursive=True)):
+                connections = getattr(proc, "net_connections", None) or proc.connections
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                       for c in connections(kind="tcp")):
+                    return True
+        except psutil.Error:
+            pass
+        return False
 
     @property
     def url(self) -> str:
@@ -237,22 +263,33 @@ class AppProcess:
         return f"http://127.0.0.1:{self.side_port}"
 
     def start(self, timeout: float = 20.0) -> AppProcess:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        for attempt in range(3):
+            self._log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(
+                self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            httpx.get(self.url + self.ready_path, timeout=1.0)
-            return True
+            def ready() -> bool | str:
+                if self.proc is not None and self.proc.poll() is not None:
+                    return "exited"
+                httpx.get(self.url + self.ready_path, timeout=1.0)
+                if not self._listens():
+                    raise httpx.ConnectError("another process answers on the port")  # retried by wait_until
+                return True
 
-        try:
-            wait_until(ready, timeout=timeout, interval=0.1)
-        except BaseException:
+            try:
+                outcome = wait_until(ready, timeout=timeout, interval=0.1)
+            except BaseException:
+                self.stop()
+                raise
+            if outcome is True:
+                return self
+            code, logs = self.proc.returncode, self.logs()
             self.stop()
-            raise
+            if "address already in use" not in logs or self._uvicorn_args is None or attempt == 2:
+                raise RuntimeError(f"server exited with {code}:\n{logs}")
+            self._new_ports()
         return self
 
     def logs(self) -> str:
