@@ -174,9 +174,9 @@ class TaskSignal:
         self._active = False
 
     def _restore_loops(self) -> None:
-        global _current
         """Every loop gets back the task factory and exception handler it had, unless they were replaced
         since ours. A closed loop keeps what it had: nothing runs on it any more."""
+        global _current
         for loop, (factory_before, factory, handler_before, handler) in list(self._loops.items()):
             try:
                 if loop.get_task_factory() is factory:
